@@ -1,0 +1,364 @@
+//! Host-side instruction builders: each returns a ready [`BuiltInstruction`] (program id,
+//! account metas in the order the instruction's doc lists, encoded data), free of any Solana SDK
+//! type so the Rust SDKs, the wasm bindings and tests can all convert it to their own.
+//!
+//! ```
+//! use chainference_core::builders::{self, Program};
+//! let program = Program::default();
+//! let ix = builders::cancel_request(&program, &[1; 32], &[2; 32]);
+//! assert_eq!(ix.data, vec![9]);
+//! assert!(ix.accounts[0].is_signer && ix.accounts[0].is_writable);
+//! ```
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::Address;
+use crate::error::Result;
+use crate::instruction::{Instruction, OpenRequestArgs, ServerArgs};
+use crate::pda;
+use crate::state::{ConfigParams, Offers};
+use crate::wire::Reader;
+
+/// One account reference of an instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct AccountMeta {
+    /// The account's address.
+    pub pubkey: Address,
+    /// Whether it must sign.
+    pub is_signer: bool,
+    /// Whether it is writable.
+    pub is_writable: bool,
+}
+
+impl AccountMeta {
+    /// A writable account.
+    pub const fn writable(pubkey: Address, is_signer: bool) -> Self {
+        AccountMeta { pubkey, is_signer, is_writable: true }
+    }
+    /// A read-only account.
+    pub const fn readonly(pubkey: Address, is_signer: bool) -> Self {
+        AccountMeta { pubkey, is_signer, is_writable: false }
+    }
+}
+
+/// A ready instruction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct BuiltInstruction {
+    /// The program to invoke.
+    pub program_id: Address,
+    /// Accounts, in the documented order.
+    pub accounts: Vec<AccountMeta>,
+    /// Tag byte and fields.
+    pub data: Vec<u8>,
+}
+
+/// The deployment the builders target: its program id and the PDAs derived from it once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Program {
+    /// The program id.
+    pub id: Address,
+    /// The config PDA.
+    pub config: Address,
+    /// The treasury PDA.
+    pub treasury: Address,
+}
+
+impl Default for Program {
+    fn default() -> Self {
+        Program::new(pda::PROGRAM_ID)
+    }
+}
+
+impl Program {
+    /// A deployment at `id`.
+    pub fn new(id: Address) -> Self {
+        Program { id, config: pda::config_address(&id).0, treasury: pda::treasury_address(&id).0 }
+    }
+
+    /// The server PDA of `authority`.
+    pub fn server(&self, authority: &Address) -> Address {
+        pda::server_address(&self.id, authority).0
+    }
+
+    /// The request PDA and bump of `client`'s `nonce`.
+    pub fn request(&self, client: &Address, nonce: u64) -> (Address, u8) {
+        pda::request_address(&self.id, client, nonce)
+    }
+
+    /// The response PDA and bump of `request`.
+    pub fn response(&self, request: &Address) -> (Address, u8) {
+        pda::response_address(&self.id, request)
+    }
+
+    fn build(&self, ix: &Instruction<'_>, accounts: Vec<AccountMeta>) -> Result<BuiltInstruction> {
+        Ok(BuiltInstruction { program_id: self.id, accounts, data: ix.encode()? })
+    }
+
+    fn build_infallible(&self, ix: &Instruction<'_>, accounts: Vec<AccountMeta>) -> BuiltInstruction {
+        // Fixed-size instructions always encode.
+        let data = ix.encode().unwrap_or_default();
+        BuiltInstruction { program_id: self.id, accounts, data }
+    }
+}
+
+use AccountMeta as M;
+
+/// [`Instruction::InitConfig`].
+pub fn init_config(p: &Program, admin: &Address, params: ConfigParams) -> BuiltInstruction {
+    let program_data = pda::program_data_address(&p.id).0;
+    p.build_infallible(
+        &Instruction::InitConfig { params },
+        vec![
+            M::writable(*admin, true),
+            M::writable(p.config, false),
+            M::writable(p.treasury, false),
+            M::readonly(program_data, false),
+            M::readonly(pda::SYSTEM_PROGRAM_ID, false),
+        ],
+    )
+}
+
+/// [`Instruction::UpdateConfig`].
+pub fn update_config(p: &Program, admin: &Address, params: ConfigParams, new_admin: &Address) -> BuiltInstruction {
+    p.build_infallible(
+        &Instruction::UpdateConfig { params, new_admin },
+        vec![M::readonly(*admin, true), M::writable(p.config, false)],
+    )
+}
+
+/// [`Instruction::WithdrawFees`].
+pub fn withdraw_fees(p: &Program, admin: &Address, destination: &Address, amount: u64) -> BuiltInstruction {
+    p.build_infallible(
+        &Instruction::WithdrawFees { amount },
+        vec![
+            M::readonly(*admin, true),
+            M::readonly(p.config, false),
+            M::writable(p.treasury, false),
+            M::writable(*destination, false),
+        ],
+    )
+}
+
+/// What a server publishes: its HPKE key, optional endpoint, and offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerProfile<'a> {
+    /// The X25519 HPKE public key.
+    pub hpke_key: &'a [u8; 32],
+    /// Off-chain endpoint URL, empty for none.
+    pub endpoint: &'a str,
+    /// `(canonical model id, lamports per million tokens)`.
+    pub offers: &'a [(&'a str, u64)],
+}
+
+fn server_ix(p: &Program, authority: &Address, profile: &ServerProfile<'_>, update: bool) -> Result<BuiltInstruction> {
+    let offer_bytes = crate::instruction::encode_offers(profile.offers)?;
+    let offers = Offers::read(&mut Reader::new(&offer_bytes))?;
+    let args = ServerArgs { hpke_key: profile.hpke_key, endpoint: profile.endpoint, offers };
+    let ix = if update { Instruction::UpdateServer(args) } else { Instruction::RegisterServer(args) };
+    p.build(
+        &ix,
+        vec![
+            M::writable(*authority, true),
+            M::writable(p.server(authority), false),
+            M::readonly(pda::SYSTEM_PROGRAM_ID, false),
+        ],
+    )
+}
+
+/// [`Instruction::RegisterServer`].
+pub fn register_server(p: &Program, authority: &Address, profile: &ServerProfile<'_>) -> Result<BuiltInstruction> {
+    server_ix(p, authority, profile, false)
+}
+
+/// [`Instruction::UpdateServer`].
+pub fn update_server(p: &Program, authority: &Address, profile: &ServerProfile<'_>) -> Result<BuiltInstruction> {
+    server_ix(p, authority, profile, true)
+}
+
+/// [`Instruction::SetServerActive`].
+pub fn set_server_active(p: &Program, authority: &Address, active: bool) -> BuiltInstruction {
+    p.build_infallible(
+        &Instruction::SetServerActive { active },
+        vec![M::readonly(*authority, true), M::writable(p.server(authority), false)],
+    )
+}
+
+/// [`Instruction::CloseServer`].
+pub fn close_server(p: &Program, authority: &Address) -> BuiltInstruction {
+    p.build_infallible(
+        &Instruction::CloseServer,
+        vec![M::writable(*authority, true), M::writable(p.server(authority), false)],
+    )
+}
+
+/// [`Instruction::OpenRequest`]. The request address is derived from `client` and
+/// `args.nonce`; `args.bump` and `args.response_bump` must be the canonical bumps
+/// ([`Program::request`], [`Program::response`]).
+pub fn open_request(p: &Program, client: &Address, args: &OpenRequestArgs<'_>) -> Result<BuiltInstruction> {
+    let (request, _) = p.request(client, args.nonce);
+    p.build(
+        &Instruction::OpenRequest(*args),
+        vec![
+            M::writable(*client, true),
+            M::writable(request, false),
+            M::readonly(p.config, false),
+            M::readonly(pda::SYSTEM_PROGRAM_ID, false),
+        ],
+    )
+}
+
+/// [`Instruction::WritePrompt`].
+pub fn write_prompt(
+    p: &Program,
+    client: &Address,
+    request: &Address,
+    offset: u32,
+    chunk: &[u8],
+) -> Result<BuiltInstruction> {
+    p.build(&Instruction::WritePrompt { offset, chunk }, vec![M::readonly(*client, true), M::writable(*request, false)])
+}
+
+/// [`Instruction::CancelRequest`].
+pub fn cancel_request(p: &Program, client: &Address, request: &Address) -> BuiltInstruction {
+    p.build_infallible(&Instruction::CancelRequest, vec![M::writable(*client, true), M::writable(*request, false)])
+}
+
+/// [`Instruction::LockRequest`].
+pub fn lock_request(p: &Program, authority: &Address, request: &Address) -> BuiltInstruction {
+    p.build_infallible(
+        &Instruction::LockRequest,
+        vec![M::readonly(*authority, true), M::writable(p.server(authority), false), M::writable(*request, false)],
+    )
+}
+
+/// [`Instruction::AppendResponse`].
+pub fn append_response(
+    p: &Program,
+    authority: &Address,
+    refs: &RequestRefs,
+    is_final: bool,
+    chunk: &[u8],
+) -> Result<BuiltInstruction> {
+    p.build(
+        &Instruction::AppendResponse { is_final, chunk },
+        vec![
+            M::writable(*authority, true),
+            M::readonly(refs.request, false),
+            M::writable(refs.response, false),
+            M::readonly(pda::SYSTEM_PROGRAM_ID, false),
+        ],
+    )
+}
+
+/// The accounts of one request as a server sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestRefs {
+    /// The request account.
+    pub request: Address,
+    /// Its response PDA.
+    pub response: Address,
+    /// Its client.
+    pub client: Address,
+}
+
+/// [`Instruction::CompleteRequest`].
+pub fn complete_request(p: &Program, authority: &Address, refs: &RequestRefs, tokens: u64) -> BuiltInstruction {
+    p.build_infallible(
+        &Instruction::CompleteRequest { tokens },
+        vec![
+            M::writable(*authority, true),
+            M::writable(p.server(authority), false),
+            M::writable(refs.request, false),
+            M::readonly(refs.response, false),
+            M::readonly(p.config, false),
+            M::writable(p.treasury, false),
+            M::writable(refs.client, false),
+        ],
+    )
+}
+
+/// [`Instruction::ReleaseRequest`].
+pub fn release_request(p: &Program, authority: &Address, request: &Address, response: &Address) -> BuiltInstruction {
+    p.build_infallible(
+        &Instruction::ReleaseRequest,
+        vec![
+            M::writable(*authority, true),
+            M::writable(p.server(authority), false),
+            M::writable(*request, false),
+            M::writable(*response, false),
+        ],
+    )
+}
+
+/// [`Instruction::ReclaimRequest`]. `locked_by` is the locking server's authority when the
+/// request is Locked.
+pub fn reclaim_request(
+    p: &Program,
+    request: &Address,
+    client: &Address,
+    locked_by: Option<&Address>,
+) -> BuiltInstruction {
+    let mut accounts = vec![M::writable(*request, false), M::writable(*client, false)];
+    if let Some(authority) = locked_by {
+        accounts.push(M::writable(p.server(authority), false));
+    }
+    p.build_infallible(&Instruction::ReclaimRequest, accounts)
+}
+
+/// [`Instruction::FlagResponse`]. `served_by` is the authority that completed the request.
+pub fn flag_response(p: &Program, client: &Address, request: &Address, served_by: &Address) -> BuiltInstruction {
+    p.build_infallible(
+        &Instruction::FlagResponse,
+        vec![M::readonly(*client, true), M::writable(*request, false), M::writable(p.server(served_by), false)],
+    )
+}
+
+/// One side of a comparison: the request and the authority that served it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompareSide<'a> {
+    /// The request account.
+    pub request: &'a Address,
+    /// The server authority that completed it.
+    pub served_by: &'a Address,
+    /// The request's commitment salt.
+    pub salt: &'a [u8; 32],
+}
+
+/// [`Instruction::CompareResponses`].
+pub fn compare_responses(
+    p: &Program,
+    client: &Address,
+    sides: [CompareSide<'_>; 2],
+    digest: &[u8; 32],
+    preferred: u8,
+) -> BuiltInstruction {
+    let [a, b] = sides;
+    p.build_infallible(
+        &Instruction::CompareResponses { salt_a: a.salt, salt_b: b.salt, digest, preferred },
+        vec![
+            M::readonly(*client, true),
+            M::writable(*a.request, false),
+            M::writable(*b.request, false),
+            M::writable(p.server(a.served_by), false),
+            M::writable(p.server(b.served_by), false),
+        ],
+    )
+}
+
+/// [`Instruction::CloseRequest`]. `response_payer` is the response's server authority (any
+/// address when the request has no response, e.g. the client's).
+pub fn close_request(p: &Program, caller: &Address, refs: &RequestRefs, response_payer: &Address) -> BuiltInstruction {
+    p.build_infallible(
+        &Instruction::CloseRequest,
+        vec![
+            M::readonly(*caller, true),
+            M::writable(refs.request, false),
+            M::writable(refs.client, false),
+            M::writable(refs.response, false),
+            M::writable(*response_payer, false),
+        ],
+    )
+}

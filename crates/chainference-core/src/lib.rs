@@ -1,0 +1,58 @@
+//! # chainference-core
+//!
+//! The shared rules of Chainference, decentralized AI inference on Solana: account and
+//! instruction layouts, PDAs, the request lifecycle as one pure state machine, pricing and
+//! reputation math, the numbered errors, and (feature `crypto`) the HPKE envelope. It is
+//! `no_std` + `alloc`; the on-chain program builds it with default features off, and every other
+//! crate (client, server, wasm) is a thin layer over it. Nothing here touches a network or a
+//! clock: time comes in as an argument (sans-I/O).
+//!
+//! ```text
+//!  client SDK / wasm ──builders──► instruction data ──► program ──► lifecycle::apply ──► Effects
+//!        │                                                    ▲           (lamports, stats)
+//!        └── envelope::seal_prompt ──► request account ──► server SDK ── envelope::open_prompt
+//!                                                              └─ ResponseSealer ─► response account
+//! ```
+//!
+//! ```
+//! use chainference_core::{pricing, model::ModelId, instruction::Instruction};
+//! let model = ModelId::parse("HuggingFaceTB/SmolLM2-135M-Instruct:q4_1").unwrap();
+//! assert_eq!(model.canonical(), "HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1");
+//! // 1,000 tokens at 0.5 SOL per million tokens, 10% fee, 0.01 SOL staked:
+//! let s = pricing::settle(1_000, 500_000_000, 10_000_000, 1_000).unwrap();
+//! assert_eq!((s.cost, s.fee, s.server, s.refund), (500_000, 50_000, 450_000, 9_500_000));
+//! assert_eq!(Instruction::decode(&[9]).unwrap(), Instruction::CancelRequest);
+//! ```
+//!
+//! Features: `std` (std::error::Error), `crypto` (envelope, keys, commitments), `getrandom`
+//! (OS randomness), `serde` (derives on host value types), `builders` (host-side instructions
+//! and PDA derivation).
+
+#![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod error;
+pub mod instruction;
+pub mod lifecycle;
+pub mod model;
+pub mod pda;
+pub mod pricing;
+pub mod state;
+pub mod wire;
+
+#[cfg(feature = "alloc")]
+pub mod base58;
+#[cfg(feature = "builders")]
+pub mod builders;
+#[cfg(feature = "crypto")]
+pub mod envelope;
+
+pub use error::{Error, Result};
+
+/// A 32-byte Solana address (public key or PDA).
+pub type Address = [u8; 32];

@@ -1,0 +1,303 @@
+//! `cargo xtask`: the one entry point for setting up, building, testing and demonstrating
+//! Chainference. Every subcommand is idempotent and says what it does.
+//!
+//! - `setup`: installs the SBF toolchain (Debian's rustc-web with the bpfel std, LLVM 22, and
+//!   `sbpf-linker` 0.1.9) into `$CHAINFERENCE_CACHE` (default `~/.cache/chainference`), skipping
+//!   what is already there at the right version.
+//! - `build-sbf`: builds the on-chain program to `target/deploy/chainference_program.so`.
+//! - `test`: fmt check, clippy `-D warnings`, the SBF build, every workspace test, and core's
+//!   `no_std` build for `bpfel-unknown-none` checked for 128-bit multiply calls.
+//! - `cu`: measures every instruction's compute units and writes `docs/compute-units.md`.
+//! - `demo`: the main job (see README).
+
+use std::env;
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+const SBPF_LINKER_VERSION: &str = "0.1.9";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+const APT_SBF: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
+const SBF_TARGET: &str = "bpfel-unknown-none";
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        eprintln!("usage: cargo xtask <setup|build-sbf|test|cu|demo>");
+        return ExitCode::from(2);
+    };
+    let rest = &args[1..];
+    let outcome = match cmd.as_str() {
+        "setup" => setup(),
+        "build-sbf" => setup().and_then(|()| build_sbf()).map(|so| println!("built {}", so.display())),
+        "test" => test(rest),
+        "cu" => setup().and_then(|()| build_sbf()).and_then(|_| compute_units()),
+        "demo" => demo(rest),
+        other => Err(format!("unknown subcommand `{other}`; expected setup, build-sbf, test, cu or demo")),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {cmd}: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cache_dir() -> PathBuf {
+    env::var_os("CHAINFERENCE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        let home = env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+        home.join(".cache/chainference")
+    })
+}
+
+fn tools_dir() -> PathBuf {
+    cache_dir().join("tools")
+}
+
+/// The host target dir: `$CARGO_TARGET_DIR`, else one shared cache outside the clone.
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("target"))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root()).env("CARGO_TARGET_DIR", target_dir());
+    c
+}
+
+fn run(cmd: &mut Command) -> Result {
+    let shown = format!("{cmd:?}");
+    println!("$ {shown}");
+    let status = cmd.status().map_err(|e| format!("could not start {shown}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{shown} failed with {status}")) }
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn stage(name: &str, f: impl FnOnce() -> Result) -> Result {
+    println!("==> {name}");
+    let start = Instant::now();
+    let r = f();
+    println!("==> {name}: {} in {:.1}s", if r.is_ok() { "ok" } else { "FAILED" }, start.elapsed().as_secs_f64());
+    r
+}
+
+// ------------------------------------------------------------------------------------------
+// setup
+// ------------------------------------------------------------------------------------------
+
+fn apt_missing(packages: &[&str]) -> Vec<String> {
+    packages
+        .iter()
+        .filter(|p| {
+            let status = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]));
+            !status.is_some_and(|s| s.contains("install ok installed"))
+        })
+        .map(|p| p.to_string())
+        .collect()
+}
+
+fn apt_install(packages: &[&str]) -> Result {
+    let missing = apt_missing(packages);
+    if missing.is_empty() {
+        println!("apt: {} already installed", packages.join(", "));
+        return Ok(());
+    }
+    let is_root = output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0");
+    let sudo = |args: &[&str]| {
+        let mut c = if is_root { Command::new(args[0]) } else { Command::new("sudo") };
+        if is_root {
+            c.args(&args[1..]);
+        } else {
+            c.args(args);
+        }
+        c.env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    println!("apt: installing {}", missing.join(", "));
+    // The package lists of a fresh machine may be stale; update once, then install.
+    run(&mut sudo(&["apt-get", "update", "-qq"]))?;
+    let mut install = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(missing.iter().map(String::as_str));
+    run(&mut sudo(&install))
+}
+
+fn sbpf_linker() -> PathBuf {
+    tools_dir().join("bin/sbpf-linker")
+}
+
+fn setup() -> Result {
+    stage("setup: SBF toolchain", || {
+        apt_install(APT_SBF)?;
+        let linker = sbpf_linker();
+        // sbpf-linker prints its version and then exits 1, so read the text whatever the status.
+        let have = Command::new(&linker)
+            .arg("--version")
+            .output()
+            .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+            .unwrap_or_default();
+        if have.contains(SBPF_LINKER_VERSION) {
+            println!("sbpf-linker {SBPF_LINKER_VERSION} already at {}", linker.display());
+            return Ok(());
+        }
+        println!("installing sbpf-linker {SBPF_LINKER_VERSION} into {}", tools_dir().display());
+        run(Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["install", &format!("sbpf-linker@{SBPF_LINKER_VERSION}"), "--locked", "--no-default-features"])
+            .args(["--features", "upstream-gallery-22", "--root"])
+            .arg(tools_dir())
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("CARGO_TARGET_DIR", cache_dir().join("target-tools")))
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// SBF
+// ------------------------------------------------------------------------------------------
+
+fn sbf_cargo() -> Command {
+    let mut c = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let flags = [
+        format!("-C linker={}", sbpf_linker().display()),
+        "-C panic=abort".into(),
+        "-C relocation-model=static".into(),
+        "-C link-arg=--llvm-args=-bpf-stack-size=4096".into(),
+        "-C link-arg=--llvm-args=-profile-guided-section-prefix=false".into(),
+    ];
+    c.current_dir(root())
+        .env("RUSTC", DEBIAN_RUSTC)
+        .env("CARGO_TARGET_DIR", cache_dir().join("target-sbf"))
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", flags.join(" "));
+    c
+}
+
+fn sbf_program_crate() -> Option<PathBuf> {
+    let dir = root().join("crates/chainference-program");
+    dir.join("Cargo.toml").exists().then_some(dir)
+}
+
+/// Builds the program `.so` into `target/deploy/` and returns its path.
+fn build_sbf() -> Result<PathBuf> {
+    if sbf_program_crate().is_none() {
+        return Err("crates/chainference-program does not exist yet".into());
+    }
+    let mut so = PathBuf::new();
+    stage("build-sbf", || {
+        run(sbf_cargo().args([
+            "build",
+            "--profile",
+            "release-sbf",
+            "--target",
+            SBF_TARGET,
+            "-p",
+            "chainference-program",
+        ]))?;
+        let built = cache_dir().join("target-sbf").join(SBF_TARGET).join("release-sbf/chainference_program.so");
+        let deploy = root().join("target/deploy");
+        fs::create_dir_all(&deploy).map_err(|e| format!("create {}: {e}", deploy.display()))?;
+        so = deploy.join("chainference_program.so");
+        fs::copy(&built, &so).map_err(|e| format!("copy {} to {}: {e}", built.display(), so.display()))?;
+        check_no_wide_multiply(&so)?;
+        let size = fs::metadata(&so).map(|m| m.len()).unwrap_or(0);
+        println!("program: {} ({size} bytes, {:.1} KiB)", so.display(), size as f64 / 1024.0);
+        Ok(())
+    })?;
+    Ok(so)
+}
+
+/// Fails if an SBF artifact references the 128-bit multiply/divide builtins SBF lacks.
+fn check_no_wide_multiply(artifact: &Path) -> Result {
+    let nm = Path::new(LLVM_PREFIX).join("bin/llvm-nm");
+    let listing = output(Command::new(&nm).arg("--undefined-only").arg(artifact))
+        .ok_or_else(|| format!("{} could not read {}", nm.display(), artifact.display()))?;
+    let bad: Vec<&str> = listing.lines().filter(|l| l.contains("__multi3") || l.contains("__udivti3")).collect();
+    if bad.is_empty() {
+        println!("{}: no 128-bit multiply/divide calls", artifact.display());
+        Ok(())
+    } else {
+        Err(format!("{} calls 128-bit builtins SBF lacks: {bad:?}", artifact.display()))
+    }
+}
+
+/// Builds chainference-core `no_std` (default features off) for the program's target.
+fn core_no_std() -> Result {
+    run(sbf_cargo().args([
+        "rustc",
+        "--profile",
+        "release-sbf",
+        "--target",
+        SBF_TARGET,
+        "-p",
+        "chainference-core",
+        "--no-default-features",
+        "--crate-type",
+        "rlib",
+        "--",
+        "--emit=obj",
+    ]))?;
+    let deps = cache_dir().join("target-sbf").join(SBF_TARGET).join("release-sbf/deps");
+    let objects: Vec<PathBuf> = fs::read_dir(&deps)
+        .map_err(|e| format!("read {}: {e}", deps.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension() == Some(OsStr::new("o"))
+                && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("chainference_core"))
+        })
+        .collect();
+    if objects.is_empty() {
+        return Err(format!("no chainference_core object under {}", deps.display()));
+    }
+    objects.iter().try_for_each(|o| check_no_wide_multiply(o))
+}
+
+// ------------------------------------------------------------------------------------------
+// test, cu, demo
+// ------------------------------------------------------------------------------------------
+
+fn test(rest: &[String]) -> Result {
+    let start = Instant::now();
+    setup()?;
+    stage("fmt", || run(cargo().args(["fmt", "--all", "--check"])))?;
+    stage("clippy", || run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])))?;
+    stage("core no_std for bpfel-unknown-none", core_no_std)?;
+    if sbf_program_crate().is_some() {
+        build_sbf()?;
+    }
+    stage("tests", || {
+        let mut c = cargo();
+        c.args(["test", "--workspace"]).args(rest);
+        if let Some(so) = sbf_program_crate().map(|_| root().join("target/deploy/chainference_program.so")) {
+            c.env("CHAINFERENCE_PROGRAM_SO", so);
+        }
+        run(&mut c)
+    })?;
+    println!("==> all stages ok in {:.1}s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn compute_units() -> Result {
+    stage("cu", || {
+        run(cargo()
+            .args(["test", "-p", "chainference-program", "--test", "compute_units", "--", "--ignored", "--nocapture"])
+            .env("CHAINFERENCE_PROGRAM_SO", root().join("target/deploy/chainference_program.so"))
+            .env("CHAINFERENCE_WRITE_CU", root().join("docs/compute-units.md")))
+    })
+}
+
+fn demo(rest: &[String]) -> Result {
+    stage("demo", || {
+        run(cargo().args(["run", "--release", "-q", "-p", "chainference", "--example", "demo", "--"]).args(rest))
+    })
+}
