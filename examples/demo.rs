@@ -2,6 +2,15 @@
 //! machine, with real HPKE keys, real sealing and opening, and real prices. (The end-to-end demo
 //! on the embedded chain with the real model replaces it once the program, SDKs and model land.)
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::panic
+)]
+
 use chainference::core::envelope::{ClientSecret, ResponseSealer, ServerKeyPair, seal_prompt};
 use chainference::core::lifecycle::{Event, NewRequest, ServerView};
 use chainference::core::pricing::ServerStats;

@@ -27,11 +27,10 @@ type Result<T = ()> = std::result::Result<T, String>;
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
-    let Some(cmd) = args.first() else {
+    let Some((cmd, rest)) = args.split_first() else {
         eprintln!("usage: cargo xtask <setup|build-sbf|test|cu|demo>");
         return ExitCode::from(2);
     };
-    let rest = &args[1..];
     let outcome = match cmd.as_str() {
         "setup" => setup(),
         "build-sbf" => setup().and_then(|()| build_sbf()).map(|so| println!("built {}", so.display())),
@@ -118,9 +117,10 @@ fn apt_install(packages: &[&str]) -> Result {
     }
     let is_root = output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0");
     let sudo = |args: &[&str]| {
-        let mut c = if is_root { Command::new(args[0]) } else { Command::new("sudo") };
-        if is_root {
-            c.args(&args[1..]);
+        let mut c = Command::new("sudo");
+        if let (true, Some((program, rest))) = (is_root, args.split_first()) {
+            c = Command::new(program);
+            c.args(rest);
         } else {
             c.args(args);
         }

@@ -1,0 +1,352 @@
+//! Property tests: pricing against `u128`, decoders against arbitrary bytes, instruction
+//! round trips, and the lifecycle's conservation of the escrow.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::panic
+)]
+
+use chainference_core::Error;
+use chainference_core::envelope::{self, ClientSecret, ResponseSealer, ServerKeyPair};
+use chainference_core::instruction::{Instruction, OpenRequestArgs, encode_offers};
+use chainference_core::lifecycle::{Event, NewRequest, ServerView};
+use chainference_core::model::ModelId;
+use chainference_core::pricing::{self, Rounding, ServerStats, mul_div};
+use chainference_core::state::{
+    Config, ConfigParams, Offers, RequestAccount, RequestHeader, RequestStatus, ResponseAccount, ServerAccount,
+    Treasury,
+};
+use chainference_core::wire::Reader;
+use proptest::prelude::*;
+
+fn reference_mul_div(a: u64, b: u64, d: u32, up: bool) -> Option<u64> {
+    if d == 0 {
+        return None;
+    }
+    let p = u128::from(a) * u128::from(b);
+    let q = if up { p.div_ceil(u128::from(d)) } else { p / u128::from(d) };
+    u64::try_from(q).ok()
+}
+
+/// Values that stress the edges: zero, one, powers of two and their neighbours, MAX.
+fn edgy_u64() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0u64),
+        Just(1),
+        Just(u64::MAX),
+        Just(u64::MAX - 1),
+        (0u32..64).prop_map(|s| 1u64 << s),
+        (1u32..64).prop_map(|s| (1u64 << s) - 1),
+        any::<u64>(),
+        any::<u32>().prop_map(u64::from),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mul_div_matches_u128(a in edgy_u64(), b in edgy_u64(), d in prop_oneof![Just(1u32), Just(u32::MAX), Just(1_000_000), Just(10_000), any::<u32>()]) {
+        prop_assert_eq!(mul_div(a, b, d, Rounding::Down), reference_mul_div(a, b, d, false));
+        prop_assert_eq!(mul_div(a, b, d, Rounding::Up), reference_mul_div(a, b, d, true));
+    }
+
+    #[test]
+    fn settlement_conserves_and_never_exceeds_stake(tokens in edgy_u64(), price in edgy_u64(), stake in edgy_u64(), fee_bps in 0u16..=10_000) {
+        let s = pricing::settle(tokens, price, stake, fee_bps).unwrap();
+        let exact = (u128::from(tokens) * u128::from(price)).div_ceil(1_000_000);
+        prop_assert_eq!(u128::from(s.cost), exact.min(u128::from(stake)));
+        prop_assert!(s.cost <= stake);
+        prop_assert_eq!(u128::from(s.fee), u128::from(s.cost) * u128::from(fee_bps) / 10_000);
+        prop_assert_eq!(s.fee + s.server, s.cost);
+        prop_assert_eq!(s.cost + s.refund, stake);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
+        let _ = Instruction::decode(&bytes);
+        let _ = Config::decode(&bytes);
+        let _ = Treasury::decode(&bytes);
+        let _ = ServerAccount::decode(&bytes);
+        let _ = RequestHeader::decode(&bytes);
+        let _ = RequestAccount::decode(&bytes);
+        let _ = ResponseAccount::decode(&bytes);
+        let _ = envelope::parse_envelope(&bytes);
+        let _ = Offers::read(&mut Reader::new(&bytes));
+        let _ = chainference_core::state::account_kind(&bytes);
+        if let Ok(text) = core::str::from_utf8(&bytes) {
+            let _ = ModelId::parse(text);
+            let _ = chainference_core::base58::decode(text);
+        }
+    }
+
+    /// Any prefix of valid data decodes as Truncated (or another precise error), never Ok with
+    /// garbage, and valid data with a byte appended is rejected.
+    #[test]
+    fn truncation_and_trailing_bytes_are_rejected(cut in 0usize..400, extra in any::<u8>()) {
+        let data = sample_request_account();
+        let cut = cut.min(data.len() - 1);
+        prop_assert!(RequestAccount::decode(&data[..cut]).is_err());
+        let mut longer = data.clone();
+        longer.push(extra);
+        prop_assert_eq!(RequestAccount::decode(&longer), Err(Error::TrailingBytes));
+    }
+
+    #[test]
+    fn open_request_round_trips(
+        nonce in any::<u64>(), stake in any::<u64>(), max_tokens in any::<u32>(), timeout in any::<u32>(),
+        min_completed in any::<u64>(), min_success_bps in any::<u16>(), n in 1usize..=8,
+        chunk in proptest::collection::vec(any::<u8>(), 0..600), prompt_len in any::<u32>(),
+    ) {
+        let allowed: Vec<[u8; 32]> = (0..n).map(|i| [i as u8 + 1; 32]).collect();
+        let args = OpenRequestArgs {
+            nonce, bump: 254, response_bump: 253, stake, max_tokens, timeout, min_completed, min_success_bps,
+            response_key: &[7; 32], commitment: &[8; 32], model: "HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1",
+            allowed: &allowed, prompt_len, prompt_chunk: &chunk,
+        };
+        let ix = Instruction::OpenRequest(args);
+        let data = ix.encode().unwrap();
+        prop_assert_eq!(Instruction::decode(&data).unwrap(), ix);
+        for cut in [1, data.len() / 2, data.len() - 1] {
+            prop_assert!(Instruction::decode(&data[..cut]).is_err());
+        }
+    }
+
+    /// Random event sequences: whatever succeeds, the escrow pays out exactly the stake once the
+    /// request is terminal, and never more.
+    #[test]
+    fn lifecycle_conserves_the_escrow(events in proptest::collection::vec((0u8..9, 0i64..700, any::<u16>()), 1..40)) {
+        let params = ConfigParams::default();
+        let new = NewRequest { client: [1; 32], nonce: 0, bump: 255, response_bump: 255, stake: 5_000_000,
+            max_tokens: 1_000, timeout: 300, min_completed: 0, min_success_bps: 0, allowed_count: 2, prompt_len: 64 };
+        let mut req = new.create(&params, 0).unwrap();
+        let allowed = [[9u8; 32], [10u8; 32]];
+        let mut paid = 0u64;
+        let mut locks = 0i64;
+        let mut now = 0i64;
+        for (kind, dt, x) in events {
+            now += dt;
+            let server = &allowed[usize::from(x % 2)];
+            let view = ServerView { authority: server, active: true, stats: ServerStats::default(), price_for_model: Some(u64::from(x) * 1_000) };
+            let event = match kind {
+                0 => Event::PromptWritten { offset: req.prompt_written, len: u32::from(x % 65).max(1) },
+                1 => Event::Cancel { signer: &[1; 32] },
+                2 => Event::Lock { server: view, allowed: &allowed },
+                3 => Event::Append { server, response_finished: false },
+                4 => Event::Release { server },
+                5 => Event::Complete { server, tokens: u64::from(x), response_finished: true, fee_bps: 1_000 },
+                6 => Event::Reclaim,
+                7 => Event::Flag { signer: &[1; 32], flag_window: 60 },
+                _ => Event::Close { signer: &[1; 32], retention: 0 },
+            };
+            let before = req;
+            match req.apply(event, now) {
+                Ok(fx) => {
+                    paid += fx.escrow_out().unwrap();
+                    locks += i64::from(fx.server.lock_change);
+                    prop_assert!(paid <= new.stake);
+                    prop_assert!((0..=1).contains(&locks));
+                    prop_assert_eq!(locks == 1, req.status == RequestStatus::Locked);
+                }
+                Err(_) => prop_assert_eq!(req, before, "a failed step changed the header"),
+            }
+        }
+        if req.status.is_terminal() {
+            prop_assert_eq!(paid, new.stake);
+        } else {
+            prop_assert_eq!(paid, 0);
+        }
+    }
+}
+
+fn sample_request_account() -> Vec<u8> {
+    let model = "HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1";
+    let prompt_len = 40;
+    let size = RequestHeader::account_size(model.len(), prompt_len);
+    let mut data = vec![0u8; size];
+    let header = NewRequest {
+        client: [1; 32],
+        nonce: 3,
+        bump: 250,
+        response_bump: 251,
+        stake: 9,
+        max_tokens: 9,
+        timeout: 0,
+        min_completed: 0,
+        min_success_bps: 0,
+        allowed_count: 1,
+        prompt_len: prompt_len as u32,
+    }
+    .create(&ConfigParams::default(), 5)
+    .unwrap();
+    header.encode_into(&mut data).unwrap();
+    data[RequestHeader::ALLOWED_OFFSET..RequestHeader::ALLOWED_OFFSET + 32].copy_from_slice(&[4; 32]);
+    let tail = RequestHeader::TAIL_OFFSET;
+    data[tail..tail + 4].copy_from_slice(&(model.len() as u32).to_le_bytes());
+    data[tail + 4..tail + 4 + model.len()].copy_from_slice(model.as_bytes());
+    assert!(RequestAccount::decode(&data).is_ok());
+    data
+}
+
+#[test]
+fn offers_reject_duplicates_bad_models_and_counts() {
+    assert!(encode_offers(&[("a/b:Q8_0", 1)]).is_ok());
+    assert_eq!(encode_offers(&[("a/b:Q8_0", 1), ("a/b:Q8_0", 2)]), Err(Error::DuplicateOffer));
+    assert_eq!(encode_offers(&[("a/b:q8_0", 1)]), Err(Error::InvalidModelId), "non-canonical quant");
+    assert_eq!(encode_offers(&[]), Err(Error::InvalidOfferCount));
+    let nine: Vec<(String, u64)> = (0..9).map(|i| (format!("a/m{i}"), 1)).collect();
+    let nine: Vec<(&str, u64)> = nine.iter().map(|(m, p)| (m.as_str(), *p)).collect();
+    assert_eq!(encode_offers(&nine), Err(Error::InvalidOfferCount));
+}
+
+#[test]
+fn instruction_decoder_rejects_bad_tags_and_trailing_bytes() {
+    assert_eq!(Instruction::decode(&[]), Err(Error::UnknownInstruction));
+    assert_eq!(Instruction::decode(&[18]), Err(Error::UnknownInstruction));
+    assert_eq!(Instruction::decode(&[255]), Err(Error::UnknownInstruction));
+    assert_eq!(Instruction::decode(&[9, 0]), Err(Error::TrailingBytes));
+    assert_eq!(Instruction::decode(&[12, 1, 2]), Err(Error::Truncated));
+    assert_eq!(Instruction::decode(&[5, 2]), Err(Error::InvalidTag));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Envelope: tampering of every kind fails with an error, never garbage.
+// ---------------------------------------------------------------------------------------------
+
+struct Fixture {
+    request: [u8; 32],
+    servers: Vec<ServerKeyPair>,
+    secret: ClientSecret,
+    sealed: Vec<u8>,
+}
+
+fn fixture(prompt: &[u8]) -> Fixture {
+    let request = [42u8; 32];
+    let servers: Vec<ServerKeyPair> = (0..3u8).map(|i| ServerKeyPair::from_seed(&[i + 1; 32])).collect();
+    let secret = ClientSecret::from_wallet_signature(&[5; 64]);
+    let keys = secret.request_keys(&request);
+    let pks: Vec<[u8; 32]> = servers.iter().map(ServerKeyPair::public_key).collect();
+    let sealed = envelope::seal_prompt(&request, &pks, &keys.prompt_public_key(), prompt).unwrap();
+    Fixture { request, servers, secret, sealed }
+}
+
+#[test]
+fn every_recipient_opens_and_nobody_else() {
+    let f = fixture(b"the prompt");
+    assert_eq!(f.sealed.len(), envelope::envelope_len(3, 10));
+    for (i, s) in f.servers.iter().enumerate() {
+        assert_eq!(&*envelope::open_prompt(&f.sealed, &f.request, i as u8, s.secret()).unwrap(), b"the prompt");
+    }
+    let keys = f.secret.request_keys(&f.request);
+    assert_eq!(&*keys.open_own_prompt(&f.sealed, &f.request).unwrap(), b"the prompt");
+    // A server's key on another slot, an outsider, another request address: all fail.
+    assert_eq!(envelope::open_prompt(&f.sealed, &f.request, 1, f.servers[0].secret()), Err(Error::OpenFailed));
+    let outsider = ServerKeyPair::from_seed(&[99; 32]);
+    assert_eq!(envelope::open_prompt(&f.sealed, &f.request, 0, outsider.secret()), Err(Error::OpenFailed));
+    assert_eq!(envelope::open_prompt(&f.sealed, &[43; 32], 0, f.servers[0].secret()), Err(Error::OpenFailed));
+    assert_eq!(envelope::open_prompt(&f.sealed, &f.request, 4, f.servers[0].secret()), Err(Error::NoSuchRecipient));
+    // Another client's secret cannot read the history.
+    let other = ClientSecret::from_wallet_signature(&[6; 64]).request_keys(&f.request);
+    assert_eq!(other.open_own_prompt(&f.sealed, &f.request).map(|_| ()), Err(Error::OpenFailed));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_flipped_bit_fails(pos in 0usize..300, bit in 0u8..8) {
+        let f = fixture(b"a prompt of some length for the body");
+        let mut bad = f.sealed.clone();
+        let pos = pos % bad.len();
+        bad[pos] ^= 1 << bit;
+        // Slot 0's opener reads the header, its own slot and the body: any flip there fails; a
+        // flip in another slot fails too, because the body's aad covers every slot.
+        prop_assert!(envelope::open_prompt(&bad, &f.request, 0, f.servers[0].secret()).is_err());
+    }
+}
+
+#[test]
+fn swapped_slots_fail() {
+    let f = fixture(b"p");
+    let mut swapped = f.sealed.clone();
+    let (a, b) = (2, 2 + envelope::SLOT_LEN);
+    let slot0: Vec<u8> = swapped[a..b].to_vec();
+    let slot1: Vec<u8> = swapped[b..b + envelope::SLOT_LEN].to_vec();
+    swapped[a..b].copy_from_slice(&slot1);
+    swapped[b..b + envelope::SLOT_LEN].copy_from_slice(&slot0);
+    assert_eq!(envelope::open_prompt(&swapped, &f.request, 1, f.servers[0].secret()), Err(Error::OpenFailed));
+    assert_eq!(envelope::open_prompt(&swapped, &f.request, 0, f.servers[1].secret()), Err(Error::OpenFailed));
+}
+
+fn stream(parts: &[&str]) -> (ClientSecret, [u8; 32], [u8; 32], Vec<Vec<u8>>) {
+    let secret = ClientSecret::from_wallet_signature(&[8; 64]);
+    let (request, server) = ([1u8; 32], [2u8; 32]);
+    let keys = secret.request_keys(&request);
+    let mut sealer = ResponseSealer::new(&keys.response_public_key(), &request, &server).unwrap();
+    let chunks =
+        parts.iter().enumerate().map(|(i, p)| sealer.seal_chunk(p.as_bytes(), i + 1 == parts.len()).unwrap()).collect();
+    (secret, request, server, chunks)
+}
+
+#[test]
+fn response_stream_opens_in_order_only() {
+    let (secret, request, server, chunks) = stream(&["Hello", ", ", "world", "!"]);
+    let keys = secret.request_keys(&request);
+    let all = keys.response_opener(&request, &server).open_all(chunks.iter().map(Vec::as_slice)).unwrap();
+    assert_eq!(&*all, b"Hello, world!");
+
+    // Reordered.
+    let mut o = keys.response_opener(&request, &server);
+    o.open_chunk(&chunks[0]).unwrap();
+    assert_eq!(o.open_chunk(&chunks[2]).map(|_| ()), Err(Error::OpenFailed));
+    // ...and the opener still accepts the right next chunk after a bad one.
+    assert_eq!(&*o.open_chunk(&chunks[1]).unwrap().0, b", ");
+
+    // Dropped chunk: the next one fails.
+    let mut o = keys.response_opener(&request, &server);
+    o.open_chunk(&chunks[0]).unwrap();
+    assert!(o.open_chunk(&chunks[3]).is_err());
+
+    // Truncated: no final chunk.
+    let truncated = keys.response_opener(&request, &server).open_all(chunks[..3].iter().map(Vec::as_slice));
+    assert_eq!(truncated.map(|_| ()), Err(Error::StreamTruncated));
+
+    // Extra chunk after the final one.
+    let mut o = keys.response_opener(&request, &server);
+    for c in &chunks {
+        o.open_chunk(c).unwrap();
+    }
+    assert_eq!(o.open_chunk(&chunks[0]).map(|_| ()), Err(Error::StreamFinished));
+
+    // Tampered chunk, wrong server id, wrong key.
+    let mut bad = chunks[1].clone();
+    bad[3] ^= 0x40;
+    let mut o = keys.response_opener(&request, &server);
+    o.open_chunk(&chunks[0]).unwrap();
+    assert_eq!(o.open_chunk(&bad).map(|_| ()), Err(Error::OpenFailed));
+    let mut o = keys.response_opener(&request, &[3; 32]);
+    assert_eq!(o.open_chunk(&chunks[0]).map(|_| ()), Err(Error::OpenFailed));
+    let other = ClientSecret::from_wallet_signature(&[9; 64]).request_keys(&request);
+    assert_eq!(other.response_opener(&request, &server).open_chunk(&chunks[0]).map(|_| ()), Err(Error::OpenFailed));
+}
+
+#[test]
+fn commitments_match_only_for_the_same_prompt_and_model() {
+    let s = ClientSecret::from_wallet_signature(&[1; 64]);
+    let (a, b) = ([1u8; 32], [2u8; 32]);
+    let m = "HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1";
+    assert_ne!(s.commitment(&a, m, b"x"), s.commitment(&b, m, b"x"), "unlinkable across requests");
+    let d = s.prompt_digest(m, b"x");
+    assert_eq!(envelope::commitment(&s.commitment_salt(&a), &d), s.commitment(&a, m, b"x"));
+    assert_ne!(s.prompt_digest(m, b"y"), d);
+    assert_ne!(s.prompt_digest("a/b", b"x"), d);
+    assert_ne!(ClientSecret::from_wallet_signature(&[2; 64]).prompt_digest(m, b"x"), d, "keyed per client");
+}
