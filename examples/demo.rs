@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prompt_len: u32::try_from(sealed.len())?,
     };
     let mut header = new.create(&params, now)?;
-    header.apply(Event::PromptWritten { offset: 0, len: new.prompt_len }, now)?;
+    header.apply(Event::PromptWritten { signer: &client_wallet, offset: 0, len: new.prompt_len }, now)?;
     println!(
         "request {}: {:?}, deadline in {} s",
         chainference::core::base58::encode(&request),

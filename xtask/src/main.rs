@@ -188,6 +188,11 @@ fn sbf_program_crate() -> Option<PathBuf> {
     dir.join("Cargo.toml").exists().then_some(dir)
 }
 
+/// The program is its own workspace (see the root Cargo.toml), so it is addressed by manifest.
+fn program_manifest() -> PathBuf {
+    root().join("crates/chainference-program/Cargo.toml")
+}
+
 /// Builds the program `.so` into `target/deploy/` and returns its path.
 fn build_sbf() -> Result<PathBuf> {
     if sbf_program_crate().is_none() {
@@ -195,16 +200,10 @@ fn build_sbf() -> Result<PathBuf> {
     }
     let mut so = PathBuf::new();
     stage("build-sbf", || {
-        run(sbf_cargo().args([
-            "build",
-            "--profile",
-            "release-sbf",
-            "--target",
-            SBF_TARGET,
-            "-p",
-            "chainference-program",
-        ]))?;
-        let built = cache_dir().join("target-sbf").join(SBF_TARGET).join("release-sbf/chainference_program.so");
+        run(sbf_cargo()
+            .args(["build", "--profile", "release-sbf", "--target", SBF_TARGET, "--manifest-path"])
+            .arg(program_manifest()))?;
+        let built = cache_dir().join("target-sbf").join(SBF_TARGET).join("release-sbf/libchainference_program.so");
         let deploy = root().join("target/deploy");
         fs::create_dir_all(&deploy).map_err(|e| format!("create {}: {e}", deploy.display()))?;
         so = deploy.join("chainference_program.so");
@@ -290,7 +289,16 @@ fn test(rest: &[String]) -> Result {
 fn compute_units() -> Result {
     stage("cu", || {
         run(cargo()
-            .args(["test", "-p", "chainference-program", "--test", "compute_units", "--", "--ignored", "--nocapture"])
+            .args([
+                "test",
+                "-p",
+                "chainference-program-tests",
+                "--test",
+                "compute_units",
+                "--",
+                "--ignored",
+                "--nocapture",
+            ])
             .env("CHAINFERENCE_PROGRAM_SO", root().join("target/deploy/chainference_program.so"))
             .env("CHAINFERENCE_WRITE_CU", root().join("docs/compute-units.md")))
     })

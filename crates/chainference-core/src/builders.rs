@@ -312,7 +312,12 @@ pub fn reclaim_request(
 pub fn flag_response(p: &Program, client: &Address, request: &Address, served_by: &Address) -> BuiltInstruction {
     p.build_infallible(
         &Instruction::FlagResponse,
-        vec![M::readonly(*client, true), M::writable(*request, false), M::writable(p.server(served_by), false)],
+        vec![
+            M::readonly(*client, true),
+            M::writable(*request, false),
+            M::writable(p.server(served_by), false),
+            M::readonly(p.config, false),
+        ],
     )
 }
 
@@ -359,6 +364,7 @@ pub fn close_request(p: &Program, caller: &Address, refs: &RequestRefs, response
             M::writable(refs.client, false),
             M::writable(refs.response, false),
             M::writable(*response_payer, false),
+            M::readonly(p.config, false),
         ],
     )
 }

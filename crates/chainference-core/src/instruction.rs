@@ -245,6 +245,7 @@ pub enum Instruction<'a> {
     /// 0. `[s]` client
     /// 1. `[w]` request
     /// 2. `[w]` server that served it
+    /// 3. `[]` config (flag window)
     ///
     /// Data expected: nothing.
     FlagResponse,
@@ -281,6 +282,7 @@ pub enum Instruction<'a> {
     /// 2. `[w]` client
     /// 3. `[w]` response PDA (may not exist)
     /// 4. `[w]` the response's server authority (any account when there is no response)
+    /// 5. `[]` config (retention period)
     ///
     /// Data expected: nothing.
     CloseRequest,

@@ -25,7 +25,7 @@
 //! let new = NewRequest { client: [1; 32], nonce: 0, bump: 255, response_bump: 254, stake: 1_000_000, max_tokens: 400,
 //!     timeout: 0, min_completed: 0, min_success_bps: 0, allowed_count: 1, prompt_len: 100 };
 //! let mut req = new.create(&params, 1_000).unwrap();
-//! req.apply(Event::PromptWritten { offset: 0, len: 100 }, 1_000).unwrap();
+//! req.apply(Event::PromptWritten { signer: &[1; 32], offset: 0, len: 100 }, 1_000).unwrap();
 //! assert_eq!(req.status, RequestStatus::Open);
 //!
 //! let server = ServerView { authority: &[9; 32], active: true, stats: ServerStats::default(),
@@ -148,6 +148,8 @@ pub struct ServerView<'a> {
 pub enum Event<'a> {
     /// The client uploaded `len` prompt bytes at `offset`; the last one publishes the request.
     PromptWritten {
+        /// Who signed.
+        signer: &'a Address,
         /// Where the chunk starts.
         offset: u32,
         /// Its length.
@@ -302,8 +304,11 @@ impl RequestHeader {
     fn step(&mut self, event: Event<'_>, now: i64) -> Result<Effects> {
         let mut fx = Effects::default();
         match event {
-            Event::PromptWritten { offset, len } => {
+            Event::PromptWritten { signer, offset, len } => {
                 self.expect(RequestStatus::Draft)?;
+                if self.client != *signer {
+                    return Err(Error::NotClient);
+                }
                 let end = offset.checked_add(len).ok_or(Error::PromptChunkOutOfPlace)?;
                 if offset != self.prompt_written || end > self.prompt_len || len == 0 {
                     return Err(Error::PromptChunkOutOfPlace);

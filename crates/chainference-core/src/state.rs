@@ -449,6 +449,23 @@ impl<'a> ServerAccount<'a> {
         Ok(ServerAccount { header, endpoint, offers })
     }
 
+    /// The price `data` (a server account written by the program, so its offers are already
+    /// validated) offers for `model`, walking the tail with bounds checks but without re-validating
+    /// each model id: the cheap path the program's lock takes.
+    pub fn price_of_model(data: &[u8], model: &str) -> Result<Option<u64>> {
+        let mut r = Reader::new(data.get(ServerHeader::TAIL_OFFSET..).ok_or(Error::Truncated)?);
+        r.bytes(MAX_ENDPOINT_LEN)?;
+        let count = r.u32()?;
+        for _ in 0..count.min(MAX_OFFERS as u32) {
+            let offered = r.bytes(crate::model::MAX_MODEL_ID_LEN)?;
+            let price = r.u64()?;
+            if offered == model.as_bytes() {
+                return Ok(Some(price));
+            }
+        }
+        Ok(None)
+    }
+
     /// Account size for a tail of this endpoint and offer bytes.
     #[allow(clippy::arithmetic_side_effects)] // sizes of bounded fields; callers check the bounds
     pub const fn size(endpoint_len: usize, offers_len: usize) -> usize {

@@ -137,7 +137,7 @@ proptest! {
             let server = &allowed[usize::from(x % 2)];
             let view = ServerView { authority: server, active: true, stats: ServerStats::default(), price_for_model: Some(u64::from(x) * 1_000) };
             let event = match kind {
-                0 => Event::PromptWritten { offset: req.prompt_written, len: u32::from(x % 65).max(1) },
+                0 => Event::PromptWritten { signer: &[1; 32], offset: req.prompt_written, len: u32::from(x % 65).max(1) },
                 1 => Event::Cancel { signer: &[1; 32] },
                 2 => Event::Lock { server: view, allowed: &allowed },
                 3 => Event::Append { server, response_finished: false },

@@ -1,0 +1,639 @@
+//! One processor per instruction, each in the same order: destructure the accounts, load,
+//! validate (signer, writable, owner, kind, address), run core's rule, move lamports, write.
+//! No rule lives here: states, deadlines, filters, prices and counters all come from
+//! `chainference_core::lifecycle` and `chainference_core::pricing`.
+
+use chainference_core::Error;
+use chainference_core::instruction::{Instruction, OpenRequestArgs, ServerArgs};
+use chainference_core::lifecycle::{
+    CompareReveal, CompareSides, Effects, Event, NewRequest, ServerView, check_allow_list, compare,
+};
+use chainference_core::pda::{self, BPF_LOADER_UPGRADEABLE_ID};
+use chainference_core::state::{
+    Config, ConfigParams, RequestAccount, RequestHeader, ResponseHeader, ServerAccount, ServerHeader, Treasury,
+    check_canonical_model,
+};
+use chainference_core::wire::{Reader, Writer};
+use pinocchio::cpi::Seed;
+use pinocchio::error::ProgramError;
+use pinocchio::{AccountView, Address, ProgramResult};
+
+use crate::accounts::*;
+
+/// What every processor gets: the program id and the instruction's accounts. Passed by
+/// reference because SBF calls take at most 5 argument registers (a slice takes two).
+pub struct Ctx<'a> {
+    /// This program's id.
+    pub program_id: &'a Address,
+    /// The instruction's accounts.
+    pub accounts: &'a mut [AccountView],
+}
+
+/// Decodes the instruction and runs its processor.
+#[inline(always)]
+pub fn process(program_id: &Address, accounts: &mut [AccountView], data: &[u8]) -> ProgramResult {
+    let ctx = &mut Ctx { program_id, accounts };
+    match Instruction::decode(data).or_fail()? {
+        Instruction::InitConfig { params } => init_config(ctx, params),
+        Instruction::UpdateConfig { params, new_admin } => update_config(ctx, params, new_admin),
+        Instruction::WithdrawFees { amount } => withdraw_fees(ctx, amount),
+        Instruction::RegisterServer(args) => register_server(ctx, &args),
+        Instruction::UpdateServer(args) => update_server(ctx, &args),
+        Instruction::SetServerActive { active } => set_server_active(ctx, active),
+        Instruction::CloseServer => close_server(ctx),
+        Instruction::OpenRequest(args) => open_request(ctx, &args),
+        Instruction::WritePrompt { offset, chunk } => write_prompt(ctx, offset, chunk),
+        Instruction::CancelRequest => cancel_request(ctx),
+        Instruction::LockRequest => lock_request(ctx),
+        Instruction::AppendResponse { is_final, chunk } => append_response(ctx, is_final, chunk),
+        Instruction::CompleteRequest { tokens } => complete_request(ctx, tokens),
+        Instruction::ReleaseRequest => release_request(ctx),
+        Instruction::ReclaimRequest => reclaim_request(ctx),
+        Instruction::FlagResponse => flag_response(ctx),
+        Instruction::CompareResponses { salt_a, salt_b, digest, preferred } => {
+            compare_responses(ctx, &CompareReveal { salt_a, salt_b, digest }, preferred)
+        }
+        Instruction::CloseRequest => close_request(ctx),
+        // `Instruction` is non-exhaustive for SDK users; every variant this build knows is above.
+        #[allow(unreachable_patterns)]
+        _ => Err(fail(Error::UnknownInstruction)),
+    }
+}
+
+fn not_enough() -> ProgramError {
+    fail(Error::NotEnoughAccounts)
+}
+
+// ---------------------------------------------------------------------------------------------
+// loading helpers (no rules: layout access only)
+// ---------------------------------------------------------------------------------------------
+
+fn load_server(server: &AccountView, program_id: &Address, authority: &AccountView) -> R<ServerHeader> {
+    owned(server, program_id)?;
+    let header = ServerHeader::decode(&server.try_borrow()?).or_fail()?;
+    if authority.address().as_array() != &header.authority {
+        return Err(fail(Error::NotServerAuthority));
+    }
+    Ok(header)
+}
+
+/// A server account named by the authority a request records (`locked_by`).
+fn load_server_of(server: &AccountView, program_id: &Address, authority: &[u8; 32]) -> R<ServerHeader> {
+    owned(server, program_id)?;
+    let header = ServerHeader::decode(&server.try_borrow()?).or_fail()?;
+    if &header.authority != authority {
+        return Err(fail(Error::ServerMismatch));
+    }
+    Ok(header)
+}
+
+fn load_request(request: &AccountView, program_id: &Address) -> R<RequestHeader> {
+    owned(request, program_id)?;
+    RequestHeader::decode(&request.try_borrow()?).or_fail()
+}
+
+fn store_request(request: &mut AccountView, header: &RequestHeader) -> R {
+    header.encode_into(&mut request.try_borrow_mut()?).or_fail()
+}
+
+fn store_server(server: &mut AccountView, header: &ServerHeader) -> R {
+    header.encode_into(&mut server.try_borrow_mut()?).or_fail()
+}
+
+/// Applies a step's server-counter changes to the server account.
+fn apply_stats(server: &mut AccountView, mut header: ServerHeader, fx: &Effects) -> R {
+    if fx.server.is_empty() {
+        return Ok(());
+    }
+    fx.server.apply(&mut header.stats, &mut header.locked_count).or_fail()?;
+    store_server(server, &header)
+}
+
+/// The response account of a request, if it exists: its header, checked against the request.
+fn load_response(response: &AccountView, program_id: &Address, request: &AccountView) -> R<Option<ResponseHeader>> {
+    if !response.owned_by(program_id) {
+        return Ok(None);
+    }
+    let header = ResponseHeader::decode(&response.try_borrow()?).or_fail()?;
+    if &header.request != request.address().as_array() {
+        return Err(fail(Error::ResponseMismatch));
+    }
+    Ok(Some(header))
+}
+
+fn request_client_is(client: &AccountView, header: &RequestHeader) -> R {
+    at(client, &header.client, Error::ClientAccountMismatch)
+}
+
+// ---------------------------------------------------------------------------------------------
+// config
+// ---------------------------------------------------------------------------------------------
+
+/// ProgramData (bincode `UpgradeableLoaderState::ProgramData`): tag u32 = 3, slot u64,
+/// `Option<Pubkey>` upgrade authority at byte 12.
+fn upgrade_authority_is(program_data: &AccountView, admin: &AccountView) -> R {
+    let data = program_data.try_borrow()?;
+    let tag = data.get(..4).ok_or(fail(Error::NotAdmin))?;
+    let authority = data.get(12..45).ok_or(fail(Error::NotAdmin))?;
+    if tag != 3u32.to_le_bytes()
+        || authority.first() != Some(&1)
+        || authority.get(1..) != Some(admin.address().as_ref())
+    {
+        return Err(fail(Error::NotAdmin));
+    }
+    Ok(())
+}
+
+fn init_config(ctx: &mut Ctx<'_>, params: ConfigParams) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [admin, config, treasury, program_data, system, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(admin)?;
+    writable(admin)?;
+    writable(config)?;
+    writable(treasury)?;
+    system_program(system)?;
+    params.validate().or_fail()?;
+
+    let loader = Address::new_from_array(BPF_LOADER_UPGRADEABLE_ID);
+    let (program_data_address, _) = find_pda(&[program_id.as_ref()], &loader)?;
+    if program_data.address() != &program_data_address {
+        return Err(fail(Error::WrongAddress));
+    }
+    if !program_data.owned_by(&loader) {
+        return Err(fail(Error::WrongOwner));
+    }
+    upgrade_authority_is(program_data, admin)?;
+
+    let (config_address, bump) = find_pda(&pda::config_seeds(), program_id)?;
+    let (treasury_address, treasury_bump) = find_pda(&pda::treasury_seeds(), program_id)?;
+    if config.address() != &config_address || treasury.address() != &treasury_address {
+        return Err(fail(Error::WrongAddress));
+    }
+    let bump_seed = [bump];
+    let seeds = [Seed::from(pda::CONFIG_SEED), Seed::from(&bump_seed)];
+    create_pda(
+        admin,
+        config,
+        &NewAccount { owner: program_id, space: Config::LEN, lamports: rent_for(Config::LEN)?, seeds: &seeds },
+    )?;
+    let treasury_bump_seed = [treasury_bump];
+    let seeds = [Seed::from(pda::TREASURY_SEED), Seed::from(&treasury_bump_seed)];
+    create_pda(
+        admin,
+        treasury,
+        &NewAccount { owner: program_id, space: Treasury::LEN, lamports: rent_for(Treasury::LEN)?, seeds: &seeds },
+    )?;
+
+    let cfg = Config {
+        bump,
+        treasury_bump,
+        params,
+        admin: *admin.address().as_array(),
+        treasury: *treasury_address.as_array(),
+    };
+    cfg.encode_into(&mut config.try_borrow_mut()?).or_fail()?;
+    Treasury { bump: treasury_bump }.encode_into(&mut treasury.try_borrow_mut()?).or_fail()
+}
+
+fn update_config(ctx: &mut Ctx<'_>, params: ConfigParams, new_admin: &[u8; 32]) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [admin, config, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(admin)?;
+    writable(config)?;
+    let mut cfg = load_config(config, program_id)?;
+    at(admin, &cfg.admin, Error::NotAdmin)?;
+    params.validate().or_fail()?;
+    cfg.params = params;
+    cfg.admin = *new_admin;
+    cfg.encode_into(&mut config.try_borrow_mut()?).or_fail()
+}
+
+fn withdraw_fees(ctx: &mut Ctx<'_>, amount: u64) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [admin, config, treasury, destination, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(admin)?;
+    writable(treasury)?;
+    writable(destination)?;
+    distinct(treasury, destination)?;
+    let cfg = load_config(config, program_id)?;
+    at(admin, &cfg.admin, Error::NotAdmin)?;
+    check_treasury(treasury, program_id, &cfg)?;
+    let withdrawable = treasury.lamports().saturating_sub(rent_for(Treasury::LEN)?);
+    if amount > withdrawable {
+        return Err(fail(Error::TreasuryInsufficient));
+    }
+    move_lamports(treasury, destination, amount)
+}
+
+// ---------------------------------------------------------------------------------------------
+// servers
+// ---------------------------------------------------------------------------------------------
+
+fn write_server(server: &mut AccountView, header: &ServerHeader, args: &ServerArgs<'_>) -> R {
+    ServerAccount::encode_into(header, args.endpoint, &args.offers, &mut server.try_borrow_mut()?).or_fail()
+}
+
+fn server_size(args: &ServerArgs<'_>) -> usize {
+    ServerAccount::size(args.endpoint.len(), args.offers.as_bytes().len())
+}
+
+fn check_hpke_key(key: &[u8; 32]) -> R {
+    if key == &[0; 32] { Err(fail(Error::InvalidPublicKey)) } else { Ok(()) }
+}
+
+fn register_server(ctx: &mut Ctx<'_>, args: &ServerArgs<'_>) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [authority, server, system, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(authority)?;
+    writable(authority)?;
+    writable(server)?;
+    system_program(system)?;
+    check_hpke_key(args.hpke_key)?;
+    let (address, bump) = find_pda(&pda::server_seeds(authority.address().as_array()), program_id)?;
+    if server.address() != &address {
+        return Err(fail(Error::WrongAddress));
+    }
+    let space = server_size(args);
+    let bump_seed = [bump];
+    let seeds = [Seed::from(pda::SERVER_SEED), Seed::from(authority.address().as_ref()), Seed::from(&bump_seed)];
+    create_pda(authority, server, &NewAccount { owner: program_id, space, lamports: rent_for(space)?, seeds: &seeds })?;
+    let header = ServerHeader {
+        bump,
+        active: true,
+        locked_count: 0,
+        registered_at: now()?,
+        stats: Default::default(),
+        authority: *authority.address().as_array(),
+        hpke_key: *args.hpke_key,
+    };
+    write_server(server, &header, args)
+}
+
+fn update_server(ctx: &mut Ctx<'_>, args: &ServerArgs<'_>) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [authority, server, system, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(authority)?;
+    writable(authority)?;
+    writable(server)?;
+    system_program(system)?;
+    check_hpke_key(args.hpke_key)?;
+    let mut header = load_server(server, program_id, authority)?;
+    header.hpke_key = *args.hpke_key;
+    resize_paid(server, authority, server_size(args))?;
+    write_server(server, &header, args)
+}
+
+fn set_server_active(ctx: &mut Ctx<'_>, active: bool) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [authority, server, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(authority)?;
+    writable(server)?;
+    let mut header = load_server(server, program_id, authority)?;
+    header.active = active;
+    store_server(server, &header)
+}
+
+fn close_server(ctx: &mut Ctx<'_>) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [authority, server, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(authority)?;
+    writable(authority)?;
+    writable(server)?;
+    let header = load_server(server, program_id, authority)?;
+    if header.locked_count != 0 {
+        return Err(fail(Error::ServerBusy));
+    }
+    close_into(server, authority)
+}
+
+// ---------------------------------------------------------------------------------------------
+// requests
+// ---------------------------------------------------------------------------------------------
+
+fn open_request(ctx: &mut Ctx<'_>, args: &OpenRequestArgs<'_>) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [client, request, config, system, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(client)?;
+    writable(client)?;
+    writable(request)?;
+    system_program(system)?;
+    let cfg = load_config(config, program_id)?;
+    check_allow_list(args.allowed).or_fail()?;
+    check_canonical_model(args.model).or_fail()?;
+    if args.response_key == &[0; 32] {
+        return Err(fail(Error::InvalidPublicKey));
+    }
+    let time = now()?;
+    let client_key = client.address().as_array();
+    let mut header = NewRequest {
+        client: *client_key,
+        nonce: args.nonce,
+        bump: args.bump,
+        response_bump: args.response_bump,
+        stake: args.stake,
+        max_tokens: args.max_tokens,
+        timeout: args.timeout,
+        min_completed: args.min_completed,
+        min_success_bps: args.min_success_bps,
+        // check_allow_list bounds the length to 1..=8.
+        allowed_count: u8::try_from(args.allowed.len()).map_err(|_| fail(Error::InvalidAllowList))?,
+        prompt_len: args.prompt_len,
+    }
+    .create(&cfg.params, time)
+    .or_fail()?;
+    let chunk_len = u32::try_from(args.prompt_chunk.len()).map_err(|_| fail(Error::PromptChunkOutOfPlace))?;
+    if chunk_len > 0 {
+        header.apply(Event::PromptWritten { signer: client_key, offset: 0, len: chunk_len }, time).or_fail()?;
+    }
+
+    let space = RequestHeader::account_size(args.model.len(), args.prompt_len as usize);
+    let lamports = rent_for(space)?.checked_add(args.stake).ok_or(fail(Error::ArithmeticOverflow))?;
+    if client.lamports() < lamports {
+        return Err(fail(Error::InsufficientFunds));
+    }
+    let nonce_le = args.nonce.to_le_bytes();
+    let bump_seed = [args.bump];
+    let seeds = [
+        Seed::from(pda::REQUEST_SEED),
+        Seed::from(client.address().as_ref()),
+        Seed::from(&nonce_le),
+        Seed::from(&bump_seed),
+    ];
+    create_pda(client, request, &NewAccount { owner: program_id, space, lamports, seeds: &seeds })?;
+
+    let mut data = request.try_borrow_mut()?;
+    header.encode_into(&mut data).or_fail()?;
+    let fixed = data.get_mut(RequestHeader::RESPONSE_KEY_OFFSET..).ok_or(fail(Error::Truncated))?;
+    let mut w = Writer::new(fixed);
+    w.put(args.response_key).or_fail()?;
+    w.put(args.commitment).or_fail()?;
+    for server in args.allowed {
+        w.put(server).or_fail()?;
+    }
+    let tail = data.get_mut(RequestHeader::TAIL_OFFSET..).ok_or(fail(Error::Truncated))?;
+    let mut w = Writer::new(tail);
+    w.bytes(args.model.as_bytes()).or_fail()?;
+    w.put(args.prompt_chunk).or_fail()
+}
+
+/// Offset of the prompt region: after the model id at the start of the tail.
+fn prompt_offset(data: &[u8]) -> R<usize> {
+    let mut r = Reader::new(data.get(RequestHeader::TAIL_OFFSET..).ok_or(fail(Error::Truncated))?);
+    let model_len = r.u32().or_fail()? as usize;
+    Ok(RequestAccount::prompt_offset(model_len))
+}
+
+fn write_prompt(ctx: &mut Ctx<'_>, offset: u32, chunk: &[u8]) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [client, request, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(client)?;
+    writable(request)?;
+    let mut header = load_request(request, program_id)?;
+    let len = u32::try_from(chunk.len()).map_err(|_| fail(Error::PromptChunkOutOfPlace))?;
+    header.apply(Event::PromptWritten { signer: client.address().as_array(), offset, len }, now()?).or_fail()?;
+    let mut data = request.try_borrow_mut()?;
+    let start = prompt_offset(&data)?.checked_add(offset as usize).ok_or(fail(Error::ArithmeticOverflow))?;
+    let end = start.checked_add(chunk.len()).ok_or(fail(Error::ArithmeticOverflow))?;
+    data.get_mut(start..end).ok_or(fail(Error::PromptChunkOutOfPlace))?.copy_from_slice(chunk);
+    header.encode_into(&mut data).or_fail()
+}
+
+fn cancel_request(ctx: &mut Ctx<'_>) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [client, request, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(client)?;
+    writable(client)?;
+    writable(request)?;
+    let mut header = load_request(request, program_id)?;
+    let fx = header.apply(Event::Cancel { signer: client.address().as_array() }, now()?).or_fail()?;
+    store_request(request, &header)?;
+    move_lamports(request, client, fx.to_client)
+}
+
+fn lock_request(ctx: &mut Ctx<'_>) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [authority, server, request, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(authority)?;
+    writable(server)?;
+    writable(request)?;
+    let server_header = load_server(server, program_id, authority)?;
+    owned(request, program_id)?;
+    let (header, fx) = {
+        let data = request.try_borrow()?;
+        let view = RequestAccount::decode(&data).or_fail()?;
+        let price_for_model = ServerAccount::price_of_model(&server.try_borrow()?, view.model).or_fail()?;
+        let candidate = ServerView {
+            authority: &server_header.authority,
+            active: server_header.active,
+            stats: server_header.stats,
+            price_for_model,
+        };
+        let mut header = view.header;
+        let fx = header.apply(Event::Lock { server: candidate, allowed: view.allowed }, now()?).or_fail()?;
+        (header, fx)
+    };
+    store_request(request, &header)?;
+    apply_stats(server, server_header, &fx)
+}
+
+fn append_response(ctx: &mut Ctx<'_>, is_final: bool, chunk: &[u8]) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [authority, request, response, system, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(authority)?;
+    writable(authority)?;
+    writable(response)?;
+    system_program(system)?;
+    if chunk.is_empty() {
+        return Err(fail(Error::EmptyChunk));
+    }
+    let mut header = load_request(request, program_id)?;
+    let existing = load_response(response, program_id, request)?;
+    let finished = existing.is_some_and(|h| h.finished);
+    header
+        .apply(Event::Append { server: authority.address().as_array(), response_finished: finished }, now()?)
+        .or_fail()?;
+
+    let mut resp = match existing {
+        Some(h) if &h.server != authority.address().as_array() => return Err(fail(Error::ResponseMismatch)),
+        Some(h) => h,
+        None => ResponseHeader {
+            bump: header.response_bump,
+            finished: false,
+            chunk_count: 0,
+            data_len: 0,
+            request: *request.address().as_array(),
+            server: *authority.address().as_array(),
+        },
+    };
+    let new_len = resp.size_after_append(chunk.len()).or_fail()?;
+    if existing.is_none() {
+        let bump_seed = [header.response_bump];
+        let seeds = [Seed::from(pda::RESPONSE_SEED), Seed::from(request.address().as_ref()), Seed::from(&bump_seed)];
+        create_pda(
+            authority,
+            response,
+            &NewAccount { owner: program_id, space: new_len, lamports: rent_for(new_len)?, seeds: &seeds },
+        )?;
+    } else {
+        resize_paid(response, authority, new_len)?;
+    }
+    let mut data = response.try_borrow_mut()?;
+    let start = ResponseHeader::LEN.checked_add(resp.data_len as usize).ok_or(fail(Error::ArithmeticOverflow))?;
+    let mut w = Writer::new(data.get_mut(start..).ok_or(fail(Error::Truncated))?);
+    w.bytes(chunk).or_fail()?;
+    w.finish().or_fail()?;
+    resp.chunk_count = resp.chunk_count.checked_add(1).ok_or(fail(Error::ArithmeticOverflow))?;
+    // size_after_append bounded the new length by MAX_RESPONSE_LEN, so it fits u32.
+    resp.data_len =
+        u32::try_from(new_len.saturating_sub(ResponseHeader::LEN)).map_err(|_| fail(Error::ResponseTooLarge))?;
+    resp.finished = is_final;
+    resp.encode_into(&mut data).or_fail()
+}
+
+fn complete_request(ctx: &mut Ctx<'_>, tokens: u64) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [authority, server, request, response, config, treasury, client, ..] = &mut *ctx.accounts else {
+        return Err(not_enough());
+    };
+    signer(authority)?;
+    writable(authority)?;
+    writable(server)?;
+    writable(request)?;
+    writable(treasury)?;
+    writable(client)?;
+    let server_header = load_server(server, program_id, authority)?;
+    let mut header = load_request(request, program_id)?;
+    request_client_is(client, &header)?;
+    let cfg = load_config(config, program_id)?;
+    check_treasury(treasury, program_id, &cfg)?;
+    let resp = load_response(response, program_id, request)?;
+    if resp.is_some_and(|r| &r.server != authority.address().as_array()) {
+        return Err(fail(Error::ResponseMismatch));
+    }
+    let event = Event::Complete {
+        server: authority.address().as_array(),
+        tokens,
+        response_finished: resp.is_some_and(|r| r.finished),
+        fee_bps: cfg.params.fee_bps,
+    };
+    let fx = header.apply(event, now()?).or_fail()?;
+    store_request(request, &header)?;
+    apply_stats(server, server_header, &fx)?;
+    move_lamports(request, treasury, fx.to_treasury)?;
+    move_lamports(request, authority, fx.to_server)?;
+    move_lamports(request, client, fx.to_client)
+}
+
+fn release_request(ctx: &mut Ctx<'_>) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [authority, server, request, response, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(authority)?;
+    writable(authority)?;
+    writable(server)?;
+    writable(request)?;
+    let server_header = load_server(server, program_id, authority)?;
+    let mut header = load_request(request, program_id)?;
+    let fx = header.apply(Event::Release { server: authority.address().as_array() }, now()?).or_fail()?;
+    store_request(request, &header)?;
+    apply_stats(server, server_header, &fx)?;
+    if fx.discard_response && load_response(response, program_id, request)?.is_some() {
+        writable(response)?;
+        // The locking server paid the response's rent (load_response checked it is this request's).
+        close_into(response, authority)?;
+    }
+    Ok(())
+}
+
+fn reclaim_request(ctx: &mut Ctx<'_>) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [request, client, rest @ ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    writable(request)?;
+    writable(client)?;
+    let mut header = load_request(request, program_id)?;
+    request_client_is(client, &header)?;
+    let locked_by = header.locked_by;
+    let fx = header.apply(Event::Reclaim, now()?).or_fail()?;
+    if !fx.server.is_empty() {
+        let [server, ..] = rest else { return Err(not_enough()) };
+        writable(server)?;
+        let server_header = load_server_of(server, program_id, &locked_by)?;
+        apply_stats(server, server_header, &fx)?;
+    }
+    store_request(request, &header)?;
+    move_lamports(request, client, fx.to_client)
+}
+
+fn flag_response(ctx: &mut Ctx<'_>) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [client, request, server, config, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(client)?;
+    writable(request)?;
+    writable(server)?;
+    let cfg = load_config(config, program_id)?;
+    let mut header = load_request(request, program_id)?;
+    let server_header = load_server_of(server, program_id, &header.locked_by)?;
+    let event = Event::Flag { signer: client.address().as_array(), flag_window: cfg.params.flag_window };
+    let fx = header.apply(event, now()?).or_fail()?;
+    store_request(request, &header)?;
+    apply_stats(server, server_header, &fx)
+}
+
+fn compare_responses(ctx: &mut Ctx<'_>, reveal: &CompareReveal<'_>, preferred: u8) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [client, request_a, request_b, server_a, server_b, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(client)?;
+    writable(request_a)?;
+    writable(request_b)?;
+    writable(server_a)?;
+    writable(server_b)?;
+    distinct(request_a, request_b)?;
+    owned(request_a, program_id)?;
+    owned(request_b, program_id)?;
+    let (header_a, header_b, fx) = {
+        let (data_a, data_b) = (request_a.try_borrow()?, request_b.try_borrow()?);
+        let (a, b) = (RequestAccount::decode(&data_a).or_fail()?, RequestAccount::decode(&data_b).or_fail()?);
+        let (mut header_a, mut header_b) = (a.header, b.header);
+        let sides = CompareSides {
+            a: &mut header_a,
+            model_a: a.model,
+            commitment_a: a.commitment,
+            b: &mut header_b,
+            model_b: b.model,
+            commitment_b: b.commitment,
+        };
+        let fx = compare(sides, client.address().as_array(), reveal, preferred, sha256).or_fail()?;
+        (header_a, header_b, fx)
+    };
+    let mut stats_a = load_server_of(server_a, program_id, &fx.server_a)?;
+    let mut stats_b = load_server_of(server_b, program_id, &fx.server_b)?;
+    fx.apply(&mut stats_a.stats, true).or_fail()?;
+    fx.apply(&mut stats_b.stats, false).or_fail()?;
+    store_request(request_a, &header_a)?;
+    store_request(request_b, &header_b)?;
+    store_server(server_a, &stats_a)?;
+    store_server(server_b, &stats_b)
+}
+
+fn close_request(ctx: &mut Ctx<'_>) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [caller, request, client, response, response_payer, config, ..] = &mut *ctx.accounts else {
+        return Err(not_enough());
+    };
+    signer(caller)?;
+    writable(request)?;
+    writable(client)?;
+    let cfg = load_config(config, program_id)?;
+    let mut header = load_request(request, program_id)?;
+    request_client_is(client, &header)?;
+    let event = Event::Close { signer: caller.address().as_array(), retention: cfg.params.retention };
+    let fx = header.apply(event, now()?).or_fail()?;
+    if fx.discard_response
+        && let Some(resp) = load_response(response, program_id, request)?
+    {
+        writable(response)?;
+        writable(response_payer)?;
+        at(response_payer, &resp.server, Error::ServerMismatch)?;
+        close_into(response, response_payer)?;
+    }
+    close_into(request, client)
+}
