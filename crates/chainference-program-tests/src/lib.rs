@@ -178,8 +178,15 @@ impl Bench {
         account.data[13..45].copy_from_slice(&key(&admin));
         svm.set_account(program_data, account).unwrap();
         let client = Keypair::new();
-        let mut bench =
-            Bench { svm, program, admin, client, secret: ClientSecret::from_wallet_signature(&[0; 64]), fees: 0, nonce: 0 };
+        let mut bench = Bench {
+            svm,
+            program,
+            admin,
+            client,
+            secret: ClientSecret::from_wallet_signature(&[0; 64]),
+            fees: 0,
+            nonce: 0,
+        };
         bench.set_time(T0);
         bench.fund(&bench.admin.pubkey());
         bench.fund(&bench.client.pubkey());
@@ -253,7 +260,11 @@ impl Bench {
     }
 
     /// Sends instructions signed by `signers` (the first pays). Fees are tallied.
-    pub fn send(&mut self, ixs: Vec<BuiltInstruction>, signers: &[&Keypair]) -> Result<TransactionMetadata, FailedTransactionMetadata> {
+    pub fn send(
+        &mut self,
+        ixs: Vec<BuiltInstruction>,
+        signers: &[&Keypair],
+    ) -> Result<TransactionMetadata, FailedTransactionMetadata> {
         let ixs: Vec<Instruction> = ixs.into_iter().map(to_ix).collect();
         let payer = signers[0].pubkey();
         let tx = Transaction::new(signers, Message::new(&ixs, Some(&payer)), self.svm.latest_blockhash());
@@ -352,13 +363,19 @@ impl Bench {
 
     /// Builds the open-request instruction(s) for `spec` from `client`: one instruction if the
     /// envelope fits `first_chunk` bytes, plus WritePrompt chunks otherwise.
-    pub fn open_ixs(&mut self, client: &Keypair, spec: &RequestSpec, first_chunk: usize) -> (TestRequest, Vec<BuiltInstruction>) {
+    pub fn open_ixs(
+        &mut self,
+        client: &Keypair,
+        spec: &RequestSpec,
+        first_chunk: usize,
+    ) -> (TestRequest, Vec<BuiltInstruction>) {
         let nonce = self.next_nonce();
         let client_key = key(client);
         let (request, bump) = self.program.request(&client_key, nonce);
         let (response, response_bump) = self.program.response(&request);
         let keys = self.secret.request_keys(&request);
-        let sealed = envelope::seal_prompt(&request, &spec.server_keys, &keys.prompt_public_key(), &spec.prompt).unwrap();
+        let sealed =
+            envelope::seal_prompt(&request, &spec.server_keys, &keys.prompt_public_key(), &spec.prompt).unwrap();
         let commitment = self.secret.commitment(&request, &spec.model, &spec.prompt);
         let first = first_chunk.min(sealed.len());
         let args = OpenRequestArgs {
@@ -381,10 +398,20 @@ impl Bench {
         let mut offset = first;
         while offset < sealed.len() {
             let end = (offset + first_chunk.max(1)).min(sealed.len());
-            ixs.push(builders::write_prompt(&self.program, &client_key, &request, offset as u32, &sealed[offset..end]).unwrap());
+            ixs.push(
+                builders::write_prompt(&self.program, &client_key, &request, offset as u32, &sealed[offset..end])
+                    .unwrap(),
+            );
             offset = end;
         }
-        let req = TestRequest { address: request, response, nonce, stake: spec.stake, envelope: sealed, prompt: spec.prompt.clone() };
+        let req = TestRequest {
+            address: request,
+            response,
+            nonce,
+            stake: spec.stake,
+            envelope: sealed,
+            prompt: spec.prompt.clone(),
+        };
         (req, ixs)
     }
 

@@ -1,7 +1,12 @@
 //! The happy path of every instruction against the built `.so`, each asserting lamport
 //! conservation: the sum over every touched account changes only by the fees the runtime burned.
 
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation
+)]
 
 use chainference_core::builders::{self, CompareSide, ServerProfile};
 use chainference_core::envelope::{self, ResponseSealer};
@@ -26,7 +31,15 @@ fn a_request_lives_its_whole_life_and_every_lamport_is_accounted_for() {
     let treasury = b.program.treasury;
     let spec = b.spec(&[&cheap, &dear]);
     let all = |b: &Bench, req: &TestRequest| {
-        vec![client, cheap.authority(), dear.authority(), treasury, req.address, req.response, b.program.server(&cheap.authority())]
+        vec![
+            client,
+            cheap.authority(),
+            dear.authority(),
+            treasury,
+            req.address,
+            req.response,
+            b.program.server(&cheap.authority()),
+        ]
     };
 
     let (req, ixs) = b.open_ixs(&b.client.insecure_clone(), &spec, usize::MAX);
@@ -127,7 +140,11 @@ fn a_large_prompt_uploads_in_chunks_and_opens_only_when_complete() {
     assert_eq!(b.request(&req.address).status, RequestStatus::Draft);
     // No server may lock a draft.
     let w = server.wallet.insecure_clone();
-    b.fails(vec![builders::lock_request(&b.program, &server.authority(), &req.address)], &[&w], chainference_core::Error::WrongState);
+    b.fails(
+        vec![builders::lock_request(&b.program, &server.authority(), &req.address)],
+        &[&w],
+        chainference_core::Error::WrongState,
+    );
     for ix in ixs {
         b.set_time(b.now() + 1);
         b.ok(vec![ix], &[&client]);
@@ -273,7 +290,10 @@ fn servers_update_deactivate_and_close() {
     assert!(data.len() > size0);
     assert_eq!(b.lamports(&server_account), b.svm.minimum_balance_for_rent_exemption(data.len()));
     let acc = chainference_core::state::ServerAccount::decode(&data).unwrap();
-    assert_eq!((acc.header.hpke_key, acc.endpoint, acc.offers.price_of(MODEL)), (pk, "https://a.example/stream", Some(5_000_000)));
+    assert_eq!(
+        (acc.header.hpke_key, acc.endpoint, acc.offers.price_of(MODEL)),
+        (pk, "https://a.example/stream", Some(5_000_000))
+    );
     // Shrink back: the excess rent is refunded.
     let profile = ServerProfile { hpke_key: &pk, endpoint: "", offers: &offers[..1] };
     b.ok(vec![builders::update_server(&b.program, &a, &profile).unwrap()], &[&w]);

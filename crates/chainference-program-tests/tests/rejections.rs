@@ -1,0 +1,619 @@
+//! Every rejection, each with its exact error code, against the built `.so`; every failed
+//! transaction is checked to have moved no lamport but its fee.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation
+)]
+
+use chainference_core::Error;
+use chainference_core::builders::{self, BuiltInstruction, CompareSide, RequestRefs};
+use chainference_core::state::{ConfigParams, RequestStatus};
+use chainference_program_tests::*;
+use solana_account::Account;
+use solana_instruction_error::InstructionError;
+use solana_transaction_error::TransactionError;
+
+struct World {
+    b: Bench,
+    s1: TestServer,
+    s2: TestServer,
+}
+
+fn world() -> World {
+    let mut b = Bench::new();
+    b.init_config();
+    let s1 = b.server(1_000_000);
+    let s2 = b.server(2_000_000);
+    World { b, s1, s2 }
+}
+
+fn lock(b: &mut Bench, server: &TestServer, req: &TestRequest) {
+    let ix = builders::lock_request(&b.program, &server.authority(), &req.address);
+    b.ok(vec![ix], &[&server.wallet.insecure_clone()]);
+}
+
+fn watched(w: &World, req: &TestRequest) -> Vec<[u8; 32]> {
+    vec![
+        key(&w.b.client),
+        w.s1.authority(),
+        w.s2.authority(),
+        w.b.program.treasury,
+        req.address,
+        req.response,
+        w.b.program.server(&w.s1.authority()),
+        w.b.program.server(&w.s2.authority()),
+    ]
+}
+
+fn unsign(mut ix: BuiltInstruction, index: usize) -> BuiltInstruction {
+    ix.accounts[index].is_signer = false;
+    ix
+}
+
+fn replace(mut ix: BuiltInstruction, index: usize, with: [u8; 32]) -> BuiltInstruction {
+    ix.accounts[index].pubkey = with;
+    ix
+}
+
+#[test]
+fn missing_signers_are_rejected() {
+    let mut w = world();
+    let spec = w.b.spec(&[&w.s1]);
+    let req = w.b.open(&spec);
+    let acc = watched(&w, &req);
+    let stranger = w.b.wallet();
+    let client = key(&w.b.client);
+    let cancel = unsign(builders::cancel_request(&w.b.program, &client, &req.address), 0);
+    w.b.rejects(vec![cancel], &[&stranger], Error::MissingSigner, &acc);
+    let lock = unsign(builders::lock_request(&w.b.program, &w.s1.authority(), &req.address), 0);
+    w.b.rejects(vec![lock], &[&stranger], Error::MissingSigner, &acc);
+    let admin = key(&w.b.admin);
+    let update = unsign(builders::update_config(&w.b.program, &admin, ConfigParams::default(), &admin), 0);
+    w.b.rejects(vec![update], &[&stranger], Error::MissingSigner, &acc);
+}
+
+#[test]
+fn wrong_owners_fakes_and_type_confusion_are_rejected() {
+    let mut w = world();
+    let spec = w.b.spec(&[&w.s1]);
+    let req = w.b.open(&spec);
+    let acc = watched(&w, &req);
+    let client = w.b.client.insecure_clone();
+    let c = key(&client);
+
+    // A system account where a request belongs: wrong owner.
+    let plain = key(&w.b.wallet());
+    w.b.rejects(vec![builders::cancel_request(&w.b.program, &c, &plain)], &[&client], Error::WrongOwner, &acc);
+    // A server account where a request belongs: wrong kind.
+    let server_acc = w.b.program.server(&w.s1.authority());
+    w.b.rejects(
+        vec![builders::cancel_request(&w.b.program, &c, &server_acc)],
+        &[&client],
+        Error::WrongAccountKind,
+        &acc,
+    );
+    // An account that does not exist.
+    w.b.rejects(vec![builders::cancel_request(&w.b.program, &c, &[5; 32])], &[&client], Error::AccountMissing, &acc);
+
+    // A fake config: the real config's bytes in an account some other program owns.
+    let real = w.b.svm.get_account(&addr(&w.b.program.config)).unwrap();
+    let fake_config = [66u8; 32];
+    w.b.set_account(&fake_config, Account { owner: solana_address::Address::new_from_array([8; 32]), ..real.clone() });
+    let mut open = w.b.open_ixs(&client, &spec, usize::MAX).1.remove(0);
+    open.accounts[2].pubkey = fake_config;
+    w.b.rejects(vec![open], &[&client], Error::WrongOwner, &acc);
+    // The treasury where the config belongs, and the config where the treasury belongs.
+    let mut open = w.b.open_ixs(&client, &spec, usize::MAX).1.remove(0);
+    open.accounts[2].pubkey = w.b.program.treasury;
+    w.b.rejects(vec![open], &[&client], Error::WrongAccountKind, &acc);
+    lock(&mut w.b, &w.s1, &req);
+    let refs = w.b.refs(&req);
+    let a = w.s1.authority();
+    let sw = w.s1.wallet.insecure_clone();
+    w.b.ok(vec![builders::append_response(&w.b.program, &a, &refs, true, b"x").unwrap()], &[&sw]);
+    let complete = replace(builders::complete_request(&w.b.program, &a, &refs, 1), 5, w.b.program.config);
+    w.b.rejects(vec![complete], &[&sw], Error::WrongAccountKind, &acc);
+    // A program-owned Treasury-kind account at the wrong address cannot exist; a server account
+    // there is the closest forgery: wrong kind.
+    let complete = replace(builders::complete_request(&w.b.program, &a, &refs, 1), 5, server_acc);
+    w.b.rejects(vec![complete], &[&sw], Error::WrongAccountKind, &acc);
+}
+
+#[test]
+fn wrong_pdas_are_rejected() {
+    let mut w = world();
+    let stranger = w.b.wallet();
+    let s = key(&stranger);
+    let pk = [3u8; 32];
+    let profile = builders::ServerProfile { hpke_key: &pk, endpoint: "", offers: &[(MODEL, 1)] };
+    // Registering at another authority's PDA.
+    let ix = replace(builders::register_server(&w.b.program, &s, &profile).unwrap(), 1, w.b.program.server(&[9; 32]));
+    w.b.rejects(vec![ix], &[&stranger], Error::WrongAddress, &[s]);
+    // A request at an address the seeds do not derive: the runtime refuses the signature.
+    let spec = w.b.spec(&[&w.s1]);
+    let client = w.b.client.insecure_clone();
+    let (_, mut ixs) = w.b.open_ixs(&client, &spec, usize::MAX);
+    ixs[0].accounts[1].pubkey = [44u8; 32];
+    let f = w.b.send(ixs, &[&client]).unwrap_err();
+    assert!(
+        matches!(f.err, TransactionError::InstructionError(0, InstructionError::PrivilegeEscalation)),
+        "{:?}",
+        f.err
+    );
+    // Config init at a non-canonical address.
+    let admin = w.b.admin.insecure_clone();
+    let ix = replace(builders::init_config(&w.b.program, &key(&admin), ConfigParams::default()), 1, [45; 32]);
+    w.b.rejects(vec![ix], &[&admin], Error::WrongAddress, &[]);
+}
+
+#[test]
+fn config_is_guarded() {
+    let mut b = Bench::new();
+    let stranger = b.wallet();
+    // Only the upgrade authority may initialize.
+    let ix = builders::init_config(&b.program, &key(&stranger), ConfigParams::default());
+    b.rejects(vec![ix], &[&stranger], Error::NotAdmin, &[]);
+    let admin = b.admin.insecure_clone();
+    let bad = ConfigParams { fee_bps: 10_001, ..ConfigParams::default() };
+    b.rejects(vec![builders::init_config(&b.program, &key(&admin), bad)], &[&admin], Error::InvalidFeeBps, &[]);
+    let bad = ConfigParams { min_timeout: 500, ..ConfigParams::default() };
+    b.rejects(vec![builders::init_config(&b.program, &key(&admin), bad)], &[&admin], Error::InvalidTimeout, &[]);
+    b.init_config();
+    let again = builders::init_config(&b.program, &key(&admin), ConfigParams::default());
+    b.rejects(vec![again], &[&admin], Error::AlreadyInitialized, &[]);
+    let ix = builders::update_config(&b.program, &key(&stranger), ConfigParams::default(), &key(&stranger));
+    b.rejects(vec![ix], &[&stranger], Error::NotAdmin, &[]);
+    let ix = builders::withdraw_fees(&b.program, &key(&admin), &key(&stranger), 1);
+    b.rejects(vec![ix], &[&admin], Error::TreasuryInsufficient, &[b.program.treasury]);
+    let ix = builders::withdraw_fees(&b.program, &key(&stranger), &key(&stranger), 0);
+    b.rejects(vec![ix], &[&stranger], Error::NotAdmin, &[b.program.treasury]);
+}
+
+#[test]
+fn wrong_states_and_deadlines_are_rejected() {
+    let mut w = world();
+    let spec = w.b.spec(&[&w.s1, &w.s2]);
+    let req = w.b.open(&spec);
+    let acc = watched(&w, &req);
+    let client = w.b.client.insecure_clone();
+    let (a, sw) = (w.s1.authority(), w.s1.wallet.insecure_clone());
+    let refs = w.b.refs(&req);
+    // Complete and release need a lock.
+    w.b.rejects(vec![builders::complete_request(&w.b.program, &a, &refs, 1)], &[&sw], Error::WrongState, &acc);
+    w.b.rejects(
+        vec![builders::release_request(&w.b.program, &a, &req.address, &req.response)],
+        &[&sw],
+        Error::WrongState,
+        &acc,
+    );
+    // Too early to reclaim.
+    let reclaim = builders::reclaim_request(&w.b.program, &req.address, &key(&client), None);
+    w.b.rejects(vec![reclaim], &[&client], Error::DeadlineNotReached, &acc);
+    // Two servers race: exactly one wins.
+    let l1 = builders::lock_request(&w.b.program, &a, &req.address);
+    let l2 = builders::lock_request(&w.b.program, &w.s2.authority(), &req.address);
+    w.b.ok(vec![l1], &[&sw]);
+    w.b.rejects(vec![l2], &[&w.s2.wallet.insecure_clone()], Error::WrongState, &acc);
+    // Cancel only while Open; flag only once completed.
+    w.b.rejects(
+        vec![builders::cancel_request(&w.b.program, &key(&client), &req.address)],
+        &[&client],
+        Error::WrongState,
+        &acc,
+    );
+    w.b.rejects(
+        vec![builders::flag_response(&w.b.program, &key(&client), &req.address, &a)],
+        &[&client],
+        Error::WrongState,
+        &acc,
+    );
+    // Closing needs a terminal request.
+    let close = builders::close_request(&w.b.program, &key(&client), &refs, &a);
+    w.b.rejects(vec![close], &[&client], Error::WrongState, &acc);
+    // The other server cannot append, release or complete.
+    let (a2, sw2) = (w.s2.authority(), w.s2.wallet.insecure_clone());
+    let app = builders::append_response(&w.b.program, &a2, &refs, false, b"x").unwrap();
+    w.b.rejects(vec![app], &[&sw2], Error::NotLockedByServer, &acc);
+    w.b.rejects(
+        vec![builders::release_request(&w.b.program, &a2, &req.address, &req.response)],
+        &[&sw2],
+        Error::NotLockedByServer,
+        &acc,
+    );
+    w.b.rejects(vec![builders::complete_request(&w.b.program, &a2, &refs, 1)], &[&sw2], Error::NotLockedByServer, &acc);
+    // Past the deadline: no append, no complete, no release.
+    w.b.ok(vec![builders::append_response(&w.b.program, &a, &refs, false, b"x").unwrap()], &[&sw]);
+    w.b.set_time(T0 + 300);
+    let app = builders::append_response(&w.b.program, &a, &refs, true, b"y").unwrap();
+    w.b.rejects(vec![app], &[&sw], Error::DeadlinePassed, &acc);
+    w.b.rejects(
+        vec![builders::release_request(&w.b.program, &a, &req.address, &req.response)],
+        &[&sw],
+        Error::DeadlinePassed,
+        &acc,
+    );
+    // Reclaim of a locked request needs the locking server's account, not another one.
+    let reclaim = builders::reclaim_request(&w.b.program, &req.address, &key(&client), None);
+    w.b.rejects(vec![reclaim], &[&client], Error::NotEnoughAccounts, &acc);
+    let reclaim = builders::reclaim_request(&w.b.program, &req.address, &key(&client), Some(&a2));
+    w.b.rejects(vec![reclaim], &[&client], Error::ServerMismatch, &acc);
+    let reclaim = builders::reclaim_request(&w.b.program, &req.address, &a2, Some(&a));
+    w.b.rejects(vec![reclaim], &[&client], Error::ClientAccountMismatch, &acc);
+    w.b.ok(vec![builders::reclaim_request(&w.b.program, &req.address, &key(&client), Some(&a))], &[&client]);
+    let reclaim = builders::reclaim_request(&w.b.program, &req.address, &key(&client), Some(&a));
+    w.b.rejects(vec![reclaim], &[&client], Error::WrongState, &acc);
+
+    // Lock after the deadline.
+    let spec = w.b.spec(&[&w.s1]);
+    let late = w.b.open(&spec);
+    w.b.set_time(T0 + 300 + 300);
+    let l = builders::lock_request(&w.b.program, &a, &late.address);
+    w.b.rejects(vec![l], &[&sw], Error::DeadlinePassed, &acc);
+}
+
+#[test]
+fn allow_list_filters_model_and_activity_are_enforced_at_lock() {
+    let mut w = world();
+    let (a1, sw1) = (w.s1.authority(), w.s1.wallet.insecure_clone());
+    let (a2, sw2) = (w.s2.authority(), w.s2.wallet.insecure_clone());
+    // Not on the allow-list.
+    let spec = w.b.spec(&[&w.s1]);
+    let req = w.b.open(&spec);
+    let acc = watched(&w, &req);
+    w.b.rejects(vec![builders::lock_request(&w.b.program, &a2, &req.address)], &[&sw2], Error::ServerNotAllowed, &acc);
+    // Filters: s2 has no completed request yet.
+    let mut spec = w.b.spec(&[&w.s2]);
+    spec.min_completed = 1;
+    let req = w.b.open(&spec);
+    w.b.rejects(
+        vec![builders::lock_request(&w.b.program, &a2, &req.address)],
+        &[&sw2],
+        Error::MinCompletedNotMet,
+        &acc,
+    );
+    // s1 completes one, which the client flags: success ratio 0.
+    let spec1 = w.b.spec(&[&w.s1]);
+    let r = w.b.open(&spec1);
+    w.b.serve(&w.s1, &r, 1);
+    let client = w.b.client.insecure_clone();
+    w.b.ok(vec![builders::flag_response(&w.b.program, &key(&client), &r.address, &a1)], &[&client]);
+    let mut spec = w.b.spec(&[&w.s1]);
+    spec.min_success_bps = 5_000;
+    let req = w.b.open(&spec);
+    w.b.rejects(vec![builders::lock_request(&w.b.program, &a1, &req.address)], &[&sw1], Error::MinSuccessNotMet, &acc);
+    // A model the server does not offer.
+    let mut spec = w.b.spec(&[&w.s1]);
+    spec.model = "HuggingFaceTB/SmolLM2-360M-Instruct".into();
+    let req = w.b.open(&spec);
+    w.b.rejects(vec![builders::lock_request(&w.b.program, &a1, &req.address)], &[&sw1], Error::ModelNotOffered, &acc);
+    // An inactive server.
+    w.b.ok(vec![builders::set_server_active(&w.b.program, &a2, false)], &[&sw2]);
+    let spec = w.b.spec(&[&w.s2]);
+    let req = w.b.open(&spec);
+    w.b.rejects(vec![builders::lock_request(&w.b.program, &a2, &req.address)], &[&sw2], Error::ServerInactive, &acc);
+    // Another server's wallet cannot lock with s2's account.
+    let mut ix = builders::lock_request(&w.b.program, &a1, &req.address);
+    ix.accounts[1].pubkey = w.b.program.server(&a2);
+    w.b.rejects(vec![ix], &[&sw1], Error::NotServerAuthority, &acc);
+}
+
+#[test]
+fn bad_request_parameters_are_rejected_at_open() {
+    let mut w = world();
+    let client = w.b.client.insecure_clone();
+    let c = key(&client);
+    let base = w.b.spec(&[&w.s1]);
+    let cases: Vec<(Box<dyn Fn(&mut RequestSpec)>, Error)> = vec![
+        (Box::new(|s| s.stake = 0), Error::ZeroStake),
+        (Box::new(|s| s.timeout = 1), Error::InvalidTimeout),
+        (Box::new(|s| s.timeout = 1_000_000), Error::InvalidTimeout),
+        (Box::new(|s| s.min_success_bps = 10_001), Error::InvalidFilter),
+        (Box::new(|s| s.model = "HuggingFaceTB/SmolLM2-135M-Instruct:q4_1".into()), Error::InvalidModelId),
+        (Box::new(|s| s.model = "not a model".into()), Error::InvalidModelId),
+        (Box::new(|s| s.stake = FUNDS * 2), Error::InsufficientFunds),
+        (
+            Box::new(|s| {
+                s.allowed.push(s.allowed[0]);
+                s.server_keys.push(s.server_keys[0]);
+            }),
+            Error::DuplicateAllowedServer,
+        ),
+    ];
+    for (edit, expected) in cases {
+        let mut spec = base.clone();
+        edit(&mut spec);
+        let (req, ixs) = w.b.open_ixs(&client, &spec, usize::MAX);
+        w.b.rejects(ixs, &[&client], expected, &[c, req.address]);
+    }
+    // Nine servers (the envelope builder refuses, so build the instruction by hand).
+    let mut spec = base.clone();
+    let (_, mut ixs) = w.b.open_ixs(&client, &spec, usize::MAX);
+    spec.allowed = (1..=9u8).map(|i| [i; 32]).collect();
+    let original = ixs[0].data.clone();
+    let mut decoded = chainference_core::instruction::Instruction::decode(&original).unwrap();
+    if let chainference_core::instruction::Instruction::OpenRequest(args) = &mut decoded {
+        args.allowed = &spec.allowed;
+    }
+    ixs[0].data = decoded.encode().unwrap();
+    w.b.rejects(ixs, &[&client], Error::InvalidAllowList, &[c]);
+    // Prompt chunks out of place, and no more chunks once published.
+    let (req, ixs) = w.b.open_ixs(&client, &base, 100);
+    w.b.ok(vec![ixs[0].clone()], &[&client]);
+    let skip = builders::write_prompt(&w.b.program, &c, &req.address, 150, &req.envelope[150..200]).unwrap();
+    w.b.rejects(vec![skip], &[&client], Error::PromptChunkOutOfPlace, &[c, req.address]);
+    let past_end = builders::write_prompt(&w.b.program, &c, &req.address, 100, &vec![0; req.envelope.len()]).unwrap();
+    w.b.rejects(vec![past_end], &[&client], Error::PromptChunkOutOfPlace, &[c, req.address]);
+    let stranger = w.b.wallet();
+    let theirs =
+        builders::write_prompt(&w.b.program, &key(&stranger), &req.address, 100, &req.envelope[100..200]).unwrap();
+    w.b.rejects(vec![theirs], &[&stranger], Error::NotClient, &[c, req.address]);
+    w.b.ok(ixs[1..].to_vec(), &[&client]);
+    let again = builders::write_prompt(&w.b.program, &c, &req.address, 0, &req.envelope[..10]).unwrap();
+    w.b.rejects(vec![again], &[&client], Error::WrongState, &[c, req.address]);
+}
+
+#[test]
+fn responses_and_completion_are_checked() {
+    let mut w = world();
+    let spec = w.b.spec(&[&w.s1]);
+    let req = w.b.open(&spec);
+    let other = w.b.open(&spec);
+    let acc = watched(&w, &req);
+    let (a, sw) = (w.s1.authority(), w.s1.wallet.insecure_clone());
+    let refs = w.b.refs(&req);
+    lock(&mut w.b, &w.s1, &req);
+    lock(&mut w.b, &w.s1, &other);
+    w.b.rejects(
+        vec![builders::append_response(&w.b.program, &a, &refs, false, b"").unwrap()],
+        &[&sw],
+        Error::EmptyChunk,
+        &acc,
+    );
+    w.b.ok(vec![builders::append_response(&w.b.program, &a, &refs, false, b"one").unwrap()], &[&sw]);
+    // Complete before the final chunk.
+    w.b.rejects(vec![builders::complete_request(&w.b.program, &a, &refs, 1)], &[&sw], Error::ResponseNotFinished, &acc);
+    w.b.ok(vec![builders::append_response(&w.b.program, &a, &refs, true, b"two").unwrap()], &[&sw]);
+    w.b.rejects(
+        vec![builders::append_response(&w.b.program, &a, &refs, true, b"3").unwrap()],
+        &[&sw],
+        Error::ResponseFinished,
+        &acc,
+    );
+    // Another request's response.
+    let other_refs = w.b.refs(&other);
+    w.b.ok(vec![builders::append_response(&w.b.program, &a, &other_refs, true, b"x").unwrap()], &[&sw]);
+    let mixed = RequestRefs { response: other.response, ..refs };
+    w.b.rejects(vec![builders::complete_request(&w.b.program, &a, &mixed, 1)], &[&sw], Error::ResponseMismatch, &acc);
+    let app = builders::append_response(&w.b.program, &a, &mixed, false, b"x").unwrap();
+    w.b.rejects(vec![app], &[&sw], Error::ResponseMismatch, &acc);
+    // Tokens over the request's max.
+    w.b.rejects(vec![builders::complete_request(&w.b.program, &a, &refs, 1_001)], &[&sw], Error::TokensExceedMax, &acc);
+    // The refund must go to the request's client.
+    let wrong_client = RequestRefs { client: a, ..refs };
+    w.b.rejects(
+        vec![builders::complete_request(&w.b.program, &a, &wrong_client, 1)],
+        &[&sw],
+        Error::ClientAccountMismatch,
+        &acc,
+    );
+    // Wrong system program on append.
+    let mut app = builders::append_response(&w.b.program, &a, &refs, false, b"x").unwrap();
+    app.accounts[3].pubkey = [1; 32];
+    w.b.rejects(vec![app], &[&sw], Error::WrongSystemProgram, &acc);
+    // A server still holding locks cannot close.
+    w.b.rejects(vec![builders::close_server(&w.b.program, &a)], &[&sw], Error::ServerBusy, &acc);
+    w.b.ok(vec![builders::complete_request(&w.b.program, &a, &refs, 1_000)], &[&sw]);
+    w.b.rejects(vec![builders::complete_request(&w.b.program, &a, &refs, 1)], &[&sw], Error::WrongState, &acc);
+}
+
+#[test]
+fn flags_are_once_and_within_the_window() {
+    let mut w = world();
+    let spec = w.b.spec(&[&w.s1]);
+    let req = w.b.open(&spec);
+    let acc = watched(&w, &req);
+    w.b.serve(&w.s1, &req, 1);
+    let client = w.b.client.insecure_clone();
+    let a = w.s1.authority();
+    let stranger = w.b.wallet();
+    let ix = builders::flag_response(&w.b.program, &key(&stranger), &req.address, &a);
+    w.b.rejects(vec![ix], &[&stranger], Error::NotClient, &acc);
+    let ix = builders::flag_response(&w.b.program, &key(&client), &req.address, &w.s2.authority());
+    w.b.rejects(vec![ix], &[&client], Error::ServerMismatch, &acc);
+    w.b.ok(vec![builders::flag_response(&w.b.program, &key(&client), &req.address, &a)], &[&client]);
+    let ix = builders::flag_response(&w.b.program, &key(&client), &req.address, &a);
+    w.b.rejects(vec![ix], &[&client], Error::AlreadyFlagged, &acc);
+    let late = w.b.open(&spec);
+    w.b.serve(&w.s1, &late, 1);
+    w.b.set_time(T0 + i64::from(ConfigParams::default().flag_window) + 1);
+    let ix = builders::flag_response(&w.b.program, &key(&client), &late.address, &a);
+    w.b.rejects(vec![ix], &[&client], Error::FlagWindowClosed, &acc);
+}
+
+#[test]
+fn comparisons_are_checked() {
+    let mut w = world();
+    let s3 = w.b.server(1_000_000);
+    let client = w.b.client.insecure_clone();
+    let c = key(&client);
+    let (a1, a2, a3) = (w.s1.authority(), w.s2.authority(), s3.authority());
+    let mut reqs = Vec::new();
+    for s in [&w.s1, &w.s2, &w.s1, &s3] {
+        let spec = w.b.spec(&[s]);
+        let r = w.b.open(&spec);
+        w.b.serve(s, &r, 1);
+        reqs.push(r);
+    }
+    let mut spec = w.b.spec(&[&s3]);
+    spec.prompt = b"a different prompt".to_vec();
+    let different = w.b.open(&spec);
+    w.b.serve(&s3, &different, 1);
+    let acc = watched(&w, &reqs[0]);
+    let digest = w.b.secret.prompt_digest(MODEL, &reqs[0].prompt);
+    let salt = |w: &World, r: &TestRequest| w.b.secret.commitment_salt(&r.address);
+    let cmp = |w: &World, x: (&TestRequest, &[u8; 32]), y: (&TestRequest, &[u8; 32]), d: &[u8; 32], p: u8| {
+        let (sx, sy) = (salt(w, x.0), salt(w, y.0));
+        builders::compare_responses(
+            &w.b.program,
+            &c,
+            [
+                CompareSide { request: &x.0.address, served_by: x.1, salt: &sx },
+                CompareSide { request: &y.0.address, served_by: y.1, salt: &sy },
+            ],
+            d,
+            p,
+        )
+    };
+    // The same request twice.
+    let ix = cmp(&w, (&reqs[0], &a1), (&reqs[0], &a1), &digest, 0);
+    w.b.rejects(vec![ix], &[&client], Error::DuplicateAccount, &acc);
+    // Two answers from the same server.
+    let ix = cmp(&w, (&reqs[0], &a1), (&reqs[2], &a1), &digest, 0);
+    w.b.rejects(vec![ix], &[&client], Error::SameServer, &acc);
+    // A digest of another prompt: the commitments do not open.
+    let ix = cmp(&w, (&reqs[0], &a1), (&different, &a3), &digest, 0);
+    w.b.rejects(vec![ix], &[&client], Error::CommitmentMismatch, &acc);
+    let wrong = w.b.secret.prompt_digest(MODEL, b"guess");
+    let ix = cmp(&w, (&reqs[0], &a1), (&reqs[1], &a2), &wrong, 0);
+    w.b.rejects(vec![ix], &[&client], Error::CommitmentMismatch, &acc);
+    let ix = cmp(&w, (&reqs[0], &a1), (&reqs[1], &a2), &digest, 2);
+    w.b.rejects(vec![ix], &[&client], Error::InvalidPreference, &acc);
+    // Servers passed in the wrong order.
+    let ix = cmp(&w, (&reqs[0], &a2), (&reqs[1], &a1), &digest, 0);
+    w.b.rejects(vec![ix], &[&client], Error::ServerMismatch, &acc);
+    let stranger = w.b.wallet();
+    let mut ix = cmp(&w, (&reqs[0], &a1), (&reqs[1], &a2), &digest, 0);
+    ix.accounts[0].pubkey = key(&stranger);
+    w.b.rejects(vec![ix], &[&stranger], Error::NotClient, &acc);
+    w.b.ok(vec![cmp(&w, (&reqs[0], &a1), (&reqs[1], &a2), &digest, 0)], &[&client]);
+    // Already compared.
+    let ix = cmp(&w, (&reqs[0], &a1), (&reqs[3], &a3), &digest, 0);
+    w.b.rejects(vec![ix], &[&client], Error::AlreadyCompared, &acc);
+    assert_eq!(w.b.server_header(&a1).stats.preferred, 1);
+}
+
+#[test]
+fn closing_is_once_and_closed_accounts_stay_dead() {
+    let mut w = world();
+    let spec = w.b.spec(&[&w.s1]);
+    let req = w.b.open(&spec);
+    let acc = watched(&w, &req);
+    w.b.serve(&w.s1, &req, 1);
+    let client = w.b.client.insecure_clone();
+    let c = key(&client);
+    let a = w.s1.authority();
+    let refs = w.b.refs(&req);
+    // A stranger may not close before the retention period; the response rent must go to its payer.
+    let stranger = w.b.wallet();
+    let ix = builders::close_request(&w.b.program, &key(&stranger), &refs, &a);
+    w.b.rejects(vec![ix], &[&stranger], Error::RetentionNotElapsed, &acc);
+    let ix = builders::close_request(&w.b.program, &c, &refs, &c);
+    w.b.rejects(vec![ix], &[&client], Error::ServerMismatch, &acc);
+    // Close, then in the same transaction try to use the request again, even refunded.
+    let close = builders::close_request(&w.b.program, &c, &refs, &a);
+    let cancel = builders::cancel_request(&w.b.program, &c, &req.address);
+    w.b.rejects(vec![close.clone(), cancel.clone()], &[&client], Error::AccountMissing, &acc);
+    let revive = BuiltInstruction {
+        program_id: [0; 32],
+        accounts: vec![
+            chainference_core::builders::AccountMeta::writable(c, true),
+            chainference_core::builders::AccountMeta::writable(req.address, false),
+        ],
+        data: {
+            let mut d = 2u32.to_le_bytes().to_vec();
+            d.extend_from_slice(&10_000_000u64.to_le_bytes());
+            d
+        },
+    };
+    w.b.rejects(vec![close.clone(), revive, cancel], &[&client], Error::WrongOwner, &acc);
+    assert_eq!(w.b.request(&req.address).status, RequestStatus::Completed, "the failed transactions changed nothing");
+    w.b.ok(vec![close.clone()], &[&client]);
+    w.b.rejects(vec![close], &[&client], Error::AccountMissing, &acc);
+    // After the retention period anyone may close; the rent still goes to the client.
+    let old = w.b.open(&spec);
+    w.b.serve(&w.s1, &old, 1);
+    w.b.set_time(T0 + i64::from(ConfigParams::default().retention));
+    let before = w.b.lamports(&c);
+    let rent = w.b.lamports(&old.address);
+    let ix = builders::close_request(&w.b.program, &key(&stranger), &w.b.refs(&old), &a);
+    w.b.ok(vec![ix], &[&stranger]);
+    assert_eq!(w.b.lamports(&c) - before, rent);
+}
+
+#[test]
+fn malformed_input_gets_precise_errors() {
+    let mut w = world();
+    let client = w.b.client.insecure_clone();
+    let c = key(&client);
+    let program_id = w.b.program.id;
+    let raw = |data: Vec<u8>, accounts: Vec<[u8; 32]>| BuiltInstruction {
+        program_id,
+        accounts: accounts.into_iter().map(|a| builders::AccountMeta::writable(a, a == c)).collect(),
+        data,
+    };
+    let spec = w.b.spec(&[&w.s1]);
+    let req = w.b.open(&spec);
+    let acc = watched(&w, &req);
+    w.b.rejects(vec![raw(vec![], vec![c])], &[&client], Error::UnknownInstruction, &acc);
+    w.b.rejects(vec![raw(vec![200], vec![c])], &[&client], Error::UnknownInstruction, &acc);
+    w.b.rejects(vec![raw(vec![12, 1], vec![c])], &[&client], Error::Truncated, &acc);
+    w.b.rejects(vec![raw(vec![9, 0], vec![c, req.address])], &[&client], Error::TrailingBytes, &acc);
+    w.b.rejects(vec![raw(vec![9], vec![c])], &[&client], Error::NotEnoughAccounts, &acc);
+    w.b.rejects(vec![raw(vec![5, 7], vec![c])], &[&client], Error::InvalidTag, &acc);
+    // A writable account passed read-only.
+    let mut ix = builders::cancel_request(&w.b.program, &c, &req.address);
+    ix.accounts[1].is_writable = false;
+    w.b.rejects(vec![ix], &[&client], Error::NotWritable, &acc);
+}
+
+#[test]
+fn arithmetic_extremes_settle_exactly() {
+    let mut b = Bench::new();
+    b.init_config();
+    let greedy = b.server(u64::MAX);
+    let free = b.server(0);
+    // A price near u64::MAX: the cost is capped at the stake, never more.
+    let spec = b.spec(&[&greedy]);
+    let req = b.open(&spec);
+    let client_before = b.lamports(&key(&b.client));
+    b.serve(&greedy, &req, 1_000);
+    let h = b.request(&req.address);
+    assert_eq!((h.cost, h.fee), (req.stake, req.stake / 10));
+    assert_eq!(b.lamports(&key(&b.client)), client_before, "no refund when the cost reaches the stake");
+    // Zero tokens and a zero price cost nothing.
+    let spec = b.spec(&[&greedy]);
+    let req = b.open(&spec);
+    b.serve(&greedy, &req, 0);
+    assert_eq!(b.request(&req.address).cost, 0);
+    let spec = b.spec(&[&free]);
+    let req = b.open(&spec);
+    b.serve(&free, &req, 1_000);
+    let h = b.request(&req.address);
+    assert_eq!((h.cost, h.fee), (0, 0));
+    // The largest stake a funded client can post.
+    let rich = solana_keypair::Keypair::new();
+    let system = solana_address::Address::new_from_array([0; 32]);
+    b.set_account(
+        &key(&rich),
+        Account { lamports: u64::MAX / 4, data: vec![], owner: system, executable: false, rent_epoch: 0 },
+    );
+    let mut spec = b.spec(&[&greedy]);
+    spec.stake = u64::MAX / 4 - 1_000_000_000;
+    let (req, ixs) = b.open_ixs(&rich, &spec, usize::MAX);
+    b.ok(ixs, &[&rich]);
+    let a = greedy.authority();
+    let refs = RequestRefs { request: req.address, response: req.response, client: key(&rich) };
+    let ixs = vec![
+        builders::lock_request(&b.program, &a, &req.address),
+        builders::append_response(&b.program, &a, &refs, true, b"x").unwrap(),
+        builders::complete_request(&b.program, &a, &refs, 1_000),
+    ];
+    b.ok(ixs, &[&greedy.wallet.insecure_clone()]);
+    let h = b.request(&req.address);
+    let exact = (1_000u128 * u128::from(u64::MAX)).div_ceil(1_000_000);
+    assert_eq!(u128::from(h.cost), exact, "an exact 128-bit product, below the stake");
+    assert_eq!(h.fee, h.cost / 10);
+}
