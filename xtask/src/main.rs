@@ -268,8 +268,18 @@ fn core_no_std() -> Result {
 fn test(rest: &[String]) -> Result {
     let start = Instant::now();
     setup()?;
-    stage("fmt", || run(cargo().args(["fmt", "--all", "--check"])))?;
-    stage("clippy", || run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])))?;
+    stage("fmt", || {
+        run(cargo().args(["fmt", "--all", "--check"]))?;
+        run(cargo().args(["fmt", "--check", "--manifest-path"]).arg(program_manifest()))
+    })?;
+    stage("clippy", || {
+        run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+        // The program's own workspace, built for the host (lints only; it runs as the SBF .so).
+        run(cargo()
+            .args(["clippy", "--all-targets", "--manifest-path"])
+            .arg(program_manifest())
+            .args(["--", "-D", "warnings"]))
+    })?;
     stage("core no_std for bpfel-unknown-none", core_no_std)?;
     if sbf_program_crate().is_some() {
         build_sbf()?;
@@ -289,16 +299,7 @@ fn test(rest: &[String]) -> Result {
 fn compute_units() -> Result {
     stage("cu", || {
         run(cargo()
-            .args([
-                "test",
-                "-p",
-                "chainference-program-tests",
-                "--test",
-                "compute_units",
-                "--",
-                "--ignored",
-                "--nocapture",
-            ])
+            .args(["test", "-p", "chainference-program-tests", "--test", "compute_units", "--", "--nocapture"])
             .env("CHAINFERENCE_PROGRAM_SO", root().join("target/deploy/chainference_program.so"))
             .env("CHAINFERENCE_WRITE_CU", root().join("docs/compute-units.md")))
     })

@@ -253,6 +253,18 @@ pub fn append_response(
     )
 }
 
+/// A system-program transfer (for example the server prefunding its response account's rent
+/// growth before [`append_response`], which then needs no CPI).
+pub fn system_transfer(from: &Address, to: &Address, lamports: u64) -> BuiltInstruction {
+    let mut data = 2u32.to_le_bytes().to_vec();
+    data.extend_from_slice(&lamports.to_le_bytes());
+    BuiltInstruction {
+        program_id: pda::SYSTEM_PROGRAM_ID,
+        accounts: vec![M::writable(*from, true), M::writable(*to, false)],
+        data,
+    }
+}
+
 /// The accounts of one request as a server sees them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestRefs {

@@ -26,62 +26,87 @@ pub struct ModelId<'a> {
     quant: Option<&'a str>,
 }
 
-fn is_part_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')
-}
-
-fn check_part(part: &str, max: usize, allow: fn(u8) -> bool) -> Result<()> {
-    let bytes = part.as_bytes();
-    if bytes.is_empty() || bytes.len() > max || !bytes.iter().all(|&c| allow(c)) {
+/// `[A-Za-z0-9._-]`, not starting or ending with `-` or `.`, no `..`, 1..=`max` bytes: one pass.
+fn check_part(part: &[u8], max: usize) -> Result<()> {
+    let (Some(&first), Some(&last)) = (part.first(), part.last()) else { return Err(Error::InvalidModelId) };
+    if part.len() > max || matches!(first, b'-' | b'.') || matches!(last, b'-' | b'.') {
         return Err(Error::InvalidModelId);
     }
-    // Hugging Face forbids leading/trailing separators and `..` in repo names.
-    let first = bytes.first().copied().unwrap_or(b'-');
-    let last = bytes.last().copied().unwrap_or(b'-');
-    if matches!(first, b'-' | b'.') || matches!(last, b'-' | b'.') || part.contains("..") {
-        return Err(Error::InvalidModelId);
+    let mut prev = 0u8;
+    for &c in part {
+        let ok = c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || (c == b'.' && prev != b'.');
+        if !ok {
+            return Err(Error::InvalidModelId);
+        }
+        prev = c;
     }
     Ok(())
+}
+
+fn sub(text: &str, start: usize, end: usize) -> Result<&str> {
+    text.get(start..end).ok_or(Error::InvalidModelId)
 }
 
 impl<'a> ModelId<'a> {
     /// Parses and validates `org/name[@revision][:quant]`.
     ///
     /// `org` and `name`: 1..=96 of `[A-Za-z0-9._-]`, not starting or ending with `-` or `.`,
-    /// no `..`. `revision`: 1..=64 of `[A-Za-z0-9._/-]`. `quant`: 1..=16 of `[A-Za-z0-9_]`.
+    /// no `..`. `revision`: 1..=64 of `[A-Za-z0-9._/-]`, not starting or ending with `/`.
+    /// `quant`: 1..=16 of `[A-Za-z0-9_]`. One pass to find the separators, one per part to check
+    /// it (the program runs this on every request it opens).
     pub fn parse(text: &'a str) -> Result<Self> {
-        if text.is_empty() || text.len() > MAX_MODEL_ID_LEN {
+        let bytes = text.as_bytes();
+        if bytes.is_empty() || bytes.len() > MAX_MODEL_ID_LEN {
             return Err(Error::InvalidModelId);
         }
-        // The quant is after the last ':' (revisions never contain ':').
-        let (rest, quant) = match text.rsplit_once(':') {
-            Some((rest, q)) => (rest, Some(q)),
-            None => (text, None),
-        };
-        let (repo, revision) = match rest.split_once('@') {
-            Some((repo, rev)) => (repo, Some(rev)),
-            None => (rest, None),
-        };
-        let (org, name) = repo.split_once('/').ok_or(Error::InvalidModelId)?;
-        check_part(org, MAX_MODEL_PART_LEN, is_part_char)?;
-        check_part(name, MAX_MODEL_PART_LEN, is_part_char)?;
-        if let Some(rev) = revision {
-            let ok = !rev.is_empty()
-                && rev.len() <= MAX_REVISION_LEN
-                && rev.bytes().all(|c| is_part_char(c) || c == b'/')
-                && !rev.starts_with('/')
-                && !rev.ends_with('/');
-            if !ok {
-                return Err(Error::InvalidModelId);
+        let (mut slash, mut at, mut colon) = (None, None, None);
+        for (i, &c) in bytes.iter().enumerate() {
+            match c {
+                b'/' if slash.is_none() => slash = Some(i),
+                b'@' if at.is_none() => at = Some(i),
+                b':' => colon = Some(i),
+                _ => {}
             }
         }
-        if let Some(q) = quant {
-            let ok =
-                !q.is_empty() && q.len() <= MAX_QUANT_LEN && q.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
-            if !ok {
-                return Err(Error::InvalidModelId);
+        // The quant follows the last ':'; the revision the first '@' before it.
+        let end = colon.unwrap_or(bytes.len());
+        let at = at.filter(|&a| a < end);
+        let repo_end = at.unwrap_or(end);
+        let slash = slash.filter(|&s| s < repo_end).ok_or(Error::InvalidModelId)?;
+        let org = sub(text, 0, slash)?;
+        let name = sub(text, slash.saturating_add(1), repo_end)?;
+        check_part(org.as_bytes(), MAX_MODEL_PART_LEN)?;
+        check_part(name.as_bytes(), MAX_MODEL_PART_LEN)?;
+        let revision = match at {
+            Some(a) => {
+                let rev = sub(text, a.saturating_add(1), end)?;
+                let b = rev.as_bytes();
+                let ok = !b.is_empty()
+                    && b.len() <= MAX_REVISION_LEN
+                    && b.first() != Some(&b'/')
+                    && b.last() != Some(&b'/')
+                    && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'/'));
+                if !ok {
+                    return Err(Error::InvalidModelId);
+                }
+                Some(rev)
             }
-        }
+            None => None,
+        };
+        let quant = match colon {
+            Some(c) => {
+                let q = sub(text, c.saturating_add(1), bytes.len())?;
+                let b = q.as_bytes();
+                let ok = !b.is_empty()
+                    && b.len() <= MAX_QUANT_LEN
+                    && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_');
+                if !ok {
+                    return Err(Error::InvalidModelId);
+                }
+                Some(q)
+            }
+            None => None,
+        };
         Ok(ModelId { text, org, name, revision, quant })
     }
 

@@ -13,7 +13,6 @@
 
 use crate::Address;
 use crate::error::{Error, Result};
-use crate::model::ModelId;
 use crate::pricing::ServerStats;
 use crate::wire::{Reader, Writer};
 
@@ -71,6 +70,18 @@ fn read_prefix(r: &mut Reader<'_>, kind: AccountKind) -> Result<u8> {
         return Err(Error::UnsupportedVersion);
     }
     r.u8()
+}
+
+/// The fixed-size head of an account of `kind`: kind and version are checked first (so a short
+/// account of another kind reports the kind), then the length.
+#[inline(always)]
+fn fixed_head<const N: usize>(data: &[u8], kind: AccountKind) -> Result<&[u8; N]> {
+    match data {
+        [k, ..] if *k != kind as u8 => return Err(Error::WrongAccountKind),
+        [_, v, ..] if *v != LAYOUT_VERSION => return Err(Error::UnsupportedVersion),
+        _ => {}
+    }
+    data.first_chunk::<N>().ok_or(Error::Truncated)
 }
 
 #[inline(always)]
@@ -202,7 +213,7 @@ impl Config {
 
     /// Decodes the exact account data.
     pub fn decode(data: &[u8]) -> Result<Self> {
-        let mut r = Reader::new(data);
+        let mut r = Reader::new(fixed_head::<{ Self::LEN }>(data, AccountKind::Config)?);
         let bump = read_prefix(&mut r, AccountKind::Config)?;
         let cfg = Config {
             bump,
@@ -211,12 +222,17 @@ impl Config {
             admin: *r.address()?,
             treasury: *r.address()?,
         };
-        r.finish()?;
+        if data.len() > Self::LEN {
+            return Err(Error::TrailingBytes);
+        }
         Ok(cfg)
     }
 
     /// Encodes into exactly [`Config::LEN`] bytes.
     pub fn encode_into(&self, out: &mut [u8]) -> Result<()> {
+        if out.len() != Self::LEN {
+            return Err(if out.len() < Self::LEN { Error::Truncated } else { Error::TrailingBytes });
+        }
         let mut w = Writer::new(out);
         write_prefix(&mut w, AccountKind::Config, self.bump)?;
         w.u8(self.treasury_bump)?;
@@ -297,7 +313,7 @@ impl ServerHeader {
 
     /// Decodes the fixed header from the start of the account data.
     pub fn decode(data: &[u8]) -> Result<Self> {
-        let mut r = Reader::new(data);
+        let mut r = Reader::new(fixed_head::<{ Self::LEN }>(data, AccountKind::Server)?);
         let bump = read_prefix(&mut r, AccountKind::Server)?;
         Ok(ServerHeader {
             bump,
@@ -319,7 +335,7 @@ impl ServerHeader {
 
     /// Encodes the fixed header into the first [`ServerHeader::LEN`] bytes of `out`.
     pub fn encode_into(&self, out: &mut [u8]) -> Result<()> {
-        let head = out.get_mut(..Self::LEN).ok_or(Error::Truncated)?;
+        let head = out.first_chunk_mut::<{ Self::LEN }>().ok_or(Error::Truncated)?;
         let mut w = Writer::new(head);
         write_prefix(&mut w, AccountKind::Server, self.bump)?;
         w.bool(self.active)?;
@@ -352,13 +368,63 @@ pub struct Offers<'a> {
     count: u32,
 }
 
-/// Checks that `model` is a model id in canonical form (the program matches offers by bytes).
+/// Checks that `model` is a model id in canonical form (quantization upper-case), in one pass
+/// over its bytes: the program runs it on every request and offer, and matches models by bytes.
+/// Accepts exactly what [`ModelId::parse`] accepts with an upper-case quant (property-tested).
 pub fn check_canonical_model(model: &str) -> Result<()> {
-    let id = ModelId::parse(model)?;
-    match id.quant() {
-        Some(q) if q.bytes().any(|c| c.is_ascii_lowercase()) => Err(Error::InvalidModelId),
-        _ => Ok(()),
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Part {
+        Org,
+        Name,
+        Revision,
+        Quant,
     }
+    fn close(part: Part, len: usize, prev: u8) -> Result<()> {
+        let ok = match part {
+            Part::Org | Part::Name => {
+                len > 0 && len <= crate::model::MAX_MODEL_PART_LEN && !matches!(prev, b'-' | b'.')
+            }
+            Part::Revision => len > 0 && len <= crate::model::MAX_REVISION_LEN && prev != b'/',
+            Part::Quant => len > 0 && len <= crate::model::MAX_QUANT_LEN,
+        };
+        if ok { Ok(()) } else { Err(Error::InvalidModelId) }
+    }
+    let bytes = model.as_bytes();
+    if bytes.is_empty() || bytes.len() > crate::model::MAX_MODEL_ID_LEN {
+        return Err(Error::InvalidModelId);
+    }
+    let (mut part, mut len, mut prev) = (Part::Org, 0usize, 0u8);
+    for &c in bytes {
+        let next = match (c, part) {
+            (b'/', Part::Org) => Some(Part::Name),
+            (b'@', Part::Name) => Some(Part::Revision),
+            (b':', Part::Name | Part::Revision) => Some(Part::Quant),
+            _ => None,
+        };
+        if let Some(next) = next {
+            close(part, len, prev)?;
+            (part, len, prev) = (next, 0, 0);
+            continue;
+        }
+        let ok = match part {
+            Part::Org | Part::Name => {
+                c.is_ascii_alphanumeric()
+                    || c == b'_'
+                    || (matches!(c, b'-' | b'.') && len > 0 && !(c == b'.' && prev == b'.'))
+            }
+            Part::Revision => c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.') || (c == b'/' && len > 0),
+            Part::Quant => c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_',
+        };
+        if !ok {
+            return Err(Error::InvalidModelId);
+        }
+        len = len.saturating_add(1);
+        prev = c;
+    }
+    if part == Part::Org {
+        return Err(Error::InvalidModelId);
+    }
+    close(part, len, prev)
 }
 
 impl<'a> Offers<'a> {
@@ -456,7 +522,7 @@ impl<'a> ServerAccount<'a> {
         let mut r = Reader::new(data.get(ServerHeader::TAIL_OFFSET..).ok_or(Error::Truncated)?);
         r.bytes(MAX_ENDPOINT_LEN)?;
         let count = r.u32()?;
-        for _ in 0..count.min(MAX_OFFERS as u32) {
+        for _ in 0..(count as usize).min(MAX_OFFERS) {
             let offered = r.bytes(crate::model::MAX_MODEL_ID_LEN)?;
             let price = r.u64()?;
             if offered == model.as_bytes() {
@@ -637,7 +703,8 @@ impl RequestHeader {
 
     /// Decodes the scalar header from the start of the account data.
     pub fn decode(data: &[u8]) -> Result<Self> {
-        let mut r = Reader::new(data);
+        // A fixed-size view first: with the length known, every read below is check-free.
+        let mut r = Reader::new(fixed_head::<{ Self::LEN }>(data, AccountKind::Request)?);
         let bump = read_prefix(&mut r, AccountKind::Request)?;
         let h = RequestHeader {
             bump,
@@ -676,7 +743,7 @@ impl RequestHeader {
 
     /// Encodes the scalar header into the first [`RequestHeader::LEN`] bytes of `out`.
     pub fn encode_into(&self, out: &mut [u8]) -> Result<()> {
-        let head = out.get_mut(..Self::LEN).ok_or(Error::Truncated)?;
+        let head = out.first_chunk_mut::<{ Self::LEN }>().ok_or(Error::Truncated)?;
         let mut w = Writer::new(head);
         write_prefix(&mut w, AccountKind::Request, self.bump)?;
         w.u8(self.status as u8)?;
@@ -811,7 +878,7 @@ impl ResponseHeader {
 
     /// Decodes the fixed header from the start of the account data.
     pub fn decode(data: &[u8]) -> Result<Self> {
-        let mut r = Reader::new(data);
+        let mut r = Reader::new(fixed_head::<{ Self::LEN }>(data, AccountKind::Response)?);
         let bump = read_prefix(&mut r, AccountKind::Response)?;
         Ok(ResponseHeader {
             bump,
@@ -825,7 +892,7 @@ impl ResponseHeader {
 
     /// Encodes the fixed header into the first [`ResponseHeader::LEN`] bytes of `out`.
     pub fn encode_into(&self, out: &mut [u8]) -> Result<()> {
-        let head = out.get_mut(..Self::LEN).ok_or(Error::Truncated)?;
+        let head = out.first_chunk_mut::<{ Self::LEN }>().ok_or(Error::Truncated)?;
         let mut w = Writer::new(head);
         write_prefix(&mut w, AccountKind::Response, self.bump)?;
         w.bool(self.finished)?;

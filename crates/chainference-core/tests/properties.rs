@@ -350,3 +350,23 @@ fn commitments_match_only_for_the_same_prompt_and_model() {
     assert_ne!(s.prompt_digest("a/b", b"x"), d);
     assert_ne!(ClientSecret::from_wallet_signature(&[2; 64]).prompt_digest(m, b"x"), d, "keyed per client");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 50_000, ..ProptestConfig::default() })]
+
+    /// The program's one-pass validator accepts exactly the canonical ids the parser accepts.
+    #[test]
+    fn canonical_check_agrees_with_the_parser(text in "[a-cA-C0-2._/@:-]{0,24}") {
+        let by_parser = ModelId::parse(&text).is_ok_and(|m| m.quant().is_none_or(|q| !q.bytes().any(|c| c.is_ascii_lowercase())));
+        prop_assert_eq!(chainference_core::state::check_canonical_model(&text).is_ok(), by_parser, "{}", text);
+    }
+}
+
+#[test]
+fn model_ids_with_every_part_parse() {
+    for ok in ["a/b", "HuggingFaceTB/SmolLM2-135M-Instruct@refs/pr/1:Q4_K_M", "a.b/c_d@v1.0", "a/b:Q8_0", "A-1/b.c-d_e"]
+    {
+        assert!(ModelId::parse(ok).is_ok(), "{ok}");
+        assert!(chainference_core::state::check_canonical_model(ok).is_ok(), "{ok}");
+    }
+}

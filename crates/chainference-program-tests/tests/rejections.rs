@@ -306,7 +306,8 @@ fn bad_request_parameters_are_rejected_at_open() {
     let client = w.b.client.insecure_clone();
     let c = key(&client);
     let base = w.b.spec(&[&w.s1]);
-    let cases: Vec<(Box<dyn Fn(&mut RequestSpec)>, Error)> = vec![
+    type Edit = Box<dyn Fn(&mut RequestSpec)>;
+    let cases: Vec<(Edit, Error)> = vec![
         (Box::new(|s| s.stake = 0), Error::ZeroStake),
         (Box::new(|s| s.timeout = 1), Error::InvalidTimeout),
         (Box::new(|s| s.timeout = 1_000_000), Error::InvalidTimeout),

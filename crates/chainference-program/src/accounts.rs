@@ -152,7 +152,9 @@ pub fn create_pda(payer: &AccountView, account: &mut AccountView, new: &NewAccou
 }
 
 /// Tops `account` up to the rent-exempt minimum of `new_len` bytes from `payer` (a system
-/// account) and resizes it; a shrink refunds the excess rent to `refund_to`.
+/// account) and resizes it; a shrink refunds the excess rent to `payer`. When the payer already
+/// sent the difference (a system transfer earlier in the transaction, 150 CU at top level), no
+/// CPI is made (about 1,200 CU saved).
 pub fn resize_paid(account: &mut AccountView, payer: &mut AccountView, new_len: usize) -> R {
     let needed = rent_for(new_len)?;
     let current = account.lamports();

@@ -44,3 +44,56 @@ mod entry {
         crate::process(program_id, accounts, data)
     }
 }
+
+/// Memory builtins as the runtime's `sol_mem*` syscalls (a few CU each) instead of
+/// compiler_builtins' byte loops: slice comparisons and copies are hot paths here.
+#[cfg(target_arch = "bpf")]
+#[allow(unsafe_code)]
+mod mem {
+    use pinocchio::syscalls::{sol_memcmp_, sol_memcpy_, sol_memmove_, sol_memset_};
+
+    /// # Safety
+    /// `dst` and `src` are valid for `n` bytes and do not overlap (the C contract).
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { sol_memcpy_(dst, src, n as u64) };
+        dst
+    }
+
+    /// # Safety
+    /// `dst` and `src` are valid for `n` bytes (they may overlap).
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { sol_memmove_(dst, src, n as u64) };
+        dst
+    }
+
+    /// # Safety
+    /// `dst` is valid for `n` bytes.
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
+        // SAFETY: forwarded under the caller's contract; C passes the byte as an int.
+        unsafe { sol_memset_(dst, c as u8, n as u64) };
+        dst
+    }
+
+    /// # Safety
+    /// `a` and `b` are valid for `n` bytes.
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+        let mut result = 0i32;
+        // SAFETY: forwarded under the caller's contract; `result` is a valid i32 out-pointer.
+        unsafe { sol_memcmp_(a, b, n as u64, &mut result) };
+        result
+    }
+
+    /// # Safety
+    /// `a` and `b` are valid for `n` bytes.
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+        // SAFETY: same contract as memcmp.
+        unsafe { memcmp(a, b, n) }
+    }
+}
