@@ -507,9 +507,6 @@ fn complete_request(ctx: &mut Ctx<'_>, tokens: u64) -> ProgramResult {
     let cfg = load_config(config, program_id)?;
     check_treasury(treasury, program_id, &cfg)?;
     let resp = load_response(response, program_id, request)?;
-    if resp.is_some_and(|r| &r.server != authority.address().as_array()) {
-        return Err(fail(Error::ResponseMismatch));
-    }
     let event = Event::Complete {
         server: authority.address().as_array(),
         tokens,
@@ -517,6 +514,11 @@ fn complete_request(ctx: &mut Ctx<'_>, tokens: u64) -> ProgramResult {
         fee_bps: cfg.params.fee_bps,
     };
     let fx = header.apply(event, now()?).or_fail()?;
+    // The rule ran first (it names the precise reason: state, locker, deadline); a locker's
+    // response can then only be its own.
+    if resp.is_some_and(|r| &r.server != authority.address().as_array()) {
+        return Err(fail(Error::ResponseMismatch));
+    }
     store_request(request, &header)?;
     apply_stats(server, server_header, &fx)?;
     move_lamports(request, treasury, fx.to_treasury)?;
