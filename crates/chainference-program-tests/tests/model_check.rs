@@ -27,10 +27,12 @@ enum Step {
     Flag { request: usize },
     Close { request: usize },
     Wait { seconds: i64 },
+    /// Lock, final append and complete by one server, each checked as its own step.
+    Serve { server: usize, request: usize, tokens: u64 },
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    let r = 0usize..6;
+    let r = 0usize..4;
     let s = 0usize..3;
     prop_oneof![
         3 => (0usize..2, 1u8..8, 1u64..50_000_000, 0u64..2).prop_map(|(client, allowed, stake, min_completed)| Step::Open { client, allowed, stake, min_completed }),
@@ -43,6 +45,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => r.clone().prop_map(|request| Step::Flag { request }),
         1 => r.prop_map(|request| Step::Close { request }),
         1 => (1i64..200).prop_map(|seconds| Step::Wait { seconds }),
+        4 => (0usize..3, 0usize..4, 0u64..1_200).prop_map(|(server, request, tokens)| Step::Serve { server, request, tokens }),
     ]
 }
 
@@ -66,6 +69,8 @@ struct Harness {
     requests: Vec<Tracked>,
     watched: Vec<[u8; 32]>,
     params: ConfigParams,
+    /// How often each outcome was seen (printed with --nocapture, to judge coverage).
+    outcomes: HashMap<String, usize>,
 }
 
 impl Harness {
@@ -80,12 +85,13 @@ impl Harness {
             watched.push(s.authority());
             watched.push(b.program.server(&s.authority()));
         }
-        Harness { b, clients, servers, stats: vec![ServerStats::default(); 3], locks: vec![0; 3], requests: Vec::new(), watched, params: ConfigParams::default() }
+        Harness { b, clients, servers, stats: vec![ServerStats::default(); 3], locks: vec![0; 3], requests: Vec::new(), watched, params: ConfigParams::default(), outcomes: HashMap::new() }
     }
 
     /// Sends and checks the outcome against core's prediction (`Ok` or the exact error).
     fn send(&mut self, ixs: Vec<BuiltInstruction>, signer: &Keypair, predicted: Result<(), chainference_core::Error>) -> bool {
         let result = self.b.send(ixs, &[signer]);
+        *self.outcomes.entry(match &predicted { Ok(()) => "ok".to_string(), Err(e) => format!("{e:?}") }).or_default() += 1;
         match (&result, predicted) {
             (Ok(_), Ok(())) => true,
             (Err(f), Err(e)) => {
@@ -123,6 +129,11 @@ impl Harness {
         let now = self.b.now();
         match step {
             Step::Wait { seconds } => self.b.set_time(now + seconds),
+            Step::Serve { server, request, tokens } => {
+                self.run(Step::Lock { server, request });
+                self.run(Step::Append { server, request, last: true });
+                self.run(Step::Complete { server, request, tokens });
+            }
             Step::Open { client, allowed, stake, min_completed } => {
                 let chosen: Vec<&TestServer> =
                     (0..3).filter(|i| allowed & (1 << i) != 0).map(|i| &self.servers[i]).collect();
@@ -274,9 +285,10 @@ impl Harness {
                 // The response (if any) was paid by the server that locked the request last.
                 let payer = self.server_of(&t.header.locked_by).map(|s| *self.server_key(s)).unwrap_or(key(&client));
                 let ix = builders::close_request(&self.b.program, &key(&client), &refs, &payer);
+                let (address, response) = (t.req.address, t.req.response);
                 if self.send(vec![ix], &client, predicted.map(|_| ())) {
                     self.requests[request].closed = true;
-                    assert!(!self.b.exists(&t.req.address) && !self.b.exists(&t.req.response));
+                    assert!(!self.b.exists(&address) && !self.b.exists(&response));
                 }
             }
         }
@@ -297,10 +309,10 @@ impl Harness {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_program_and_the_state_machine_agree(steps in proptest::collection::vec(step(), 1..60)) {
+    fn the_program_and_the_state_machine_agree(steps in proptest::collection::vec(step(), 1..80)) {
         let mut h = Harness::new();
         let start = h.b.total(&h.watched);
         let fees0 = h.b.fees;
@@ -310,6 +322,8 @@ proptest! {
             let total = h.b.total(&h.watched) + u128::from(h.b.fees - fees0);
             prop_assert_eq!(total, start, "lamports not conserved");
         }
+        let completed = h.requests.iter().filter(|t| t.header.status == chainference_core::state::RequestStatus::Completed).count();
+        println!("outcomes {:?}, completed {completed}", h.outcomes);
         // After everything settles and closes, no program account holds an orphan lamport.
         let leftover: HashMap<[u8; 32], u64> = h.requests.iter().filter(|t| t.closed)
             .flat_map(|t| [t.req.address, t.req.response]).map(|a| (a, h.b.lamports(&a))).filter(|(_, l)| *l > 0).collect();
