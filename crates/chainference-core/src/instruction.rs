@@ -324,7 +324,7 @@ fn read_params(r: &mut Reader<'_>) -> Result<ConfigParams> {
 
 fn read_server_args<'a>(r: &mut Reader<'a>) -> Result<ServerArgs<'a>> {
     let hpke_key = r.address()?;
-    let endpoint = r.str(MAX_ENDPOINT_LEN)?;
+    let endpoint = r.ascii(MAX_ENDPOINT_LEN, Error::InvalidEndpoint)?;
     crate::state::check_endpoint(endpoint)?;
     let offers = Offers::read(r)?;
     Ok(ServerArgs { hpke_key, endpoint, offers })
@@ -378,7 +378,7 @@ impl<'a> Instruction<'a> {
                 let min_success_bps = r.u16()?;
                 let response_key = r.address()?;
                 let commitment = r.address()?;
-                let model = r.str(MAX_MODEL_ID_LEN)?;
+                let model = r.ascii(MAX_MODEL_ID_LEN, Error::InvalidModelId)?;
                 let count = r.u32()? as usize;
                 if count == 0 || count > MAX_ALLOWED_SERVERS {
                     return Err(Error::InvalidAllowList);

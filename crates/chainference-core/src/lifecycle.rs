@@ -281,12 +281,10 @@ impl Effects {
 
 impl RequestHeader {
     /// Applies one event at time `now`, returning its effects, or an error and the header
-    /// unchanged.
+    /// unchanged: every branch of the step finishes all its checks and fallible arithmetic
+    /// before it writes a field (property-tested), so no copy of the header is needed.
     pub fn apply(&mut self, event: Event<'_>, now: i64) -> Result<Effects> {
-        let mut next = *self;
-        let effects = next.step(event, now)?;
-        *self = next;
-        Ok(effects)
+        self.step(event, now)
     }
 
     fn expect(&self, status: RequestStatus) -> Result<()> {
@@ -313,11 +311,13 @@ impl RequestHeader {
                 if offset != self.prompt_written || end > self.prompt_len || len == 0 {
                     return Err(Error::PromptChunkOutOfPlace);
                 }
+                let publish = end == self.prompt_len;
+                let deadline = now.checked_add(i64::from(self.timeout)).ok_or(Error::ArithmeticOverflow)?;
                 self.prompt_written = end;
-                if end == self.prompt_len {
+                if publish {
                     // Published: the timeout runs from now, not from the first chunk.
                     self.status = RequestStatus::Open;
-                    self.deadline = now.checked_add(i64::from(self.timeout)).ok_or(Error::ArithmeticOverflow)?;
+                    self.deadline = deadline;
                 }
             }
             Event::Cancel { signer } => {
@@ -364,10 +364,11 @@ impl RequestHeader {
                 self.expect(RequestStatus::Locked)?;
                 self.locked_by_signer(server)?;
                 self.before_deadline(now)?;
+                let release_count = self.release_count.checked_add(1).ok_or(Error::ArithmeticOverflow)?;
                 self.status = RequestStatus::Open;
                 self.locked_by = [0; 32];
                 self.price_per_mtok = 0;
-                self.release_count = self.release_count.checked_add(1).ok_or(Error::ArithmeticOverflow)?;
+                self.release_count = release_count;
                 fx.server.released = true;
                 fx.server.lock_change = -1;
                 fx.discard_response = true;
@@ -468,14 +469,14 @@ pub const fn commitment_preimage<'a>(salt: &'a [u8; 32], digest: &'a [u8; 32]) -
 pub struct CompareSides<'a> {
     /// First request's header (updated in place).
     pub a: &'a mut RequestHeader,
-    /// First request's model id.
-    pub model_a: &'a str,
+    /// First request's model id (bytes).
+    pub model_a: &'a [u8],
     /// First request's commitment.
     pub commitment_a: &'a [u8; 32],
     /// Second request's header (updated in place).
     pub b: &'a mut RequestHeader,
-    /// Second request's model id.
-    pub model_b: &'a str,
+    /// Second request's model id (bytes).
+    pub model_b: &'a [u8],
     /// Second request's commitment.
     pub commitment_b: &'a [u8; 32],
 }

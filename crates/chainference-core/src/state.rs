@@ -211,6 +211,15 @@ impl Config {
     /// Encoded size.
     pub const LEN: usize = 4 + ConfigParams::LEN + 32 + 32;
 
+    /// Only the parameters, checking kind, version and size (what most instructions need).
+    pub fn params_of(data: &[u8]) -> Result<ConfigParams> {
+        if data.len() > Self::LEN {
+            return Err(Error::TrailingBytes);
+        }
+        let head = fixed_head::<{ Self::LEN }>(data, AccountKind::Config)?;
+        ConfigParams::read(&mut Reader::new(head.get(4..).ok_or(Error::Truncated)?))
+    }
+
     /// Decodes the exact account data.
     pub fn decode(data: &[u8]) -> Result<Self> {
         let mut r = Reader::new(fixed_head::<{ Self::LEN }>(data, AccountKind::Config)?);
@@ -438,7 +447,7 @@ impl<'a> Offers<'a> {
         }
         let mut seen: [&str; MAX_OFFERS] = [""; MAX_OFFERS];
         for slot in seen.iter_mut().take(count as usize) {
-            let model = r.str(crate::model::MAX_MODEL_ID_LEN)?;
+            let model = r.ascii(crate::model::MAX_MODEL_ID_LEN, Error::InvalidModelId)?;
             check_canonical_model(model)?;
             r.u64()?;
             *slot = model;
@@ -508,7 +517,7 @@ impl<'a> ServerAccount<'a> {
     pub fn decode(data: &'a [u8]) -> Result<Self> {
         let header = ServerHeader::decode(data)?;
         let mut r = Reader::new(data.get(ServerHeader::TAIL_OFFSET..).ok_or(Error::Truncated)?);
-        let endpoint = r.str(MAX_ENDPOINT_LEN)?;
+        let endpoint = r.ascii(MAX_ENDPOINT_LEN, Error::InvalidEndpoint)?;
         check_endpoint(endpoint)?;
         let offers = Offers::read(&mut r)?;
         r.finish()?;
@@ -518,14 +527,14 @@ impl<'a> ServerAccount<'a> {
     /// The price `data` (a server account written by the program, so its offers are already
     /// validated) offers for `model`, walking the tail with bounds checks but without re-validating
     /// each model id: the cheap path the program's lock takes.
-    pub fn price_of_model(data: &[u8], model: &str) -> Result<Option<u64>> {
+    pub fn price_of_model(data: &[u8], model: &[u8]) -> Result<Option<u64>> {
         let mut r = Reader::new(data.get(ServerHeader::TAIL_OFFSET..).ok_or(Error::Truncated)?);
         r.bytes(MAX_ENDPOINT_LEN)?;
         let count = r.u32()?;
         for _ in 0..(count as usize).min(MAX_OFFERS) {
             let offered = r.bytes(crate::model::MAX_MODEL_ID_LEN)?;
             let price = r.u64()?;
-            if offered == model.as_bytes() {
+            if offered == model {
                 return Ok(Some(price));
             }
         }
@@ -803,10 +812,17 @@ impl<'a> RequestAccount<'a> {
         let commitment = read_array(data, RequestHeader::COMMITMENT_OFFSET)?;
         let allowed = allowed_slice(data, header.allowed_count)?;
         let mut r = Reader::new(data.get(RequestHeader::TAIL_OFFSET..).ok_or(Error::Truncated)?);
-        let model = r.str(crate::model::MAX_MODEL_ID_LEN)?;
+        let model = r.ascii(crate::model::MAX_MODEL_ID_LEN, Error::InvalidModelId)?;
         let prompt = r.take(header.prompt_len as usize)?;
         r.finish()?;
         Ok(RequestAccount { header, response_key, commitment, allowed, model, prompt })
+    }
+
+    /// The model id's bytes without decoding the rest (the cheap path lock and compare take:
+    /// they match models by bytes, and the program validated the id when it opened the request).
+    pub fn model_bytes(data: &'a [u8]) -> Result<&'a [u8]> {
+        Reader::new(data.get(RequestHeader::TAIL_OFFSET..).ok_or(Error::Truncated)?)
+            .bytes(crate::model::MAX_MODEL_ID_LEN)
     }
 
     /// The uploaded part of the prompt envelope.

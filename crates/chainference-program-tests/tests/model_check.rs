@@ -3,7 +3,12 @@
 //! on success or the exact error, on every request header and server counter, and lamports must
 //! be conserved over every account involved.
 
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation
+)]
 
 use std::collections::HashMap;
 
@@ -17,18 +22,51 @@ use solana_keypair::Keypair;
 
 #[derive(Clone, Debug)]
 enum Step {
-    Open { client: usize, allowed: u8, stake: u64, min_completed: u64 },
-    Lock { server: usize, request: usize },
-    Append { server: usize, request: usize, last: bool },
-    Complete { server: usize, request: usize, tokens: u64 },
-    Release { server: usize, request: usize },
-    Cancel { request: usize },
-    Reclaim { request: usize },
-    Flag { request: usize },
-    Close { request: usize },
-    Wait { seconds: i64 },
+    Open {
+        client: usize,
+        allowed: u8,
+        stake: u64,
+        min_completed: u64,
+    },
+    Lock {
+        server: usize,
+        request: usize,
+    },
+    Append {
+        server: usize,
+        request: usize,
+        last: bool,
+    },
+    Complete {
+        server: usize,
+        request: usize,
+        tokens: u64,
+    },
+    Release {
+        server: usize,
+        request: usize,
+    },
+    Cancel {
+        request: usize,
+    },
+    Reclaim {
+        request: usize,
+    },
+    Flag {
+        request: usize,
+    },
+    Close {
+        request: usize,
+    },
+    Wait {
+        seconds: i64,
+    },
     /// Lock, final append and complete by one server, each checked as its own step.
-    Serve { server: usize, request: usize, tokens: u64 },
+    Serve {
+        server: usize,
+        request: usize,
+        tokens: u64,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -85,13 +123,34 @@ impl Harness {
             watched.push(s.authority());
             watched.push(b.program.server(&s.authority()));
         }
-        Harness { b, clients, servers, stats: vec![ServerStats::default(); 3], locks: vec![0; 3], requests: Vec::new(), watched, params: ConfigParams::default(), outcomes: HashMap::new() }
+        Harness {
+            b,
+            clients,
+            servers,
+            stats: vec![ServerStats::default(); 3],
+            locks: vec![0; 3],
+            requests: Vec::new(),
+            watched,
+            params: ConfigParams::default(),
+            outcomes: HashMap::new(),
+        }
     }
 
     /// Sends and checks the outcome against core's prediction (`Ok` or the exact error).
-    fn send(&mut self, ixs: Vec<BuiltInstruction>, signer: &Keypair, predicted: Result<(), chainference_core::Error>) -> bool {
+    fn send(
+        &mut self,
+        ixs: Vec<BuiltInstruction>,
+        signer: &Keypair,
+        predicted: Result<(), chainference_core::Error>,
+    ) -> bool {
         let result = self.b.send(ixs, &[signer]);
-        *self.outcomes.entry(match &predicted { Ok(()) => "ok".to_string(), Err(e) => format!("{e:?}") }).or_default() += 1;
+        *self
+            .outcomes
+            .entry(match &predicted {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("{e:?}"),
+            })
+            .or_default() += 1;
         match (&result, predicted) {
             (Ok(_), Ok(())) => true,
             (Err(f), Err(e)) => {
@@ -99,7 +158,9 @@ impl Harness {
                 false
             }
             (Ok(_), Err(e)) => panic!("program succeeded where core said {e:?}"),
-            (Err(f), Ok(())) => panic!("program failed with {:?} where core succeeded\n{}", f.err, f.meta.pretty_logs()),
+            (Err(f), Ok(())) => {
+                panic!("program failed with {:?} where core succeeded\n{}", f.err, f.meta.pretty_logs())
+            }
         }
     }
 
@@ -144,10 +205,20 @@ impl Harness {
                 let (req, ixs) = self.b.open_ixs(&signer, &spec, usize::MAX);
                 self.send(ixs, &signer, Ok(()));
                 let header = self.b.request(&req.address);
-                assert_eq!((header.status, header.stake, header.deadline), (chainference_core::state::RequestStatus::Open, stake, now + 300));
+                assert_eq!(
+                    (header.status, header.stake, header.deadline),
+                    (chainference_core::state::RequestStatus::Open, stake, now + 300)
+                );
                 self.watched.push(req.address);
                 self.watched.push(req.response);
-                self.requests.push(Tracked { req, client, allowed: spec.allowed, header, response_finished: None, closed: false });
+                self.requests.push(Tracked {
+                    req,
+                    client,
+                    allowed: spec.allowed,
+                    header,
+                    response_finished: None,
+                    closed: false,
+                });
             }
             Step::Lock { server, request } => {
                 let Some(t) = self.requests.get(request) else { return };
@@ -174,7 +245,11 @@ impl Harness {
                 let finished = t.response_finished.unwrap_or(false);
                 let authority = self.servers[server].authority();
                 let predicted = h.apply(Event::Append { server: &authority, response_finished: finished }, now);
-                let refs = RequestRefs { request: t.req.address, response: t.req.response, client: key(&self.clients[t.client]) };
+                let refs = RequestRefs {
+                    request: t.req.address,
+                    response: t.req.response,
+                    client: key(&self.clients[t.client]),
+                };
                 let ix = builders::append_response(&self.b.program, &authority, &refs, last, b"sealed bytes").unwrap();
                 let signer = self.servers[server].wallet.insecure_clone();
                 if self.send(vec![ix], &signer, predicted.map(|_| ())) {
@@ -200,7 +275,11 @@ impl Harness {
                     (Ok(_), None) => Err(chainference_core::Error::ResponseNotFinished),
                     (p, _) => p,
                 };
-                let refs = RequestRefs { request: t.req.address, response: t.req.response, client: key(&self.clients[t.client]) };
+                let refs = RequestRefs {
+                    request: t.req.address,
+                    response: t.req.response,
+                    client: key(&self.clients[t.client]),
+                };
                 let ix = builders::complete_request(&self.b.program, &authority, &refs, tokens);
                 let signer = self.servers[server].wallet.insecure_clone();
                 if self.send(vec![ix], &signer, predicted.map(|_| ())) {
@@ -245,10 +324,17 @@ impl Harness {
                     return;
                 }
                 let mut h = t.header;
-                let locked = self.server_of(&t.header.locked_by).filter(|_| t.header.status == chainference_core::state::RequestStatus::Locked);
+                let locked = self
+                    .server_of(&t.header.locked_by)
+                    .filter(|_| t.header.status == chainference_core::state::RequestStatus::Locked);
                 let predicted = h.apply(Event::Reclaim, now);
                 let client = self.clients[t.client].insecure_clone();
-                let ix = builders::reclaim_request(&self.b.program, &t.req.address, &key(&client), locked.map(|s| self.server_key(s)));
+                let ix = builders::reclaim_request(
+                    &self.b.program,
+                    &t.req.address,
+                    &key(&client),
+                    locked.map(|s| self.server_key(s)),
+                );
                 if self.send(vec![ix], &client, predicted.map(|_| ())) {
                     let fx = predicted.unwrap();
                     self.requests[request].header = h;
@@ -265,8 +351,10 @@ impl Harness {
                 }
                 let mut h = t.header;
                 let client = self.clients[t.client].insecure_clone();
-                let predicted = h.apply(Event::Flag { signer: &key(&client), flag_window: self.params.flag_window }, now);
-                let ix = builders::flag_response(&self.b.program, &key(&client), &t.req.address, self.server_key(server));
+                let predicted =
+                    h.apply(Event::Flag { signer: &key(&client), flag_window: self.params.flag_window }, now);
+                let ix =
+                    builders::flag_response(&self.b.program, &key(&client), &t.req.address, self.server_key(server));
                 if self.send(vec![ix], &client, predicted.map(|_| ())) {
                     let fx = predicted.unwrap();
                     self.requests[request].header = h;

@@ -175,6 +175,12 @@ pub fn load_config(config: &AccountView, program_id: &Address) -> R<Config> {
     Config::decode(&config.try_borrow()?).or_fail()
 }
 
+/// Loads only the config's parameters (same checks as [`load_config`]).
+pub fn load_params(config: &AccountView, program_id: &Address) -> R<chainference_core::state::ConfigParams> {
+    owned(config, program_id)?;
+    Config::params_of(&config.try_borrow()?).or_fail()
+}
+
 /// Checks the treasury: owned by this program, of kind Treasury, at the config's address.
 pub fn check_treasury(treasury: &AccountView, program_id: &Address, config: &Config) -> R {
     owned(treasury, program_id)?;

@@ -11,7 +11,7 @@ use chainference_core::lifecycle::{
 use chainference_core::pda::{self, BPF_LOADER_UPGRADEABLE_ID};
 use chainference_core::state::{
     Config, ConfigParams, RequestAccount, RequestHeader, ResponseHeader, ServerAccount, ServerHeader, Treasury,
-    check_canonical_model,
+    allowed_slice, check_canonical_model, read_array,
 };
 use chainference_core::wire::{Reader, Writer};
 use pinocchio::cpi::Seed;
@@ -317,7 +317,7 @@ fn open_request(ctx: &mut Ctx<'_>, args: &OpenRequestArgs<'_>) -> ProgramResult 
     writable(client)?;
     writable(request)?;
     system_program(system)?;
-    let cfg = load_config(config, program_id)?;
+    let params = load_params(config, program_id)?;
     check_allow_list(args.allowed).or_fail()?;
     check_canonical_model(args.model).or_fail()?;
     if args.response_key == &[0; 32] {
@@ -339,7 +339,7 @@ fn open_request(ctx: &mut Ctx<'_>, args: &OpenRequestArgs<'_>) -> ProgramResult 
         allowed_count: u8::try_from(args.allowed.len()).map_err(|_| fail(Error::InvalidAllowList))?,
         prompt_len: args.prompt_len,
     }
-    .create(&cfg.params, time)
+    .create(&params, time)
     .or_fail()?;
     let chunk_len = u32::try_from(args.prompt_chunk.len()).map_err(|_| fail(Error::PromptChunkOutOfPlace))?;
     if chunk_len > 0 {
@@ -420,16 +420,17 @@ fn lock_request(ctx: &mut Ctx<'_>) -> ProgramResult {
     owned(request, program_id)?;
     let (header, fx) = {
         let data = request.try_borrow()?;
-        let view = RequestAccount::decode(&data).or_fail()?;
-        let price_for_model = ServerAccount::price_of_model(&server.try_borrow()?, view.model).or_fail()?;
+        let mut header = RequestHeader::decode(&data).or_fail()?;
+        let allowed = allowed_slice(&data, header.allowed_count).or_fail()?;
+        let model = RequestAccount::model_bytes(&data).or_fail()?;
+        let price_for_model = ServerAccount::price_of_model(&server.try_borrow()?, model).or_fail()?;
         let candidate = ServerView {
             authority: &server_header.authority,
             active: server_header.active,
             stats: server_header.stats,
             price_for_model,
         };
-        let mut header = view.header;
-        let fx = header.apply(Event::Lock { server: candidate, allowed: view.allowed }, now()?).or_fail()?;
+        let fx = header.apply(Event::Lock { server: candidate, allowed }, now()?).or_fail()?;
         (header, fx)
     };
     store_request(request, &header)?;
@@ -571,10 +572,10 @@ fn flag_response(ctx: &mut Ctx<'_>) -> ProgramResult {
     signer(client)?;
     writable(request)?;
     writable(server)?;
-    let cfg = load_config(config, program_id)?;
+    let params = load_params(config, program_id)?;
     let mut header = load_request(request, program_id)?;
     let server_header = load_server_of(server, program_id, &header.locked_by)?;
-    let event = Event::Flag { signer: client.address().as_array(), flag_window: cfg.params.flag_window };
+    let event = Event::Flag { signer: client.address().as_array(), flag_window: params.flag_window };
     let fx = header.apply(event, now()?).or_fail()?;
     store_request(request, &header)?;
     apply_stats(server, server_header, &fx)
@@ -593,15 +594,15 @@ fn compare_responses(ctx: &mut Ctx<'_>, reveal: &CompareReveal<'_>, preferred: u
     owned(request_b, program_id)?;
     let (header_a, header_b, fx) = {
         let (data_a, data_b) = (request_a.try_borrow()?, request_b.try_borrow()?);
-        let (a, b) = (RequestAccount::decode(&data_a).or_fail()?, RequestAccount::decode(&data_b).or_fail()?);
-        let (mut header_a, mut header_b) = (a.header, b.header);
+        let (mut header_a, mut header_b) =
+            (RequestHeader::decode(&data_a).or_fail()?, RequestHeader::decode(&data_b).or_fail()?);
         let sides = CompareSides {
             a: &mut header_a,
-            model_a: a.model,
-            commitment_a: a.commitment,
+            model_a: RequestAccount::model_bytes(&data_a).or_fail()?,
+            commitment_a: read_array(&data_a, RequestHeader::COMMITMENT_OFFSET).or_fail()?,
             b: &mut header_b,
-            model_b: b.model,
-            commitment_b: b.commitment,
+            model_b: RequestAccount::model_bytes(&data_b).or_fail()?,
+            commitment_b: read_array(&data_b, RequestHeader::COMMITMENT_OFFSET).or_fail()?,
         };
         let fx = compare(sides, client.address().as_array(), reveal, preferred, sha256).or_fail()?;
         (header_a, header_b, fx)
@@ -624,10 +625,10 @@ fn close_request(ctx: &mut Ctx<'_>) -> ProgramResult {
     signer(caller)?;
     writable(request)?;
     writable(client)?;
-    let cfg = load_config(config, program_id)?;
+    let params = load_params(config, program_id)?;
     let mut header = load_request(request, program_id)?;
     request_client_is(client, &header)?;
-    let event = Event::Close { signer: caller.address().as_array(), retention: cfg.params.retention };
+    let event = Event::Close { signer: caller.address().as_array(), retention: params.retention };
     let fx = header.apply(event, now()?).or_fail()?;
     if fx.discard_response
         && let Some(resp) = load_response(response, program_id, request)?
