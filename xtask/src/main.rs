@@ -22,13 +22,18 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const APT_SBF: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
 const SBF_TARGET: &str = "bpfel-unknown-none";
+const APT_WASM: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "rust-web-llvm", "lld-22"];
+const APT_BROWSER: &[&str] = &["chromium", "chromium-driver"];
+const WASM_BINDGEN_VERSION: &str = "0.2.130";
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 
 type Result<T = ()> = std::result::Result<T, String>;
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
-        eprintln!("usage: cargo xtask <setup|build-sbf|test|cu|demo>");
+        eprintln!("usage: cargo xtask <setup|build-sbf|test|cu|wasm|demo>");
         return ExitCode::from(2);
     };
     let outcome = match cmd.as_str() {
@@ -36,8 +41,9 @@ fn main() -> ExitCode {
         "build-sbf" => setup().and_then(|()| build_sbf()).map(|so| println!("built {}", so.display())),
         "test" => test(rest),
         "cu" => setup().and_then(|()| build_sbf()).and_then(|_| compute_units()),
+        "wasm" => setup().and_then(|()| build_wasm_package()),
         "demo" => demo(rest),
-        other => Err(format!("unknown subcommand `{other}`; expected setup, build-sbf, test, cu or demo")),
+        other => Err(format!("unknown subcommand `{other}`; expected setup, build-sbf, test, cu, wasm or demo")),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,6 +146,33 @@ fn sbpf_linker() -> PathBuf {
 }
 
 fn setup() -> Result {
+    setup_sbf()?;
+    setup_wasm()
+}
+
+fn wasm_bindgen() -> PathBuf {
+    tools_dir().join("bin/wasm-bindgen")
+}
+
+fn setup_wasm() -> Result {
+    stage("setup: wasm toolchain and browser", || {
+        let mut packages = APT_WASM.to_vec();
+        packages.extend_from_slice(APT_BROWSER);
+        apt_install(&packages)?;
+        let have = output(Command::new(wasm_bindgen()).arg("--version")).unwrap_or_default();
+        if have.contains(WASM_BINDGEN_VERSION) {
+            println!("wasm-bindgen {WASM_BINDGEN_VERSION} already at {}", wasm_bindgen().display());
+            return Ok(());
+        }
+        println!("installing wasm-bindgen-cli {WASM_BINDGEN_VERSION} into {}", tools_dir().display());
+        run(Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["install", "wasm-bindgen-cli", "--version", WASM_BINDGEN_VERSION, "--root"])
+            .arg(tools_dir())
+            .env("CARGO_TARGET_DIR", cache_dir().join("target-tools")))
+    })
+}
+
+fn setup_sbf() -> Result {
     stage("setup: SBF toolchain", || {
         apt_install(APT_SBF)?;
         let linker = sbpf_linker();
@@ -292,6 +325,7 @@ fn test(rest: &[String]) -> Result {
         }
         run(&mut c)
     })?;
+    wasm_tests()?;
     println!("==> all stages ok in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -308,5 +342,119 @@ fn compute_units() -> Result {
 fn demo(rest: &[String]) -> Result {
     stage("demo", || {
         run(cargo().args(["run", "--release", "-q", "-p", "chainference", "--example", "demo", "--"]).args(rest))
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// wasm
+// ------------------------------------------------------------------------------------------
+
+/// Debian's cargo and rustc (which ship the wasm32 std sources), in their own target dir.
+fn wasm_cargo() -> Command {
+    let mut c = Command::new(DEBIAN_CARGO);
+    let path = format!("{}:{}", tools_dir().join("bin").display(), env::var("PATH").unwrap_or_default());
+    c.current_dir(root())
+        .env("RUSTC", DEBIAN_RUSTC)
+        .env("RUSTDOC", "/usr/bin/rustdoc")
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_TARGET_DIR", cache_dir().join("target-wasm"))
+        .env("PATH", path)
+        .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", tools_dir().join("bin/wasm-bindgen-test-runner"));
+    c
+}
+
+fn file_size(path: &Path) -> u64 {
+    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+fn gzip_size(path: &Path) -> Result<u64> {
+    let out = Command::new("gzip").args(["-9", "-c"]).arg(path).output().map_err(|e| format!("gzip: {e}"))?;
+    Ok(out.stdout.len() as u64)
+}
+
+/// Builds `pkg/` (node and web targets, one package.json) and returns the `.wasm` path.
+fn build_wasm_package() -> Result {
+    stage("wasm package", || {
+        run(wasm_cargo()
+            .args(["build", "--profile", "release-wasm", "--target", WASM_TARGET, "-Zbuild-std=std,panic_abort"])
+            .args(["-p", "chainference-wasm"]))?;
+        let wasm = cache_dir().join("target-wasm").join(WASM_TARGET).join("release-wasm/chainference_wasm.wasm");
+        let pkg = root().join("pkg");
+        for target in ["nodejs", "web"] {
+            let dir = pkg.join(if target == "nodejs" { "node" } else { "web" });
+            run(Command::new(wasm_bindgen())
+                .args(["--target", target, "--remove-name-section", "--remove-producers-section", "--out-dir"])
+                .arg(&dir)
+                .arg(&wasm))?;
+        }
+        let package = r#"{
+  "name": "@chainference/wasm",
+  "version": "0.1.0",
+  "description": "Chainference for web apps and browser wallets: build requests, seal and open envelopes, decode accounts.",
+  "license": "Apache-2.0",
+  "main": "node/chainference_wasm.js",
+  "module": "web/chainference_wasm.js",
+  "types": "web/chainference_wasm.d.ts",
+  "exports": {
+    ".": {
+      "node": "./node/chainference_wasm.js",
+      "types": "./web/chainference_wasm.d.ts",
+      "default": "./web/chainference_wasm.js"
+    },
+    "./web": "./web/chainference_wasm.js",
+    "./node": "./node/chainference_wasm.js"
+  },
+  "files": ["node", "web"]
+}
+"#;
+        fs::write(pkg.join("package.json"), package).map_err(|e| format!("write package.json: {e}"))?;
+        let built = pkg.join("web/chainference_wasm_bg.wasm");
+        println!(
+            "wasm: {} bytes raw, {} bytes gzipped ({:.1} KiB / {:.1} KiB) at {}",
+            file_size(&built),
+            gzip_size(&built)?,
+            file_size(&built) as f64 / 1024.0,
+            gzip_size(&built)? as f64 / 1024.0,
+            pkg.display()
+        );
+        Ok(())
+    })
+}
+
+/// wasm-bindgen-test under node and in headless Chromium, then node --test on the package.
+fn wasm_tests() -> Result {
+    build_wasm_package()?;
+    stage("wasm tests (node)", || {
+        run(wasm_cargo().args([
+            "test",
+            "--target",
+            WASM_TARGET,
+            "-Zbuild-std=std,panic_abort",
+            "-p",
+            "chainference-wasm",
+            "--tests",
+        ]))
+    })?;
+    stage("wasm tests (headless Chromium)", || {
+        run(wasm_cargo()
+            .args([
+                "test",
+                "--target",
+                WASM_TARGET,
+                "-Zbuild-std=std,panic_abort",
+                "-p",
+                "chainference-wasm",
+                "--tests",
+            ])
+            .env("CHROMEDRIVER", "/usr/bin/chromedriver")
+            .env("WASM_BINDGEN_USE_BROWSER", "1"))
+    })?;
+    stage("wasm package (node --test)", || {
+        run(cargo().args(["build", "--release", "-q", "-p", "chainference", "--example", "envelope_interop"]))?;
+        let interop = target_dir().join("release/examples/envelope_interop");
+        run(Command::new("node")
+            .args(["--test", "crates/chainference-wasm/tests/node/"])
+            .current_dir(root())
+            .env("CHAINFERENCE_INTEROP", interop))
     })
 }

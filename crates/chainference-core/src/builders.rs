@@ -210,6 +210,29 @@ pub fn open_request(p: &Program, client: &Address, args: &OpenRequestArgs<'_>) -
     )
 }
 
+/// Largest Solana transaction, in bytes.
+pub const MAX_TRANSACTION_LEN: usize = 1232;
+
+/// The largest first prompt chunk an [`Instruction::OpenRequest`] can carry and still fit a
+/// transaction alone (one signer, its five accounts), for a model id of `model_len` bytes and
+/// `allowed` servers. Leave room for other instructions (a compute budget) with `reserve`.
+pub const fn open_request_first_chunk_max(model_len: usize, allowed: usize, reserve: usize) -> usize {
+    // signature (1 + 64), header 3, 5 keys (1 + 160), blockhash 32, one instruction:
+    // count 1, program index 1, accounts (1 + 4), data length 2.
+    const TX_OVERHEAD: usize = 65 + 3 + 161 + 32 + 1 + 1 + 5 + 2;
+    // tag 1, nonce 8, bumps 2, stake 8, max_tokens 4, timeout 4, min_completed 8,
+    // min_success_bps 2, keys 64, model prefix 4, allowed prefix 4, prompt_len 4, chunk prefix 4.
+    const DATA_FIXED: usize = 1 + 8 + 2 + 8 + 4 + 4 + 8 + 2 + 64 + 4 + 4 + 4 + 4;
+    MAX_TRANSACTION_LEN
+        .saturating_sub(TX_OVERHEAD + DATA_FIXED)
+        .saturating_sub(model_len)
+        .saturating_sub(allowed.saturating_mul(32))
+        .saturating_sub(reserve)
+}
+
+/// The largest [`Instruction::WritePrompt`] chunk that fits a transaction alone.
+pub const WRITE_PROMPT_CHUNK_MAX: usize = MAX_TRANSACTION_LEN - (65 + 3 + 97 + 32 + 1 + 1 + 3 + 2) - (1 + 4 + 4);
+
 /// [`Instruction::WritePrompt`].
 pub fn write_prompt(
     p: &Program,

@@ -351,7 +351,7 @@ impl RequestKeys {
     }
 
     /// A response-stream opener for `request` served by `server`.
-    pub fn response_opener(&self, request: &Address, server: &Address) -> ResponseOpener<'_> {
+    pub fn response_opener(&self, request: &Address, server: &Address) -> ResponseOpener {
         ResponseOpener::new(&self.response, request, server)
     }
 }
@@ -557,19 +557,26 @@ impl ResponseSealer {
     }
 }
 
-/// The client's side of a response stream: opens chunks in order.
-pub struct ResponseOpener<'k> {
-    secret: &'k HpkeSecretKey,
+/// The client's side of a response stream: opens chunks in order. Holds its own copy of the
+/// response secret (zeroized on drop), so it can live apart from the keys that made it.
+pub struct ResponseOpener {
+    secret: HpkeSecretKey,
     info: Vec<u8>,
     ctx: Option<AeadCtxR<ChaCha20Poly1305, HkdfSha256, Kem>>,
     index: u32,
     finished: bool,
 }
 
-impl<'k> ResponseOpener<'k> {
+impl ResponseOpener {
     /// An opener for `request` served by `server`, with the client's response secret key.
-    pub fn new(secret: &'k HpkeSecretKey, request: &Address, server: &Address) -> Self {
-        ResponseOpener { secret, info: concat(&[RESPONSE_INFO, request, server]), ctx: None, index: 0, finished: false }
+    pub fn new(secret: &HpkeSecretKey, request: &Address, server: &Address) -> Self {
+        ResponseOpener {
+            secret: HpkeSecretKey(secret.0.clone()),
+            info: concat(&[RESPONSE_INFO, request, server]),
+            ctx: None,
+            index: 0,
+            finished: false,
+        }
     }
 
     /// Opens the next chunk: its text and whether it is the final one. A chunk out of order,
