@@ -14,7 +14,6 @@
 //! use chainference_wasm::ClientKeys;
 //! let keys = ClientKeys::from_wallet_signature(&[7u8; 64]).unwrap();
 //! assert!(keys.request_keys(&[1u8; 32]).is_ok());
-//! assert!(ClientKeys::from_wallet_signature(&[7u8; 10]).is_err());
 //! ```
 //!
 //! Instruction objects carry both shapes wallets take: `programId` + `keys: [{pubkey, isSigner,
