@@ -27,6 +27,7 @@ const APT_BROWSER: &[&str] = &["chromium", "chromium-driver"];
 const WASM_BINDGEN_VERSION: &str = "0.2.130";
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+const PLAYWRIGHT_CORE_VERSION: &str = "1.64.1";
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -448,6 +449,23 @@ fn wasm_tests() -> Result {
             ])
             .env("CHROMEDRIVER", "/usr/bin/chromedriver")
             .env("WASM_BINDGEN_USE_BROWSER", "1"))
+    })?;
+    stage("web example (Playwright, headless Chromium)", || {
+        let dir = cache_dir().join("web-test");
+        let installed = fs::read_to_string(dir.join("node_modules/playwright-core/package.json")).unwrap_or_default();
+        if installed.contains(&format!("\"version\": \"{PLAYWRIGHT_CORE_VERSION}\"")) {
+            println!("playwright-core {PLAYWRIGHT_CORE_VERSION} already in {}", dir.display());
+        } else {
+            fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+            if !dir.join("package.json").exists() {
+                fs::write(dir.join("package.json"), "{\"private\": true}\n")
+                    .map_err(|e| format!("package.json: {e}"))?;
+            }
+            run(Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", &format!("playwright-core@{PLAYWRIGHT_CORE_VERSION}")])
+                .current_dir(&dir))?;
+        }
+        run(Command::new("node").arg("examples/web/test.mjs").current_dir(root()).env("PLAYWRIGHT_DIR", &dir))
     })?;
     stage("wasm package (node --test)", || {
         run(cargo().args(["build", "--release", "-q", "-p", "chainference", "--example", "envelope_interop"]))?;
