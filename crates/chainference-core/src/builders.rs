@@ -269,7 +269,7 @@ pub fn append_response(
         &Instruction::AppendResponse { is_final, chunk },
         vec![
             M::writable(*authority, true),
-            M::readonly(refs.request, false),
+            M::writable(refs.request, false),
             M::writable(refs.response, false),
             M::readonly(pda::SYSTEM_PROGRAM_ID, false),
         ],

@@ -190,7 +190,7 @@ pub enum Instruction<'a> {
     ///
     /// Accounts expected:
     /// 0. `[s, w]` server authority: pays rent
-    /// 1. `[]` request
+    /// 1. `[w]` request (marks that a response exists)
     /// 2. `[w]` response PDA `["response", request]` (request's response_bump)
     /// 3. `[]` system program
     ///

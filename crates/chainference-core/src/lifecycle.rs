@@ -40,7 +40,8 @@ use crate::Address;
 use crate::error::{Error, Result};
 use crate::pricing::{ServerStats, settle};
 use crate::state::{
-    ConfigParams, FLAG_COMPARED, FLAG_FLAGGED, MAX_ALLOWED_SERVERS, MAX_PROMPT_LEN, RequestHeader, RequestStatus,
+    ConfigParams, FLAG_COMPARED, FLAG_FLAGGED, FLAG_HAS_RESPONSE, MAX_ALLOWED_SERVERS, MAX_PROMPT_LEN, RequestHeader,
+    RequestStatus,
 };
 
 /// What a new request asks for; [`NewRequest::create`] validates it into a Draft header.
@@ -359,6 +360,7 @@ impl RequestHeader {
                 if response_finished {
                     return Err(Error::ResponseFinished);
                 }
+                self.flags |= FLAG_HAS_RESPONSE;
             }
             Event::Release { server } => {
                 self.expect(RequestStatus::Locked)?;
@@ -369,6 +371,7 @@ impl RequestHeader {
                 self.locked_by = [0; 32];
                 self.price_per_mtok = 0;
                 self.release_count = release_count;
+                self.flags &= !FLAG_HAS_RESPONSE;
                 fx.server.released = true;
                 fx.server.lock_change = -1;
                 fx.discard_response = true;

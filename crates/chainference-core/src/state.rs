@@ -137,12 +137,18 @@ impl Default for ConfigParams {
 }
 
 impl ConfigParams {
-    /// Checks `fee_bps <= 10_000` and `0 < min_timeout <= default_timeout <= max_timeout`.
+    /// Checks `fee_bps <= 10_000`, `0 < min_timeout <= default_timeout <= max_timeout` and
+    /// `retention >= flag_window`.
     pub const fn validate(&self) -> Result<()> {
         if self.fee_bps > 10_000 {
             return Err(Error::InvalidFeeBps);
         }
-        if self.min_timeout == 0 || self.min_timeout > self.default_timeout || self.default_timeout > self.max_timeout {
+        // retention >= flag_window: nobody but the client may close a request it can still flag.
+        if self.min_timeout == 0
+            || self.min_timeout > self.default_timeout
+            || self.default_timeout > self.max_timeout
+            || self.retention < self.flag_window
+        {
             return Err(Error::InvalidTimeout);
         }
         Ok(())
@@ -605,6 +611,9 @@ impl RequestStatus {
 pub const FLAG_FLAGGED: u8 = 1;
 /// Bit of [`RequestHeader::flags`]: the request was part of a comparison.
 pub const FLAG_COMPARED: u8 = 2;
+/// Bit of [`RequestHeader::flags`]: a response account exists (set by the first append,
+/// cleared when a release discards it), so the program can insist on it at release and close.
+pub const FLAG_HAS_RESPONSE: u8 = 4;
 
 /// The fixed header of a request account, seeds `["request", client, nonce_le]`: every scalar the
 /// lifecycle reads or writes, at pinned offsets.
@@ -613,7 +622,7 @@ pub const FLAG_COMPARED: u8 = 2;
 /// | --- | --- | --- |
 /// | 0 | kind = 3, version, bump | u8 ×3 |
 /// | 3 | status | u8 ([`RequestStatus`]) |
-/// | 4 | flags | u8 (1 = flagged, 2 = compared) |
+/// | 4 | flags | u8 (1 = flagged, 2 = compared, 4 = has a response account) |
 /// | 5 | allowed_count | u8 |
 /// | 6 | response_bump | u8 |
 /// | 7 | max_tokens | u32 |
@@ -710,6 +719,11 @@ impl RequestHeader {
         self.flags & FLAG_COMPARED != 0
     }
 
+    /// Whether a response account exists for this request.
+    pub const fn has_response(&self) -> bool {
+        self.flags & FLAG_HAS_RESPONSE != 0
+    }
+
     /// Decodes the scalar header from the start of the account data.
     pub fn decode(data: &[u8]) -> Result<Self> {
         // A fixed-size view first: with the length known, every read below is check-free.
@@ -740,7 +754,7 @@ impl RequestHeader {
             client: *r.address()?,
             locked_by: *r.address()?,
         };
-        if h.flags & !(FLAG_FLAGGED | FLAG_COMPARED) != 0
+        if h.flags & !(FLAG_FLAGGED | FLAG_COMPARED | FLAG_HAS_RESPONSE) != 0
             || h.allowed_count == 0
             || h.allowed_count as usize > MAX_ALLOWED_SERVERS
             || h.prompt_written > h.prompt_len

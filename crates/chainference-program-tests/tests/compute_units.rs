@@ -26,7 +26,7 @@ const CEILINGS: &[(&str, u64, Option<u64>)] = &[
     ("UpdateServer", 3_700, None),
     ("SetServerActive", 390, None),
     ("CloseServer", 320, None),
-    ("OpenRequest", 3_850, Some(3_000)),
+    ("OpenRequest", 5_400, Some(3_000)),
     ("WritePrompt", 650, None),
     ("CancelRequest", 580, Some(1_000)),
     ("LockRequest", 1_200, Some(1_000)),

@@ -254,6 +254,7 @@ impl Harness {
                 let ix = builders::append_response(&self.b.program, &authority, &refs, last, b"sealed bytes").unwrap();
                 let signer = self.servers[server].wallet.insecure_clone();
                 if self.send(vec![ix], &signer, predicted.map(|_| ())) {
+                    self.requests[request].header = h;
                     self.requests[request].response_finished = Some(last);
                 }
             }

@@ -162,6 +162,8 @@ fn config_is_guarded() {
     b.rejects(vec![builders::init_config(&b.program, &key(&admin), bad)], &[&admin], Error::InvalidFeeBps, &[]);
     let bad = ConfigParams { min_timeout: 500, ..ConfigParams::default() };
     b.rejects(vec![builders::init_config(&b.program, &key(&admin), bad)], &[&admin], Error::InvalidTimeout, &[]);
+    let bad = ConfigParams { retention: 10, ..ConfigParams::default() };
+    b.rejects(vec![builders::init_config(&b.program, &key(&admin), bad)], &[&admin], Error::InvalidTimeout, &[]);
     b.init_config();
     let again = builders::init_config(&b.program, &key(&admin), ConfigParams::default());
     b.rejects(vec![again], &[&admin], Error::AlreadyInitialized, &[]);
@@ -618,4 +620,92 @@ fn arithmetic_extremes_settle_exactly() {
     let exact = (1_000u128 * u128::from(u64::MAX)).div_ceil(1_000_000);
     assert_eq!(u128::from(h.cost), exact, "an exact 128-bit product, below the stake");
     assert_eq!(h.fee, h.cost / 10);
+}
+
+#[test]
+fn a_request_with_a_response_cannot_drop_it() {
+    let mut w = world();
+    let spec = w.b.spec(&[&w.s1]);
+    let req = w.b.open(&spec);
+    let acc = watched(&w, &req);
+    let (a, sw) = (w.s1.authority(), w.s1.wallet.insecure_clone());
+    let refs = w.b.refs(&req);
+    lock(&mut w.b, &w.s1, &req);
+    w.b.ok(vec![builders::append_response(&w.b.program, &a, &refs, false, b"partial").unwrap()], &[&sw]);
+    assert!(w.b.request(&req.address).has_response());
+    // Release, complete and close all insist on the real response account.
+    let dummy = key(&w.b.wallet());
+    let release = builders::release_request(&w.b.program, &a, &req.address, &dummy);
+    w.b.rejects(vec![release], &[&sw], Error::ResponseMismatch, &acc);
+    let fake = RequestRefs { response: dummy, ..refs };
+    w.b.ok(vec![builders::append_response(&w.b.program, &a, &refs, true, b"end").unwrap()], &[&sw]);
+    w.b.rejects(vec![builders::complete_request(&w.b.program, &a, &fake, 1)], &[&sw], Error::ResponseMismatch, &acc);
+    w.b.rejects(
+        vec![builders::append_response(&w.b.program, &a, &fake, true, b"x").unwrap()],
+        &[&sw],
+        Error::ResponseMismatch,
+        &acc,
+    );
+    w.b.ok(vec![builders::complete_request(&w.b.program, &a, &refs, 1)], &[&sw]);
+    let client = w.b.client.insecure_clone();
+    let close = builders::close_request(&w.b.program, &key(&client), &fake, &a);
+    w.b.rejects(vec![close], &[&client], Error::ResponseMismatch, &acc);
+    w.b.ok(vec![builders::close_request(&w.b.program, &key(&client), &refs, &a)], &[&client]);
+    assert!(!w.b.exists(&req.response), "closed with its request");
+}
+
+#[test]
+fn an_unusable_response_bump_is_refused_at_open() {
+    let mut w = world();
+    let spec = w.b.spec(&[&w.s1]);
+    let client = w.b.client.insecure_clone();
+    let (req, mut ixs) = w.b.open_ixs(&client, &spec, usize::MAX);
+    // Find a bump for which ["response", request, bump] is on the curve (no PDA exists).
+    let bad = (0..=255u8)
+        .rev()
+        .find(|b| {
+            chainference_core::pda::create_program_address(
+                &chainference_core::pda::response_seeds(&req.address),
+                *b,
+                &w.b.program.id,
+            )
+            .is_none()
+        })
+        .unwrap();
+    let original = ixs[0].data.clone();
+    let mut decoded = chainference_core::instruction::Instruction::decode(&original).unwrap();
+    if let chainference_core::instruction::Instruction::OpenRequest(args) = &mut decoded {
+        args.response_bump = bad;
+    }
+    ixs[0].data = decoded.encode().unwrap();
+    w.b.rejects(ixs, &[&client], Error::WrongAddress, &[key(&client), req.address]);
+}
+
+#[test]
+fn a_client_who_empties_its_wallet_cannot_stall_the_settlement() {
+    let mut w = world();
+    let mut spec = w.b.spec(&[&w.s1]);
+    // A refund below the rent-exempt minimum of an empty wallet (890,880 lamports).
+    spec.stake = 500_000;
+    let req = w.b.open(&spec);
+    lock(&mut w.b, &w.s1, &req);
+    // The client moves every lamport away (another wallet pays the fee).
+    let client = w.b.client.insecure_clone();
+    let payer = w.b.wallet();
+    let all = w.b.lamports(&key(&client));
+    let drain = builders::system_transfer(&key(&client), &key(&payer), all);
+    w.b.ok(vec![drain], &[&payer, &client]);
+    assert_eq!(w.b.lamports(&key(&client)), 0);
+    let (a, sw) = (w.s1.authority(), w.s1.wallet.insecure_clone());
+    let refs = w.b.refs(&req);
+    let rent = w.b.lamports(&req.address) - req.stake;
+    w.b.ok(vec![builders::append_response(&w.b.program, &a, &refs, true, b"x").unwrap()], &[&sw]);
+    w.b.ok(vec![builders::complete_request(&w.b.program, &a, &refs, 100)], &[&sw]);
+    let h = w.b.request(&req.address);
+    assert_eq!(h.status, RequestStatus::Completed);
+    // The refund waits in the request and comes back with its rent at close.
+    assert_eq!(w.b.lamports(&req.address), rent + req.stake - h.cost);
+    let close = builders::close_request(&w.b.program, &key(&client), &refs, &a);
+    w.b.ok(vec![close], &[&payer, &client]);
+    assert_eq!(w.b.lamports(&key(&client)), rent + req.stake - h.cost);
 }

@@ -323,6 +323,10 @@ fn open_request(ctx: &mut Ctx<'_>, args: &OpenRequestArgs<'_>) -> ProgramResult 
     if args.response_key == &[0; 32] {
         return Err(fail(Error::InvalidPublicKey));
     }
+    // The response PDA the request pins must exist for its bump, or no server could ever append.
+    let response_bump = [args.response_bump];
+    let response_seeds: [&[u8]; 3] = [pda::RESPONSE_SEED, request.address().as_ref(), &response_bump];
+    Address::create_program_address(&response_seeds, program_id).map_err(|_| fail(Error::WrongAddress))?;
     let time = now()?;
     let client_key = client.address().as_array();
     let mut header = NewRequest {
@@ -447,12 +451,19 @@ fn append_response(ctx: &mut Ctx<'_>, is_final: bool, chunk: &[u8]) -> ProgramRe
     if chunk.is_empty() {
         return Err(fail(Error::EmptyChunk));
     }
+    writable(request)?;
     let mut header = load_request(request, program_id)?;
     let existing = load_response(response, program_id, request)?;
+    if header.has_response() && existing.is_none() {
+        return Err(fail(Error::ResponseMismatch));
+    }
     let finished = existing.is_some_and(|h| h.finished);
-    header
-        .apply(Event::Append { server: authority.address().as_array(), response_finished: finished }, now()?)
-        .or_fail()?;
+    let had_response = header.has_response();
+    let event = Event::Append { server: authority.address().as_array(), response_finished: finished };
+    header.apply(event, now()?).or_fail()?;
+    if !had_response {
+        store_request(request, &header)?;
+    }
 
     let mut resp = match existing {
         Some(h) if &h.server != authority.address().as_array() => return Err(fail(Error::ResponseMismatch)),
@@ -508,6 +519,9 @@ fn complete_request(ctx: &mut Ctx<'_>, tokens: u64) -> ProgramResult {
     let cfg = load_config(config, program_id)?;
     check_treasury(treasury, program_id, &cfg)?;
     let resp = load_response(response, program_id, request)?;
+    if header.has_response() && resp.is_none() {
+        return Err(fail(Error::ResponseMismatch));
+    }
     let event = Event::Complete {
         server: authority.address().as_array(),
         tokens,
@@ -524,7 +538,28 @@ fn complete_request(ctx: &mut Ctx<'_>, tokens: u64) -> ProgramResult {
     apply_stats(server, server_header, &fx)?;
     move_lamports(request, treasury, fx.to_treasury)?;
     move_lamports(request, authority, fx.to_server)?;
-    move_lamports(request, client, fx.to_client)
+    refund_client(request, client, fx.to_client)
+}
+
+/// Pays a refund to the client now, unless it would leave the client's account below the
+/// rent-exempt minimum (an emptied wallet), which the runtime would refuse, blocking the
+/// settlement. Then the refund stays in the request account and comes back with its rent at
+/// close: nobody can stall a completion by draining their own wallet.
+fn refund_client(request: &mut AccountView, client: &mut AccountView, amount: u64) -> R {
+    let after = client.lamports().checked_add(amount).ok_or(fail(Error::ArithmeticOverflow))?;
+    // A wallet already above the minimum at the default rate needs no sysvar read (the usual case).
+    // (A u64 `*` would need __multi3 for its overflow check on SBF; core's wide multiply does not.)
+    let floor = chainference_core::pricing::mul_div(
+        (client.data_len() as u64).saturating_add(128),
+        pinocchio::sysvars::rent::DEFAULT_LAMPORTS_PER_BYTE,
+        1,
+        chainference_core::pricing::Rounding::Down,
+    )
+    .unwrap_or(u64::MAX);
+    if client.lamports() < floor && after < rent_for(client.data_len())? {
+        return Ok(());
+    }
+    move_lamports(request, client, amount)
 }
 
 fn release_request(ctx: &mut Ctx<'_>) -> ProgramResult {
@@ -536,10 +571,16 @@ fn release_request(ctx: &mut Ctx<'_>) -> ProgramResult {
     writable(request)?;
     let server_header = load_server(server, program_id, authority)?;
     let mut header = load_request(request, program_id)?;
+    let had_response = header.has_response();
     let fx = header.apply(Event::Release { server: authority.address().as_array() }, now()?).or_fail()?;
+    let resp = load_response(response, program_id, request)?;
+    if had_response && resp.is_none_or(|r| &r.server != authority.address().as_array()) {
+        // The request has a response: it must be passed, and be this server's, to be discarded.
+        return Err(fail(Error::ResponseMismatch));
+    }
     store_request(request, &header)?;
     apply_stats(server, server_header, &fx)?;
-    if fx.discard_response && load_response(response, program_id, request)?.is_some() {
+    if fx.discard_response && resp.is_some() {
         writable(response)?;
         // The locking server paid the response's rent (load_response checked it is this request's).
         close_into(response, authority)?;
@@ -629,9 +670,15 @@ fn close_request(ctx: &mut Ctx<'_>) -> ProgramResult {
     let mut header = load_request(request, program_id)?;
     request_client_is(client, &header)?;
     let event = Event::Close { signer: caller.address().as_array(), retention: params.retention };
+    let had_response = header.has_response();
     let fx = header.apply(event, now()?).or_fail()?;
+    let resp = load_response(response, program_id, request)?;
+    if had_response && resp.is_none() {
+        // Closing the request without its response would strand the server's rent.
+        return Err(fail(Error::ResponseMismatch));
+    }
     if fx.discard_response
-        && let Some(resp) = load_response(response, program_id, request)?
+        && let Some(resp) = resp
     {
         writable(response)?;
         writable(response_payer)?;
