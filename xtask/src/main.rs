@@ -327,6 +327,8 @@ fn test(rest: &[String]) -> Result {
         run(&mut c)
     })?;
     wasm_tests()?;
+    // The README's main job must keep working (and conserving lamports).
+    demo(&[])?;
     println!("==> all stages ok in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -341,8 +343,13 @@ fn compute_units() -> Result {
 }
 
 fn demo(rest: &[String]) -> Result {
+    setup_sbf()?;
+    let so = build_sbf()?;
     stage("demo", || {
-        run(cargo().args(["run", "--release", "-q", "-p", "chainference", "--example", "demo", "--"]).args(rest))
+        run(cargo()
+            .args(["run", "-q", "-p", "chainference-program-tests", "--example", "chain_demo", "--"])
+            .args(rest)
+            .env("CHAINFERENCE_PROGRAM_SO", &so))
     })
 }
 
