@@ -30,7 +30,14 @@ use chainference_core::{base58, pda};
 use hpke::{Deserializable, OpModeR};
 use serde_json::{Value, json};
 
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/core-v1.json");
+/// The vectors file of the checkout under test (`cargo test` sets CARGO_MANIFEST_DIR at run time;
+/// checkouts sharing a target dir can share a test binary).
+fn vectors_path() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .join("tests/vectors/core-v1.json")
+}
 const MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1";
 const PROMPT: &[u8] = b"<|im_start|>user\nWhat is the capital of France?<|im_end|>\n";
 const ANSWER: [&str; 3] = ["The capital", " of France is", " Paris."];
@@ -332,9 +339,10 @@ fn generate() -> Value {
 
 fn load() -> Value {
     if std::env::var_os("CHAINFERENCE_REGEN_VECTORS").is_some() {
-        std::fs::write(VECTORS, serde_json::to_string_pretty(&generate()).unwrap() + "\n").unwrap();
+        std::fs::write(vectors_path(), serde_json::to_string_pretty(&generate()).unwrap() + "\n").unwrap();
     }
-    let text = std::fs::read_to_string(VECTORS).expect("vectors file; regenerate with CHAINFERENCE_REGEN_VECTORS=1");
+    let text =
+        std::fs::read_to_string(vectors_path()).expect("vectors file; regenerate with CHAINFERENCE_REGEN_VECTORS=1");
     serde_json::from_str(&text).unwrap()
 }
 

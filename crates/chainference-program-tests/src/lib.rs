@@ -48,8 +48,13 @@ pub const FUNDS: u64 = 100_000_000_000;
 
 /// Path of the program `.so` under test.
 pub fn program_so() -> PathBuf {
+    // CARGO_MANIFEST_DIR at run time, not compile time: checkouts sharing a target dir share
+    // test binaries, and each must test its own build.
     std::env::var_os("CHAINFERENCE_PROGRAM_SO").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/deploy/chainference_program.so")
+        let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+        dir.join("../../target/deploy/chainference_program.so")
     })
 }
 

@@ -237,18 +237,20 @@ fn server_size(args: &ServerArgs<'_>) -> usize {
     ServerAccount::size(args.endpoint.len(), args.offers.as_bytes().len())
 }
 
-fn check_hpke_key(key: &[u8; 32]) -> R {
-    if key == &[0; 32] { Err(fail(Error::InvalidPublicKey)) } else { Ok(()) }
+/// The checks RegisterServer and UpdateServer share: the authority signs and pays, the server
+/// account and the system program are in place, and the published key is usable.
+fn check_server_write(authority: &AccountView, server: &AccountView, system: &AccountView, args: &ServerArgs<'_>) -> R {
+    signer(authority)?;
+    writable(authority)?;
+    writable(server)?;
+    system_program(system)?;
+    if args.hpke_key == &[0; 32] { Err(fail(Error::InvalidPublicKey)) } else { Ok(()) }
 }
 
 fn register_server(ctx: &mut Ctx<'_>, args: &ServerArgs<'_>) -> ProgramResult {
     let program_id = ctx.program_id;
     let [authority, server, system, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
-    signer(authority)?;
-    writable(authority)?;
-    writable(server)?;
-    system_program(system)?;
-    check_hpke_key(args.hpke_key)?;
+    check_server_write(authority, server, system, args)?;
     let (address, bump) = find_pda(&pda::server_seeds(authority.address().as_array()), program_id)?;
     if server.address() != &address {
         return Err(fail(Error::WrongAddress));
@@ -272,11 +274,7 @@ fn register_server(ctx: &mut Ctx<'_>, args: &ServerArgs<'_>) -> ProgramResult {
 fn update_server(ctx: &mut Ctx<'_>, args: &ServerArgs<'_>) -> ProgramResult {
     let program_id = ctx.program_id;
     let [authority, server, system, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
-    signer(authority)?;
-    writable(authority)?;
-    writable(server)?;
-    system_program(system)?;
-    check_hpke_key(args.hpke_key)?;
+    check_server_write(authority, server, system, args)?;
     let mut header = load_server(server, program_id, authority)?;
     header.hpke_key = *args.hpke_key;
     resize_paid(server, authority, server_size(args))?;
