@@ -233,6 +233,44 @@ pub const fn open_request_first_chunk_max(model_len: usize, allowed: usize, rese
 /// The largest [`Instruction::WritePrompt`] chunk that fits a transaction alone.
 pub const WRITE_PROMPT_CHUNK_MAX: usize = MAX_TRANSACTION_LEN - (65 + 3 + 97 + 32 + 1 + 1 + 3 + 2) - (1 + 4 + 4);
 
+/// A prompt envelope and how to split it across transactions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PromptUpload<'a> {
+    /// The whole sealed envelope.
+    pub envelope: &'a [u8],
+    /// Bytes the OpenRequest carries (see [`open_request_first_chunk_max`]).
+    pub first_chunk: usize,
+    /// Bytes per following WritePrompt (at most [`WRITE_PROMPT_CHUNK_MAX`]; at least 1).
+    pub chunk: usize,
+}
+
+/// The instructions that open a request with `upload`'s envelope: OpenRequest with the first
+/// chunk, then one WritePrompt per remaining chunk, each meant for its own transaction. The
+/// `prompt_len` and `prompt_chunk` of `args` are replaced by the envelope's.
+pub fn open_request_upload(
+    p: &Program,
+    client: &Address,
+    args: &OpenRequestArgs<'_>,
+    upload: &PromptUpload<'_>,
+) -> Result<Vec<BuiltInstruction>> {
+    let envelope = upload.envelope;
+    let first = upload.first_chunk.min(envelope.len());
+    let prompt_len = u32::try_from(envelope.len()).map_err(|_| crate::Error::InvalidPromptLength)?;
+    let (head, mut rest) = envelope.split_at(first);
+    let open = OpenRequestArgs { prompt_len, prompt_chunk: head, ..*args };
+    let (request, _) = p.request(client, args.nonce);
+    let mut ixs = vec![open_request(p, client, &open)?];
+    let mut offset = first;
+    while !rest.is_empty() {
+        let (part, tail) = rest.split_at(upload.chunk.max(1).min(rest.len()));
+        let at = u32::try_from(offset).map_err(|_| crate::Error::InvalidPromptLength)?;
+        ixs.push(write_prompt(p, client, &request, at, part)?);
+        offset = offset.saturating_add(part.len());
+        rest = tail;
+    }
+    Ok(ixs)
+}
+
 /// [`Instruction::WritePrompt`].
 pub fn write_prompt(
     p: &Program,

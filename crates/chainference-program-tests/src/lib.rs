@@ -384,7 +384,6 @@ impl Bench {
         let sealed =
             envelope::seal_prompt(&request, &spec.server_keys, &keys.prompt_public_key(), &spec.prompt).unwrap();
         let commitment = self.secret.commitment(&request, &spec.model, &spec.prompt);
-        let first = first_chunk.min(sealed.len());
         let args = OpenRequestArgs {
             nonce,
             bump,
@@ -398,19 +397,11 @@ impl Bench {
             commitment: &commitment,
             model: &spec.model,
             allowed: &spec.allowed,
-            prompt_len: sealed.len() as u32,
-            prompt_chunk: &sealed[..first],
+            prompt_len: 0,
+            prompt_chunk: &[],
         };
-        let mut ixs = vec![builders::open_request(&self.program, &client_key, &args).unwrap()];
-        let mut offset = first;
-        while offset < sealed.len() {
-            let end = (offset + first_chunk.max(1)).min(sealed.len());
-            ixs.push(
-                builders::write_prompt(&self.program, &client_key, &request, offset as u32, &sealed[offset..end])
-                    .unwrap(),
-            );
-            offset = end;
-        }
+        let upload = builders::PromptUpload { envelope: &sealed, first_chunk, chunk: first_chunk };
+        let ixs = builders::open_request_upload(&self.program, &client_key, &args, &upload).unwrap();
         let req = TestRequest {
             address: request,
             response,

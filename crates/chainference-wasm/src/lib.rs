@@ -426,7 +426,6 @@ pub fn open_request_instructions(params: JsValue) -> JsResult<Array> {
         .max(1);
     let (request, bump) = p.request(&client, nonce);
     let (_, response_bump) = p.response(&request);
-    let prompt_len = u32::try_from(envelope_bytes.len()).map_err(|_| js_error(Error::InvalidPromptLength))?;
     let args = OpenRequestArgs {
         nonce,
         bump,
@@ -441,21 +440,16 @@ pub fn open_request_instructions(params: JsValue) -> JsResult<Array> {
         commitment: &commitment,
         model: &model,
         allowed: &allowed,
-        prompt_len,
-        prompt_chunk: envelope_bytes.get(..first).unwrap_or(&[]),
+        prompt_len: 0,
+        prompt_chunk: &[],
     };
     // Validate as the program will, so a bad request fails here and not after a fee.
     state::check_canonical_model(&model).map_err(js_error)?;
     chainference_core::lifecycle::check_allow_list(&allowed).map_err(js_error)?;
+    let upload = builders::PromptUpload { envelope: &envelope_bytes, first_chunk: first, chunk };
     let out = Array::new();
-    out.push(&instruction(&builders::open_request(&p, &client, &args).map_err(js_error)?));
-    let mut offset = first;
-    while offset < envelope_bytes.len() {
-        let end = offset.saturating_add(chunk).min(envelope_bytes.len());
-        let part = envelope_bytes.get(offset..end).unwrap_or(&[]);
-        let at = u32::try_from(offset).map_err(|_| js_error(Error::InvalidPromptLength))?;
-        out.push(&instruction(&builders::write_prompt(&p, &client, &request, at, part).map_err(js_error)?));
-        offset = end;
+    for ix in builders::open_request_upload(&p, &client, &args, &upload).map_err(js_error)? {
+        out.push(&instruction(&ix));
     }
     Ok(out)
 }
