@@ -137,7 +137,24 @@ fn wrong_pdas_are_rejected() {
     let spec = w.b.spec(&[&w.s1]);
     let client = w.b.client.insecure_clone();
     let (_, mut ixs) = w.b.open_ixs(&client, &spec, usize::MAX);
-    ixs[0].accounts[1].pubkey = [44u8; 32];
+    // The program first checks that the pinned response bump derives a PDA of the request
+    // address it was given; pick a fake address for which it does, so the seed check is reached.
+    let response_bump = match chainference_core::instruction::Instruction::decode(&ixs[0].data).unwrap() {
+        chainference_core::instruction::Instruction::OpenRequest(args) => args.response_bump,
+        _ => unreachable!(),
+    };
+    let fake = (0..=255u8)
+        .map(|b| [b; 32])
+        .find(|a| {
+            chainference_core::pda::create_program_address(
+                &chainference_core::pda::response_seeds(a),
+                response_bump,
+                &w.b.program.id,
+            )
+            .is_some()
+        })
+        .unwrap();
+    ixs[0].accounts[1].pubkey = fake;
     let f = w.b.send(ixs, &[&client]).unwrap_err();
     assert!(
         matches!(f.err, TransactionError::InstructionError(0, InstructionError::PrivilegeEscalation)),
