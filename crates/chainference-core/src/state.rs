@@ -325,6 +325,10 @@ impl ServerHeader {
     pub const LEN: usize = 128;
     /// Offset of the tail.
     pub const TAIL_OFFSET: usize = Self::LEN;
+    /// Offset of `active` (a filter for discovery).
+    pub const ACTIVE_OFFSET: usize = 3;
+    /// Offset of `authority` (a filter for one operator's servers).
+    pub const AUTHORITY_OFFSET: usize = 64;
 
     /// Decodes the fixed header from the start of the account data.
     pub fn decode(data: &[u8]) -> Result<Self> {
@@ -700,6 +704,12 @@ pub struct RequestHeader {
 impl RequestHeader {
     /// Size of the scalar header (through `locked_by`).
     pub const LEN: usize = 173;
+    /// Offset of `status` (a filter for open requests).
+    pub const STATUS_OFFSET: usize = 3;
+    /// Offset of `client` (a filter for one wallet's requests).
+    pub const CLIENT_OFFSET: usize = 109;
+    /// Offset of `locked_by` (a filter for one server's requests).
+    pub const LOCKED_BY_OFFSET: usize = 141;
     /// Offset of the client's response key.
     pub const RESPONSE_KEY_OFFSET: usize = 173;
     /// Offset of the commitment.
