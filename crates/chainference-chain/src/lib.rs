@@ -40,6 +40,7 @@
 
 #![deny(unsafe_code)]
 
+#[cfg(feature = "rpc")]
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;

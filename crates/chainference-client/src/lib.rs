@@ -1,1 +1,253 @@
-//! placeholder
+//! # chainference-client
+//!
+//! The async client SDK of Chainference: find servers for a model (and see why others were
+//! excluded), estimate what a request costs, send an end-to-end encrypted prompt, stream the
+//! answer as it is written on chain, then flag, compare, reclaim, close, and read your history
+//! back from chain data alone. It runs over any [`Chain`]: [`EmbeddedChain`] in-process by
+//! default, `RpcChain` (feature `rpc`) for real clusters.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), chainference_client::ClientError> {
+//! use chainference_client::{Ask, Client, EmbeddedChain, Keypair, Signer};
+//! use futures::StreamExt;
+//!
+//! let chain = EmbeddedChain::start()?;
+//! let wallet = Keypair::new();
+//! chain.airdrop(&wallet.pubkey(), 1_000_000_000).await?;
+//! let client = Client::new(chain, wallet);
+//!
+//! let ask = Ask::new("HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1", "What is the capital of France?")
+//!     .max_tokens(256);
+//! println!("at most {} lamports", client.estimate(&ask).await?.total_needed());
+//! let request = client.ask(ask).await?;
+//! let mut text = request.stream();
+//! while let Some(piece) = text.next().await {
+//!     print!("{}", piece?);
+//! }
+//! let answer = request.wait().await?;
+//! println!("\n{} tokens, {} lamports", answer.receipt.tokens, answer.receipt.cost);
+//! request.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Servers are played by `chainference-server`; every rule (layouts, lifecycle, pricing,
+//! envelope) comes from `chainference-core`.
+
+#![deny(unsafe_code)]
+
+use std::sync::Arc;
+
+pub mod discovery;
+mod error;
+mod history;
+mod request;
+
+pub use chainference_chain::{self as chain, Address, Chain, ChainError, Keypair, Signer};
+#[cfg(feature = "embedded")]
+pub use chainference_chain::EmbeddedChain;
+#[cfg(feature = "rpc")]
+pub use chainference_chain::{RpcChain, RpcConfig};
+pub use chainference_core as core;
+pub use chainference_core::prompt::{ChatMessage, PromptPayload, Role};
+pub use discovery::{Discovery, Exclusion, Policy, ServerInfo, ServerQuery};
+pub use error::ClientError;
+pub use history::HistoryEntry;
+pub use request::{Answer, AnswerEvent, Ask, Estimate, PendingRequest, Receipt, RequestState, ServerChoice};
+
+use chainference_chain::{AccountFilter, address, instruction};
+use chainference_core::builders::{self, CompareSide, Program};
+use chainference_core::envelope::{CLIENT_KEY_MESSAGE, ClientSecret};
+use chainference_core::model::ModelId;
+use chainference_core::state::{AccountKind, RequestAccount, RequestStatus};
+
+/// A wallet's view of the network: its keys, a chain, and the program's addresses.
+///
+/// Cheap to clone (everything is shared); requests it opens keep working after it is dropped.
+pub struct Client<C: Chain + 'static> {
+    pub(crate) inner: Arc<Inner<C>>,
+}
+
+impl<C: Chain + 'static> Clone for Client<C> {
+    fn clone(&self) -> Self {
+        Client { inner: Arc::clone(&self.inner) }
+    }
+}
+
+pub(crate) struct Inner<C> {
+    pub(crate) chain: C,
+    pub(crate) wallet: Keypair,
+    /// Derived from the wallet's signature of [`CLIENT_KEY_MESSAGE`]: what a browser wallet
+    /// that cannot export its key derives too, so both read the same history.
+    pub(crate) secret: ClientSecret,
+    pub(crate) program: Program,
+}
+
+impl<C: Chain + 'static> Client<C> {
+    /// A client for `wallet` on `chain`, at core's program id.
+    pub fn new(chain: C, wallet: Keypair) -> Self {
+        Self::with_program(chain, wallet, Program::default())
+    }
+
+    /// A client for a deployment at another program id.
+    pub fn with_program(chain: C, wallet: Keypair, program: Program) -> Self {
+        let signature = wallet.sign_message(CLIENT_KEY_MESSAGE);
+        let secret = ClientSecret::from_wallet_signature(signature.as_array());
+        Client { inner: Arc::new(Inner { chain, wallet, secret, program }) }
+    }
+
+    /// The wallet's address.
+    pub fn address(&self) -> Address {
+        self.inner.wallet.pubkey()
+    }
+
+    /// The chain this client talks to.
+    pub fn chain(&self) -> &C {
+        &self.inner.chain
+    }
+
+    /// The deployment's addresses.
+    pub fn program(&self) -> &Program {
+        &self.inner.program
+    }
+
+    /// The wallet's balance in lamports.
+    pub async fn balance(&self) -> Result<u64, ClientError> {
+        Ok(self.inner.chain.balance(&self.address()).await?)
+    }
+
+    /// Every server offering `query.model`, split into eligible (best first) and excluded (with
+    /// every reason). Errors only if the chain cannot be read or the model id is invalid.
+    pub async fn servers(&self, query: &ServerQuery) -> Result<Discovery, ClientError> {
+        let model = ModelId::parse(&query.model)?.canonical();
+        let filters = [AccountFilter::Memcmp { offset: 0, bytes: vec![AccountKind::Server as u8] }];
+        let accounts = self.inner.chain.program_accounts(&address(&self.inner.program.id), &filters).await?;
+        let mut discovery =
+            Discovery { model: model.clone(), eligible: Vec::new(), excluded: Vec::new(), unreadable: Vec::new() };
+        for (account, data) in accounts {
+            match ServerInfo::decode(account, &data.data, &model) {
+                Ok(server) => {
+                    let reasons = server.exclusions(query);
+                    if reasons.is_empty() {
+                        discovery.eligible.push(server);
+                    } else if server.price.is_some() || reasons.iter().any(|r| !matches!(r, Exclusion::ModelNotOffered)) {
+                        discovery.excluded.push((server, reasons));
+                    }
+                }
+                Err(err) => discovery.unreadable.push((account, err)),
+            }
+        }
+        Policy::MostReliable.rank(&mut discovery.eligible);
+        Ok(discovery)
+    }
+
+    /// One server by its authority, `None` if it is not registered.
+    pub async fn server(&self, authority: &Address, model: &str) -> Result<Option<ServerInfo>, ClientError> {
+        let model = ModelId::parse(model)?.canonical();
+        let account = address(&self.inner.program.server(&authority.to_bytes()));
+        match self.inner.chain.account(&account).await? {
+            Some(data) => Ok(Some(ServerInfo::decode(account, &data.data, &model)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// What `ask` would lock and spend, without sending anything.
+    pub async fn estimate(&self, ask: &Ask) -> Result<Estimate, ClientError> {
+        Ok(request::Prepared::new(self, ask.clone()).await?.estimate)
+    }
+
+    /// Sends a request: picks or checks the servers, seals the prompt to them and to this
+    /// wallet, uploads it (in several transactions when it does not fit one), and returns the
+    /// pending request to stream or wait on.
+    pub async fn ask(&self, ask: Ask) -> Result<PendingRequest<C>, ClientError> {
+        request::Prepared::new(self, ask).await?.send(self).await
+    }
+
+    /// Sends the same prompt to two different servers as two unlinkable requests (fresh salts
+    /// and envelopes; each server sees only its own), ready for [`Client::compare`].
+    pub async fn ask_pair(
+        &self,
+        ask: Ask,
+        first: Address,
+        second: Address,
+    ) -> Result<(PendingRequest<C>, PendingRequest<C>), ClientError> {
+        if first == second {
+            return Err(ClientError::Invalid("a comparison needs two different servers".into()));
+        }
+        let a = self.ask(ask.clone().servers(ServerChoice::Explicit(vec![first]))).await?;
+        let b = self.ask(ask.servers(ServerChoice::Explicit(vec![second]))).await?;
+        Ok((a, b))
+    }
+
+    /// A request this wallet opened earlier, by address.
+    pub async fn request(&self, request: &Address) -> Result<PendingRequest<C>, ClientError> {
+        PendingRequest::load(self, *request).await
+    }
+
+    /// Flags a completed answer as bad (within the config's flag window): the server's
+    /// `flagged` count grows.
+    pub async fn flag(&self, request: &Address) -> Result<(), ClientError> {
+        let account = self.read_request(request).await?;
+        let header = RequestAccount::decode(&account)?.header;
+        if header.status != RequestStatus::Completed {
+            return Err(ClientError::WrongState {
+                request: *request,
+                status: header.status,
+                hint: "only a completed answer can be flagged",
+            });
+        }
+        let client = self.address().to_bytes();
+        let ix = builders::flag_response(&self.inner.program, &client, &request.to_bytes(), &header.locked_by);
+        self.inner.chain.send(&[instruction(ix)], &[&self.inner.wallet]).await?;
+        Ok(())
+    }
+
+    /// Compares two completed answers to the same prompt from two servers; `preferred` is the
+    /// better one. Reveals the two salts and the prompt digest so the program can check both
+    /// commitments; the prompt itself stays sealed.
+    pub async fn compare(&self, a: &Address, b: &Address, preferred: &Address) -> Result<(), ClientError> {
+        if preferred != a && preferred != b {
+            return Err(ClientError::Invalid("the preferred request must be one of the two compared".into()));
+        }
+        let data_a = self.read_request(a).await?;
+        let data_b = self.read_request(b).await?;
+        let request_a = RequestAccount::decode(&data_a)?;
+        let request_b = RequestAccount::decode(&data_b)?;
+        for (address, request) in [(a, &request_a), (b, &request_b)] {
+            if request.header.status != RequestStatus::Completed {
+                return Err(ClientError::WrongState {
+                    request: *address,
+                    status: request.header.status,
+                    hint: "only completed answers can be compared",
+                });
+            }
+        }
+        let keys = self.inner.secret.request_keys(&a.to_bytes());
+        let prompt = keys.open_own_prompt(request_a.prompt, &a.to_bytes())?;
+        let digest = self.inner.secret.prompt_digest(request_a.model, &prompt);
+        let salt_a = self.inner.secret.commitment_salt(&a.to_bytes());
+        let salt_b = self.inner.secret.commitment_salt(&b.to_bytes());
+        let (a_bytes, b_bytes) = (a.to_bytes(), b.to_bytes());
+        let ix = builders::compare_responses(
+            &self.inner.program,
+            &self.address().to_bytes(),
+            [
+                CompareSide { request: &a_bytes, served_by: &request_a.header.locked_by, salt: &salt_a },
+                CompareSide { request: &b_bytes, served_by: &request_b.header.locked_by, salt: &salt_b },
+            ],
+            &digest,
+            u8::from(preferred == b),
+        );
+        self.inner.chain.send(&[instruction(ix)], &[&self.inner.wallet]).await?;
+        Ok(())
+    }
+
+    /// Every request of this wallet still on chain, oldest first, with prompts and answers
+    /// decrypted from chain data with nothing but the wallet.
+    pub async fn history(&self) -> Result<Vec<HistoryEntry>, ClientError> {
+        history::load(self).await
+    }
+
+    pub(crate) async fn read_request(&self, request: &Address) -> Result<Vec<u8>, ClientError> {
+        self.inner.chain.account(request).await?.map(|account| account.data).ok_or(ClientError::RequestNotFound(*request))
+    }
+}

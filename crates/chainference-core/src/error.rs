@@ -236,6 +236,9 @@ pub enum Error {
     /// The random number generator failed.
     #[error("randomness unavailable")]
     RandomnessUnavailable = 126,
+    /// A decrypted prompt payload is malformed (see [`crate::prompt`]).
+    #[error("malformed prompt payload")]
+    MalformedPrompt = 127,
 }
 
 impl Error {
@@ -311,6 +314,7 @@ impl Error {
         Error::StreamTruncated,
         Error::NoSuchRecipient,
         Error::RandomnessUnavailable,
+        Error::MalformedPrompt,
     ];
 
     /// The stable numeric code (`ProgramError::Custom(code)` on-chain).
@@ -401,6 +405,7 @@ impl Error {
             StreamTruncated,
             NoSuchRecipient,
             RandomnessUnavailable,
+            MalformedPrompt,
         )
     }
 }

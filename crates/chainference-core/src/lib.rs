@@ -42,6 +42,8 @@ pub mod lifecycle;
 pub mod model;
 pub mod pda;
 pub mod pricing;
+#[cfg(feature = "alloc")]
+pub mod prompt;
 pub mod state;
 pub mod wire;
 

@@ -144,6 +144,20 @@ pub struct ServerView<'a> {
     pub price_for_model: Option<u64>,
 }
 
+impl ServerView<'_> {
+    /// Every reason this server may not lock a request with these filters, in the order the
+    /// lock checks them (`ServerInactive`, `ModelNotOffered`, `MinCompletedNotMet`,
+    /// `MinSuccessNotMet`); all `None` when it may. Clients use the same rule to choose servers.
+    pub fn refusals(&self, min_completed: u64, min_success_bps: u16) -> [Option<Error>; 4] {
+        [
+            (!self.active).then_some(Error::ServerInactive),
+            self.price_for_model.is_none().then_some(Error::ModelNotOffered),
+            (self.stats.completed < min_completed).then_some(Error::MinCompletedNotMet),
+            (self.stats.success_bps() < min_success_bps).then_some(Error::MinSuccessNotMet),
+        ]
+    }
+}
+
 /// One step in a request's life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event<'a> {
@@ -338,16 +352,11 @@ impl RequestHeader {
                 if !allowed.iter().any(|a| a == server.authority) {
                     return Err(Error::ServerNotAllowed);
                 }
-                if !server.active {
-                    return Err(Error::ServerInactive);
+                if let Some(refusal) = server.refusals(self.min_completed, self.min_success_bps).into_iter().flatten().next()
+                {
+                    return Err(refusal);
                 }
                 let price = server.price_for_model.ok_or(Error::ModelNotOffered)?;
-                if server.stats.completed < self.min_completed {
-                    return Err(Error::MinCompletedNotMet);
-                }
-                if server.stats.success_bps() < self.min_success_bps {
-                    return Err(Error::MinSuccessNotMet);
-                }
                 self.status = RequestStatus::Locked;
                 self.locked_by = *server.authority;
                 self.price_per_mtok = price;

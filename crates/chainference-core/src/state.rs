@@ -1031,6 +1031,9 @@ mod tests {
         assert_eq!(buf[49..57], 1_700_000_300i64.to_le_bytes());
         assert_eq!(buf[109..141], [1; 32]);
         assert_eq!(buf[141..173], [2; 32]);
+        assert_eq!(buf[RequestHeader::STATUS_OFFSET], RequestStatus::Locked as u8);
+        assert_eq!(buf[RequestHeader::CLIENT_OFFSET..][..32], [1; 32]);
+        assert_eq!(buf[RequestHeader::LOCKED_BY_OFFSET..][..32], [2; 32]);
         assert_eq!(RequestHeader::decode(&buf).unwrap(), h);
         assert_eq!(RequestHeader::TAIL_OFFSET, 493);
         assert_eq!(Config::LEN, 90);

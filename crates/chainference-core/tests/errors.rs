@@ -83,6 +83,7 @@ const PINNED: &[(u32, &str)] = &[
     (124, "StreamTruncated"),
     (125, "NoSuchRecipient"),
     (126, "RandomnessUnavailable"),
+    (127, "MalformedPrompt"),
 ];
 
 #[test]

@@ -1,0 +1,273 @@
+//! Finding servers: what each offers, what it charges, how it has behaved, and why a query
+//! excluded it.
+
+use std::fmt;
+
+use chainference_chain::Address;
+use chainference_core::Error as CoreError;
+use chainference_core::lifecycle::ServerView;
+use chainference_core::pricing::ServerStats;
+use chainference_core::state::ServerAccount;
+
+/// Which servers a client will consider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerQuery {
+    /// The model (any spelling `ModelId::parse` accepts).
+    pub model: String,
+    /// Highest acceptable price, lamports per million tokens.
+    pub max_price: Option<u64>,
+    /// Least completed requests (also enforced on-chain at lock).
+    pub min_completed: u64,
+    /// Least success ratio in basis points (also enforced on-chain at lock).
+    pub min_success_bps: u16,
+    /// List inactive servers as eligible too (they still cannot lock).
+    pub include_inactive: bool,
+}
+
+impl ServerQuery {
+    /// Every active server offering `model`.
+    pub fn new(model: impl Into<String>) -> Self {
+        ServerQuery { model: model.into(), max_price: None, min_completed: 0, min_success_bps: 0, include_inactive: false }
+    }
+
+    /// Caps the price.
+    pub fn max_price(mut self, lamports_per_mtok: u64) -> Self {
+        self.max_price = Some(lamports_per_mtok);
+        self
+    }
+
+    /// Requires a track record.
+    pub fn min_completed(mut self, completed: u64) -> Self {
+        self.min_completed = completed;
+        self
+    }
+
+    /// Requires a success ratio.
+    pub fn min_success_bps(mut self, bps: u16) -> Self {
+        self.min_success_bps = bps;
+        self
+    }
+}
+
+/// Why a query excluded a server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Exclusion {
+    /// The operator switched it off.
+    Inactive,
+    /// It does not offer the model.
+    ModelNotOffered,
+    /// Its price is above the cap.
+    PriceAbove {
+        /// Its price.
+        price: u64,
+        /// The cap.
+        max: u64,
+    },
+    /// Too few completed requests.
+    TooFewCompleted {
+        /// Its count.
+        completed: u64,
+        /// The minimum.
+        min: u64,
+    },
+    /// Success ratio too low.
+    SuccessBelow {
+        /// Its ratio (bps).
+        success_bps: u16,
+        /// The minimum (bps).
+        min: u16,
+    },
+    /// Its account does not decode (another program version?).
+    Unreadable(CoreError),
+}
+
+impl fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exclusion::Inactive => f.write_str("inactive (its operator switched it off)"),
+            Exclusion::ModelNotOffered => f.write_str("does not offer the model"),
+            Exclusion::PriceAbove { price, max } => write!(f, "price {price} lamports/Mtok is above your cap of {max}"),
+            Exclusion::TooFewCompleted { completed, min } => {
+                write!(f, "{completed} completed requests, fewer than the {min} required")
+            }
+            Exclusion::SuccessBelow { success_bps, min } => {
+                write!(f, "success {} is below the {} required", Bps(*success_bps), Bps(*min))
+            }
+            Exclusion::Unreadable(err) => write!(f, "account unreadable: {err}"),
+        }
+    }
+}
+
+/// Basis points shown as a percentage.
+pub(crate) struct Bps(pub u16);
+
+impl fmt::Display for Bps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:02}%", self.0 / 100, self.0 % 100)
+    }
+}
+
+/// One server as a client sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// Its account (the PDA).
+    pub account: Address,
+    /// The wallet that signs for it (what allow-lists name).
+    pub authority: Address,
+    /// Its HPKE public key (prompts are sealed to it).
+    pub hpke_key: [u8; 32],
+    /// Its off-chain endpoint, if it published one.
+    pub endpoint: Option<String>,
+    /// Whether it accepts new requests.
+    pub active: bool,
+    /// Its price for the queried model, lamports per million tokens.
+    pub price: Option<u64>,
+    /// All its offers: canonical model id and price.
+    pub offers: Vec<(String, u64)>,
+    /// Reputation counters.
+    pub stats: ServerStats,
+    /// `(completed - flagged) / (completed + timed_out + released)` in bps.
+    pub success_bps: u16,
+    /// `preferred / comparisons` in bps, none before a comparison.
+    pub preference_bps: Option<u16>,
+    /// Requests it holds locked now.
+    pub locked_count: u32,
+    /// When it registered (unix seconds).
+    pub registered_at: i64,
+}
+
+impl ServerInfo {
+    /// Decodes a server account; `model` is the canonical model id to price.
+    pub fn decode(account: Address, data: &[u8], model: &str) -> Result<Self, CoreError> {
+        let server = ServerAccount::decode(data)?;
+        let header = server.header;
+        Ok(ServerInfo {
+            account,
+            authority: Address::new_from_array(header.authority),
+            hpke_key: header.hpke_key,
+            endpoint: (!server.endpoint.is_empty()).then(|| server.endpoint.to_string()),
+            active: header.active,
+            price: server.offers.price_of(model),
+            offers: server.offers.iter().map(|offer| (offer.model.to_string(), offer.price_per_mtok)).collect(),
+            stats: header.stats,
+            success_bps: header.stats.success_bps(),
+            preference_bps: header.stats.preference_bps(),
+            locked_count: header.locked_count,
+            registered_at: header.registered_at,
+        })
+    }
+
+    /// Why `query` excludes this server (empty: it is eligible). The on-chain lock rules come
+    /// from core ([`ServerView::refusals`]); the price cap is the client's own.
+    pub fn exclusions(&self, query: &ServerQuery) -> Vec<Exclusion> {
+        let authority = self.authority.to_bytes();
+        let view = ServerView {
+            authority: &authority,
+            active: self.active || query.include_inactive,
+            stats: self.stats,
+            price_for_model: self.price,
+        };
+        let mut reasons: Vec<Exclusion> = view
+            .refusals(query.min_completed, query.min_success_bps)
+            .into_iter()
+            .flatten()
+            .map(|refusal| match refusal {
+                CoreError::ServerInactive => Exclusion::Inactive,
+                CoreError::ModelNotOffered => Exclusion::ModelNotOffered,
+                CoreError::MinCompletedNotMet => {
+                    Exclusion::TooFewCompleted { completed: self.stats.completed, min: query.min_completed }
+                }
+                CoreError::MinSuccessNotMet => {
+                    Exclusion::SuccessBelow { success_bps: self.success_bps, min: query.min_success_bps }
+                }
+                other => Exclusion::Unreadable(other),
+            })
+            .collect();
+        if let (Some(price), Some(max)) = (self.price, query.max_price) {
+            if price > max {
+                reasons.push(Exclusion::PriceAbove { price, max });
+            }
+        }
+        reasons
+    }
+}
+
+/// How to rank eligible servers when the client picks them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Policy {
+    /// Highest success ratio, then most completed, then preference, then cheapest.
+    #[default]
+    MostReliable,
+    /// Cheapest, then most reliable.
+    Cheapest,
+}
+
+impl Policy {
+    /// Sorts `servers` best first.
+    pub fn rank(self, servers: &mut [ServerInfo]) {
+        let reliability = |s: &ServerInfo| (s.success_bps, s.stats.completed, s.preference_bps.unwrap_or(5_000));
+        match self {
+            Policy::MostReliable => servers.sort_by(|a, b| {
+                reliability(b)
+                    .cmp(&reliability(a))
+                    .then(a.price.unwrap_or(u64::MAX).cmp(&b.price.unwrap_or(u64::MAX)))
+                    .then(a.authority.cmp(&b.authority))
+            }),
+            Policy::Cheapest => servers.sort_by(|a, b| {
+                a.price
+                    .unwrap_or(u64::MAX)
+                    .cmp(&b.price.unwrap_or(u64::MAX))
+                    .then(reliability(b).cmp(&reliability(a)))
+                    .then(a.authority.cmp(&b.authority))
+            }),
+        }
+    }
+}
+
+/// The result of a discovery query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discovery {
+    /// The canonical model id queried.
+    pub model: String,
+    /// Servers that pass the query, best first by [`Policy::MostReliable`].
+    pub eligible: Vec<ServerInfo>,
+    /// Servers that do not, each with every reason.
+    pub excluded: Vec<(ServerInfo, Vec<Exclusion>)>,
+    /// Server accounts that did not decode.
+    pub unreadable: Vec<(Address, CoreError)>,
+}
+
+impl Discovery {
+    /// One line per server: eligible ones with price and reputation, excluded ones with why.
+    pub fn explain(&self) -> String {
+        let mut out = String::new();
+        if self.eligible.is_empty() && self.excluded.is_empty() {
+            out.push_str(&format!("no server offers {}\n", self.model));
+        }
+        for server in &self.eligible {
+            out.push_str(&format!("eligible  {}  {}\n", server.authority, summary(server)));
+        }
+        for (server, reasons) in &self.excluded {
+            let why: Vec<String> = reasons.iter().map(ToString::to_string).collect();
+            out.push_str(&format!("excluded  {}  {}: {}\n", server.authority, summary(server), why.join("; ")));
+        }
+        for (account, err) in &self.unreadable {
+            out.push_str(&format!("unreadable {account}: {err}\n"));
+        }
+        out
+    }
+}
+
+fn summary(server: &ServerInfo) -> String {
+    let price = server.price.map_or_else(|| "-".to_string(), |p| format!("{p} lamports/Mtok"));
+    let preference = server.preference_bps.map_or_else(|| "-".to_string(), |p| Bps(p).to_string());
+    format!(
+        "price {price}, success {}, completed {}, flagged {}, preferred {}",
+        Bps(server.success_bps),
+        server.stats.completed,
+        server.stats.flagged,
+        preference
+    )
+}

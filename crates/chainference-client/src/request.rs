@@ -1,0 +1,921 @@
+//! Sending a request and following it: estimate, upload, stream, wait, cancel, reclaim, close.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chainference_chain::{Account, Address, Chain, Instruction, address, instruction};
+use chainference_core::builders::{self, PromptUpload, RequestRefs};
+use chainference_core::envelope::{self, ResponseOpener};
+use chainference_core::instruction::OpenRequestArgs;
+use chainference_core::model::ModelId;
+use chainference_core::pricing::{Rounding, mul_div};
+use chainference_core::prompt::{ChatMessage, PromptPayload};
+use chainference_core::state::{
+    FLAG_COMPARED, FLAG_FLAGGED, RequestAccount, RequestHeader, RequestStatus, ResponseAccount, ResponseHeader,
+};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use zeroize::Zeroizing;
+
+use crate::discovery::{Policy, ServerInfo, ServerQuery};
+use crate::{Client, ClientError};
+
+/// Bytes left free in the opening transaction for the signature, header and blockhash slack.
+const TRANSACTION_RESERVE: usize = 64;
+/// How often a pending request checks its deadline while nothing else happens.
+const DEADLINE_CHECK: Duration = Duration::from_millis(500);
+
+/// Which servers may serve a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerChoice {
+    /// These server authorities (1..=8), each checked against the request's filters.
+    Explicit(Vec<Address>),
+    /// The best `count` (1..=8) eligible servers by `policy`.
+    Best {
+        /// How many to allow.
+        count: usize,
+        /// How to rank them.
+        policy: Policy,
+    },
+}
+
+/// How much to escrow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stake {
+    /// Exactly this many lamports (the most the request can cost).
+    Lamports(u64),
+    /// Enough for `max_tokens` at the highest price among the allowed servers.
+    Auto,
+}
+
+/// What to ask, of whom, and on what terms. Build with [`Ask::new`] and the setters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ask {
+    /// The model (any spelling `ModelId::parse` accepts).
+    pub model: String,
+    /// The prompt: messages and sampling settings.
+    pub payload: PromptPayload,
+    /// Who may serve it.
+    pub servers: ServerChoice,
+    /// Most billable tokens (prompt + completion, by the model's tokenizer).
+    pub max_tokens: u32,
+    /// The escrow.
+    pub stake: Stake,
+    /// Seconds a server has from publication (0: the config's default).
+    pub timeout_secs: u32,
+    /// Highest price to accept, lamports per million tokens.
+    pub max_price: Option<u64>,
+    /// Least completed requests a server needs (enforced on-chain).
+    pub min_completed: u64,
+    /// Least success ratio (bps) a server needs (enforced on-chain).
+    pub min_success_bps: u16,
+}
+
+impl Ask {
+    /// One user message to `model`, the best 3 servers by reliability, 512 billable tokens, an
+    /// automatic stake and the default timeout.
+    pub fn new(model: impl Into<String>, prompt: impl Into<String>) -> Self {
+        Self::with_payload(model, PromptPayload::user(prompt))
+    }
+
+    /// A whole conversation.
+    pub fn chat(model: impl Into<String>, messages: Vec<ChatMessage>) -> Self {
+        Self::with_payload(model, PromptPayload::chat(messages))
+    }
+
+    /// A prepared payload.
+    pub fn with_payload(model: impl Into<String>, payload: PromptPayload) -> Self {
+        Ask {
+            model: model.into(),
+            payload,
+            servers: ServerChoice::Best { count: 3, policy: Policy::MostReliable },
+            max_tokens: 512,
+            stake: Stake::Auto,
+            timeout_secs: 0,
+            max_price: None,
+            min_completed: 0,
+            min_success_bps: 0,
+        }
+    }
+
+    /// Who may serve it.
+    pub fn servers(mut self, servers: ServerChoice) -> Self {
+        self.servers = servers;
+        self
+    }
+
+    /// Allows exactly these server authorities.
+    pub fn to_servers(self, servers: impl IntoIterator<Item = Address>) -> Self {
+        self.servers(ServerChoice::Explicit(servers.into_iter().collect()))
+    }
+
+    /// Allows the best `count` eligible servers by `policy`.
+    pub fn best(self, count: usize, policy: Policy) -> Self {
+        self.servers(ServerChoice::Best { count, policy })
+    }
+
+    /// Most billable tokens.
+    pub fn max_tokens(mut self, tokens: u32) -> Self {
+        self.max_tokens = tokens;
+        self
+    }
+
+    /// Most completion tokens (the server stops there even if `max_tokens` allows more).
+    pub fn max_completion_tokens(mut self, tokens: u32) -> Self {
+        self.payload.max_completion_tokens = tokens;
+        self
+    }
+
+    /// Escrows exactly `lamports`.
+    pub fn stake(mut self, lamports: u64) -> Self {
+        self.stake = Stake::Lamports(lamports);
+        self
+    }
+
+    /// Seconds a server has.
+    pub fn timeout_secs(mut self, seconds: u32) -> Self {
+        self.timeout_secs = seconds;
+        self
+    }
+
+    /// Caps the price.
+    pub fn max_price(mut self, lamports_per_mtok: u64) -> Self {
+        self.max_price = Some(lamports_per_mtok);
+        self
+    }
+
+    /// Requires a track record.
+    pub fn min_completed(mut self, completed: u64) -> Self {
+        self.min_completed = completed;
+        self
+    }
+
+    /// Requires a success ratio.
+    pub fn min_success_bps(mut self, bps: u16) -> Self {
+        self.min_success_bps = bps;
+        self
+    }
+
+    /// Sampling temperature (0 = greedy).
+    pub fn temperature(mut self, temperature: f32) -> Self {
+        let milli = (temperature.clamp(0.0, 65.0) * 1000.0).round();
+        // In 0..=65,000 after the clamp.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let milli = milli as u16;
+        self.payload.temperature_milli = milli;
+        self
+    }
+
+    /// Sampling seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.payload.seed = seed;
+        self
+    }
+
+    fn query(&self) -> ServerQuery {
+        ServerQuery {
+            model: self.model.clone(),
+            max_price: self.max_price,
+            min_completed: self.min_completed,
+            min_success_bps: self.min_success_bps,
+            include_inactive: false,
+        }
+    }
+}
+
+/// What a request will lock and spend, before it is sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Estimate {
+    /// The escrow: the most the answer can cost. What is not charged comes back at completion.
+    pub stake: u64,
+    /// Rent the request account locks; returned when it is closed.
+    pub rent_locked: u64,
+    /// Fees of the transactions that open and upload it.
+    pub transaction_fees: u64,
+    /// How many transactions that is (1 unless the prompt needs chunks).
+    pub transactions: usize,
+    /// Fee of the transaction that closes it later.
+    pub close_fee: u64,
+    /// The servers it will be sealed to.
+    pub servers: Vec<ServerInfo>,
+    /// Size of the sealed prompt.
+    pub envelope_len: usize,
+}
+
+impl Estimate {
+    /// What the wallet must hold to send it.
+    pub fn total_needed(&self) -> u64 {
+        self.stake.saturating_add(self.rent_locked).saturating_add(self.transaction_fees)
+    }
+
+    /// The most the whole life of the request can cost: the stake, every fee, nothing of the rent.
+    pub fn max_spend(&self) -> u64 {
+        self.stake.saturating_add(self.transaction_fees).saturating_add(self.close_fee)
+    }
+}
+
+/// A request ready to send: servers chosen, prompt sealed, transactions built.
+pub(crate) struct Prepared {
+    pub(crate) estimate: Estimate,
+    address: Address,
+    response: Address,
+    model: String,
+    transactions: Vec<Instruction>,
+}
+
+impl Prepared {
+    pub(crate) async fn new<C: Chain + 'static>(client: &Client<C>, ask: Ask) -> Result<Self, ClientError> {
+        let model = ModelId::parse(&ask.model)?.canonical();
+        if ask.max_tokens == 0 {
+            return Err(ClientError::Invalid("max_tokens must be at least 1".into()));
+        }
+        let servers = choose_servers(client, &ask, &model).await?;
+        let payload = Zeroizing::new(ask.payload.encode()?);
+        let stake = match ask.stake {
+            Stake::Lamports(0) => return Err(ClientError::Invalid("the stake must be at least 1 lamport".into())),
+            Stake::Lamports(lamports) => lamports,
+            Stake::Auto => {
+                let price = servers.iter().filter_map(|s| s.price).max().unwrap_or(0);
+                mul_div(u64::from(ask.max_tokens), price, 1_000_000, Rounding::Up)
+                    .ok_or(chainference_core::Error::ArithmeticOverflow)?
+                    .max(1)
+            }
+        };
+
+        let inner = &client.inner;
+        let wallet = inner.wallet_address();
+        let nonce = random_nonce()?;
+        let (request, bump) = inner.program.request(&wallet, nonce);
+        let (response, response_bump) = inner.program.response(&request);
+        let keys = inner.secret.request_keys(&request);
+        let server_keys: Vec<[u8; 32]> = servers.iter().map(|s| s.hpke_key).collect();
+        let sealed = envelope::seal_prompt(&request, &server_keys, &keys.prompt_public_key(), &payload)?;
+        let commitment = inner.secret.commitment(&request, &model, &payload);
+        let allowed: Vec<[u8; 32]> = servers.iter().map(|s| s.authority.to_bytes()).collect();
+        let args = OpenRequestArgs {
+            nonce,
+            bump,
+            response_bump,
+            stake,
+            max_tokens: ask.max_tokens,
+            timeout: ask.timeout_secs,
+            min_completed: ask.min_completed,
+            min_success_bps: ask.min_success_bps,
+            response_key: &keys.response_public_key(),
+            commitment: &commitment,
+            model: &model,
+            allowed: &allowed,
+            prompt_len: 0,
+            prompt_chunk: &[],
+        };
+        let upload = PromptUpload {
+            envelope: &sealed,
+            first_chunk: builders::open_request_first_chunk_max(model.len(), allowed.len(), TRANSACTION_RESERVE),
+            chunk: builders::WRITE_PROMPT_CHUNK_MAX,
+        };
+        let transactions: Vec<Instruction> =
+            builders::open_request_upload(&inner.program, &wallet, &args, &upload)?.into_iter().map(instruction).collect();
+
+        let payer = address(&wallet);
+        let mut transaction_fees = 0u64;
+        for ix in &transactions {
+            let fee = inner.chain.fee_for(std::slice::from_ref(ix), &payer).await?;
+            transaction_fees = transaction_fees.saturating_add(fee);
+        }
+        let size = RequestHeader::account_size(model.len(), sealed.len());
+        let rent_locked = inner.chain.rent_exempt_minimum(size).await?;
+        let refs = RequestRefs { request, response, client: wallet };
+        let close = instruction(builders::close_request(&inner.program, &wallet, &refs, &wallet));
+        let close_fee = inner.chain.fee_for(&[close], &payer).await?;
+        Ok(Prepared {
+            estimate: Estimate {
+                stake,
+                rent_locked,
+                transaction_fees,
+                transactions: transactions.len(),
+                close_fee,
+                servers,
+                envelope_len: sealed.len(),
+            },
+            address: address(&request),
+            response: address(&response),
+            model,
+            transactions,
+        })
+    }
+
+    pub(crate) async fn send<C: Chain + 'static>(self, client: &Client<C>) -> Result<PendingRequest<C>, ClientError> {
+        let inner = &client.inner;
+        let available = inner.chain.balance(&client.address()).await?;
+        let mut needed = self.estimate.total_needed();
+        if available > needed {
+            // A wallet left with less than the rent-exempt minimum (but not empty) is refused.
+            let reserve = inner.chain.rent_exempt_minimum(0).await?;
+            if available - needed < reserve {
+                needed = needed.saturating_add(reserve);
+            }
+        }
+        if available < needed {
+            return Err(ClientError::InsufficientFunds { needed, available, missing: needed - available });
+        }
+        let fees = Arc::new(AtomicU64::new(0));
+        let pending = PendingRequest {
+            client: client.clone(),
+            address: self.address,
+            response: self.response,
+            model: self.model,
+            stake: self.estimate.stake,
+            rent_locked: self.estimate.rent_locked,
+            fees: Arc::clone(&fees),
+        };
+        for (index, ix) in self.transactions.iter().enumerate() {
+            match inner.chain.send(std::slice::from_ref(ix), &[&inner.wallet]).await {
+                Ok(sent) => {
+                    fees.fetch_add(sent.fee, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    if index > 0 {
+                        // Half uploaded: take the stake and rent back rather than strand them.
+                        if let Err(cancel) = pending.cancel().await {
+                            tracing::warn!(request = %pending.address, %cancel, "could not cancel a half-uploaded request");
+                        } else if let Err(close) = pending.close().await {
+                            tracing::warn!(request = %pending.address, %close, "could not close a cancelled request");
+                        }
+                    }
+                    return Err(err.into());
+                }
+            }
+        }
+        tracing::debug!(request = %pending.address, transactions = self.transactions.len(), "request published");
+        Ok(pending)
+    }
+}
+
+impl<C> crate::Inner<C> {
+    pub(crate) fn wallet_address(&self) -> [u8; 32] {
+        chainference_chain::Signer::pubkey(&self.wallet).to_bytes()
+    }
+}
+
+fn random_nonce() -> Result<u64, ClientError> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|_| chainference_core::Error::RandomnessUnavailable)?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+async fn choose_servers<C: Chain + 'static>(
+    client: &Client<C>,
+    ask: &Ask,
+    model: &str,
+) -> Result<Vec<ServerInfo>, ClientError> {
+    let query = ask.query();
+    match &ask.servers {
+        ServerChoice::Explicit(authorities) => {
+            if authorities.is_empty() || authorities.len() > chainference_core::state::MAX_ALLOWED_SERVERS {
+                return Err(ClientError::Invalid(format!(
+                    "{} servers named; a request allows 1 to {}",
+                    authorities.len(),
+                    chainference_core::state::MAX_ALLOWED_SERVERS
+                )));
+            }
+            let mut chosen = Vec::with_capacity(authorities.len());
+            for authority in authorities {
+                if chosen.iter().any(|s: &ServerInfo| s.authority == *authority) {
+                    return Err(ClientError::Invalid(format!("server {authority} named twice")));
+                }
+                let server = client
+                    .server(authority, model)
+                    .await?
+                    .ok_or_else(|| ClientError::Invalid(format!("server {authority} is not registered")))?;
+                let reasons = server.exclusions(&query);
+                if !reasons.is_empty() {
+                    return Err(ClientError::ServerExcluded { server: *authority, reasons });
+                }
+                chosen.push(server);
+            }
+            Ok(chosen)
+        }
+        ServerChoice::Best { count, policy } => {
+            if *count == 0 || *count > chainference_core::state::MAX_ALLOWED_SERVERS {
+                return Err(ClientError::Invalid(format!(
+                    "best {count}: a request allows 1 to {} servers",
+                    chainference_core::state::MAX_ALLOWED_SERVERS
+                )));
+            }
+            let discovery = client.servers(&query).await?;
+            if discovery.eligible.is_empty() {
+                if discovery.excluded.is_empty() {
+                    return Err(ClientError::NoServerOffersModel { model: model.to_string() });
+                }
+                return Err(ClientError::AllServersExcluded {
+                    model: model.to_string(),
+                    excluded: discovery.excluded.into_iter().map(|(s, why)| (s.authority, why)).collect(),
+                });
+            }
+            let mut eligible = discovery.eligible;
+            policy.rank(&mut eligible);
+            eligible.truncate(*count);
+            Ok(eligible)
+        }
+    }
+}
+
+/// A request's on-chain state, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestState {
+    /// Lifecycle status.
+    pub status: RequestStatus,
+    /// The server that holds or served it.
+    pub locked_by: Option<Address>,
+    /// When it stops being lockable and becomes reclaimable (unix seconds; 0 while uploading).
+    pub deadline: i64,
+    /// The escrow.
+    pub stake: u64,
+    /// Billed tokens, once completed.
+    pub tokens: u64,
+    /// What the client paid, once completed.
+    pub cost: u64,
+    /// The protocol's share of the cost.
+    pub fee: u64,
+    /// The locking server's price snapshot.
+    pub price_per_mtok: u64,
+    /// How many times servers handed it back.
+    pub release_count: u32,
+    /// Whether the client flagged the answer.
+    pub flagged: bool,
+    /// Whether it was compared.
+    pub compared: bool,
+    /// When it became terminal (unix seconds; 0 before).
+    pub settled_at: i64,
+}
+
+impl RequestState {
+    pub(crate) fn from_header(header: &RequestHeader) -> Self {
+        RequestState {
+            status: header.status,
+            locked_by: (header.locked_by != [0; 32]).then(|| Address::new_from_array(header.locked_by)),
+            deadline: header.deadline,
+            stake: header.stake,
+            tokens: header.tokens,
+            cost: header.cost,
+            fee: header.fee,
+            price_per_mtok: header.price_per_mtok,
+            release_count: header.release_count,
+            flagged: header.flags & FLAG_FLAGGED != 0,
+            compared: header.flags & FLAG_COMPARED != 0,
+            settled_at: header.settled_at,
+        }
+    }
+}
+
+/// What a completed request cost, from its on-chain settlement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// The request.
+    pub request: Address,
+    /// The server authority that answered.
+    pub server: Address,
+    /// Billed tokens (prompt + completion).
+    pub tokens: u64,
+    /// Its price, lamports per million tokens.
+    pub price_per_mtok: u64,
+    /// What the client paid: `min(ceil(tokens × price / 10⁶), stake)`.
+    pub cost: u64,
+    /// The protocol's share of the cost.
+    pub fee: u64,
+    /// The server's share: `cost - fee`.
+    pub server_share: u64,
+    /// The stake.
+    pub stake: u64,
+    /// What came back: `stake - cost`.
+    pub refund: u64,
+    /// Rent locked in the request account until it is closed.
+    pub rent_locked: u64,
+    /// Transaction fees this client has paid for it so far.
+    pub transaction_fees: u64,
+}
+
+/// A complete answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The decrypted text.
+    pub text: String,
+    /// The settlement.
+    pub receipt: Receipt,
+}
+
+/// What a pending request reports while it is answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AnswerEvent {
+    /// More decrypted text, in order.
+    Text(String),
+    /// The server that was answering released the request; what it wrote is void, and
+    /// another server's answer (from its start) follows if one locks it.
+    Restarted {
+        /// The server that gave up.
+        server: Address,
+    },
+    /// The answer is complete and settled.
+    Completed(Receipt),
+}
+
+/// A stream of [`AnswerEvent`]s.
+pub type AnswerEvents = Pin<Box<dyn Stream<Item = Result<AnswerEvent, ClientError>> + Send>>;
+
+/// A request this wallet sent, followed on chain.
+pub struct PendingRequest<C: Chain + 'static> {
+    client: Client<C>,
+    address: Address,
+    response: Address,
+    model: String,
+    stake: u64,
+    rent_locked: u64,
+    fees: Arc<AtomicU64>,
+}
+
+impl<C: Chain + 'static> std::fmt::Debug for PendingRequest<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingRequest")
+            .field("address", &self.address)
+            .field("model", &self.model)
+            .field("stake", &self.stake)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Chain + 'static> PendingRequest<C> {
+    pub(crate) async fn load(client: &Client<C>, request: Address) -> Result<Self, ClientError> {
+        let data = client.read_request(&request).await?;
+        let decoded = RequestAccount::decode(&data)?;
+        if decoded.header.client != client.address().to_bytes() {
+            return Err(ClientError::Invalid(format!("request {request} belongs to another wallet")));
+        }
+        let response = address(&client.inner.program.response(&request.to_bytes()).0);
+        let rent_locked = client.inner.chain.rent_exempt_minimum(data.len()).await?;
+        Ok(PendingRequest {
+            client: client.clone(),
+            address: request,
+            response,
+            model: decoded.model.to_string(),
+            stake: decoded.header.stake,
+            rent_locked,
+            fees: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The request account.
+    pub fn address(&self) -> Address {
+        self.address
+    }
+
+    /// Its response account.
+    pub fn response_address(&self) -> Address {
+        self.response
+    }
+
+    /// The canonical model id.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The escrow.
+    pub fn stake(&self) -> u64 {
+        self.stake
+    }
+
+    /// Transaction fees this handle has paid for the request so far.
+    pub fn transaction_fees(&self) -> u64 {
+        self.fees.load(Ordering::Relaxed)
+    }
+
+    /// The request's state now.
+    pub async fn state(&self) -> Result<RequestState, ClientError> {
+        let data = self.client.read_request(&self.address).await?;
+        Ok(RequestState::from_header(&RequestHeader::decode(&data)?))
+    }
+
+    /// Events as the answer is written: text in order, restarts, completion. Ends after
+    /// `Completed` or an error (deadline passed, request ended, tampered chunk). Needs a tokio
+    /// runtime (it follows the chain from a task).
+    pub fn events(&self) -> AnswerEvents {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let watcher = Watcher {
+            chain: Arc::clone(&self.client.inner),
+            request: self.address,
+            response: self.response,
+            rent_locked: self.rent_locked,
+            fees: Arc::clone(&self.fees),
+            sender,
+        };
+        tokio::spawn(watcher.run());
+        Box::pin(futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|item| (item, receiver))
+        }))
+    }
+
+    /// The decrypted answer text as it is written. A restart (the server released the
+    /// request) shows as `Err(ClientError::Restarted { .. })` and the text starts over.
+    pub fn stream(&self) -> Pin<Box<dyn Stream<Item = Result<String, ClientError>> + Send>> {
+        Box::pin(self.events().filter_map(|event| async move {
+            match event {
+                Ok(AnswerEvent::Text(text)) => Some(Ok(text)),
+                Ok(AnswerEvent::Restarted { server }) => Some(Err(ClientError::Restarted { server })),
+                Ok(AnswerEvent::Completed(_)) => None,
+                Err(err) => Some(Err(err)),
+            }
+        }))
+    }
+
+    /// Waits for the whole answer and its receipt.
+    pub async fn wait(&self) -> Result<Answer, ClientError> {
+        let mut events = self.events();
+        let mut text = String::new();
+        while let Some(event) = events.next().await {
+            match event? {
+                AnswerEvent::Text(more) => text.push_str(&more),
+                AnswerEvent::Restarted { .. } => text.clear(),
+                AnswerEvent::Completed(receipt) => return Ok(Answer { text, receipt }),
+            }
+        }
+        Err(ClientError::Invalid("the answer stream ended without completing".into()))
+    }
+
+    /// Withdraws a request no server has locked; the stake comes back now, the rent at
+    /// [`PendingRequest::close`]. Returns the lamports refunded.
+    pub async fn cancel(&self) -> Result<u64, ClientError> {
+        let state = self.state().await?;
+        if !matches!(state.status, RequestStatus::Draft | RequestStatus::Open) {
+            return Err(ClientError::WrongState {
+                request: self.address,
+                status: state.status,
+                hint: "only a request no server holds can be cancelled (reclaim after the deadline)",
+            });
+        }
+        let inner = &self.client.inner;
+        let ix = builders::cancel_request(&inner.program, &inner.wallet_address(), &self.address.to_bytes());
+        self.send(instruction(ix)).await?;
+        Ok(state.stake)
+    }
+
+    /// Takes the stake back after the deadline from a request nobody completed (anyone may
+    /// send this; the stake always goes to the client). Returns the lamports refunded.
+    pub async fn reclaim(&self) -> Result<u64, ClientError> {
+        let state = self.state().await?;
+        if !matches!(state.status, RequestStatus::Open | RequestStatus::Locked) {
+            return Err(ClientError::WrongState {
+                request: self.address,
+                status: state.status,
+                hint: "only an open or locked request can be reclaimed",
+            });
+        }
+        let now = self.client.inner.chain.clock().await?.unix_timestamp;
+        if now < state.deadline {
+            return Err(ClientError::WrongState {
+                request: self.address,
+                status: state.status,
+                hint: "its deadline has not passed yet",
+            });
+        }
+        let inner = &self.client.inner;
+        let locked_by = match state.status {
+            RequestStatus::Locked => state.locked_by.map(|a| a.to_bytes()),
+            _ => None,
+        };
+        let ix = builders::reclaim_request(
+            &inner.program,
+            &self.address.to_bytes(),
+            &inner.wallet_address(),
+            locked_by.as_ref(),
+        );
+        self.send(instruction(ix)).await?;
+        Ok(state.stake)
+    }
+
+    /// Closes the request and its response once it ended (completed, cancelled or reclaimed):
+    /// the request's rent returns to the client, the response's to the server that paid it.
+    /// Returns the lamports that came back to this wallet, net of the closing fee.
+    pub async fn close(&self) -> Result<u64, ClientError> {
+        let inner = &self.client.inner;
+        let state = self.state().await?;
+        if !matches!(state.status, RequestStatus::Completed | RequestStatus::Cancelled | RequestStatus::Expired) {
+            return Err(ClientError::WrongState {
+                request: self.address,
+                status: state.status,
+                hint: "only an ended request can be closed (cancel or reclaim it first)",
+            });
+        }
+        let wallet = inner.wallet_address();
+        let response_payer = match inner.chain.account(&self.response).await? {
+            Some(account) => ResponseHeader::decode(&account.data)?.server,
+            None => wallet,
+        };
+        let refs = RequestRefs { request: self.address.to_bytes(), response: self.response.to_bytes(), client: wallet };
+        let before = inner.chain.balance(&self.client.address()).await?;
+        let ix = builders::close_request(&inner.program, &wallet, &refs, &response_payer);
+        self.send(instruction(ix)).await?;
+        let after = inner.chain.balance(&self.client.address()).await?;
+        Ok(after.saturating_sub(before))
+    }
+
+    async fn send(&self, ix: Instruction) -> Result<(), ClientError> {
+        let inner = &self.client.inner;
+        match inner.chain.send(&[ix], &[&inner.wallet]).await {
+            Ok(sent) => {
+                self.fees.fetch_add(sent.fee, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(err) => {
+                if let chainference_chain::ChainError::Transaction { charged, .. } = &err {
+                    self.fees.fetch_add(*charged, Ordering::Relaxed);
+                }
+                Err(err.into())
+            }
+        }
+    }
+}
+
+/// Decrypts one server's response stream in order, holding back a UTF-8 sequence split
+/// between chunks.
+struct ChunkReader {
+    server: [u8; 32],
+    opener: ResponseOpener,
+    next_index: u32,
+    wrote_text: bool,
+    pending_utf8: Vec<u8>,
+}
+
+impl ChunkReader {
+    fn text(&mut self, bytes: &[u8]) -> String {
+        self.pending_utf8.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.pending_utf8) {
+            Ok(_) => self.pending_utf8.len(),
+            // An incomplete sequence at the end waits for the next chunk; anything else is
+            // replaced, as a server sending invalid UTF-8 deserves.
+            Err(err) if err.error_len().is_none() => err.valid_up_to(),
+            Err(_) => self.pending_utf8.len(),
+        };
+        let rest = self.pending_utf8.split_off(valid);
+        let text = String::from_utf8_lossy(&self.pending_utf8).into_owned();
+        self.pending_utf8 = rest;
+        if !text.is_empty() {
+            self.wrote_text = true;
+        }
+        text
+    }
+
+    fn flush(&mut self) -> String {
+        let rest = std::mem::take(&mut self.pending_utf8);
+        String::from_utf8_lossy(&rest).into_owned()
+    }
+}
+
+/// The task behind [`PendingRequest::events`].
+struct Watcher<C> {
+    chain: Arc<crate::Inner<C>>,
+    request: Address,
+    response: Address,
+    rent_locked: u64,
+    fees: Arc<AtomicU64>,
+    sender: mpsc::UnboundedSender<Result<AnswerEvent, ClientError>>,
+}
+
+enum Step {
+    Continue,
+    Done,
+}
+
+impl<C: Chain + 'static> Watcher<C> {
+    async fn run(self) {
+        if let Err(err) = self.follow().await {
+            let _ = self.sender.send(Err(err));
+        }
+    }
+
+    fn emit(&self, event: AnswerEvent) -> Result<(), ClientError> {
+        // Nobody listening is not an error; the next step notices the closed channel.
+        let _ = self.sender.send(Ok(event));
+        Ok(())
+    }
+
+    async fn follow(&self) -> Result<(), ClientError> {
+        let chain = &self.chain.chain;
+        let mut requests = chain.subscribe(&self.request).await?;
+        let mut responses = chain.subscribe(&self.response).await?;
+        let mut reader: Option<ChunkReader> = None;
+        let mut header: Option<RequestHeader> = None;
+        let mut tick = tokio::time::interval(DEADLINE_CHECK);
+        loop {
+            tokio::select! {
+                state = responses.next() => {
+                    let Some(state) = state else { return Err(ClientError::Invalid("chain closed".into())) };
+                    self.on_response(state, &mut reader)?;
+                }
+                state = requests.next() => {
+                    let Some(state) = state else { return Err(ClientError::Invalid("chain closed".into())) };
+                    let Some(account) = state else { return Err(ClientError::RequestNotFound(self.request)) };
+                    let decoded = RequestHeader::decode(&account.data)?;
+                    header = Some(decoded);
+                    if let Step::Done = self.on_request(&decoded, &mut reader).await? {
+                        return Ok(());
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Some(header) = &header {
+                        if matches!(header.status, RequestStatus::Open | RequestStatus::Locked) && header.deadline > 0 {
+                            let now = chain.clock().await?.unix_timestamp;
+                            if now >= header.deadline {
+                                return Err(ClientError::DeadlinePassed { deadline: header.deadline, now });
+                            }
+                        }
+                    }
+                }
+                () = self.sender.closed() => return Ok(()),
+            }
+        }
+    }
+
+    fn on_response(&self, state: Option<Account>, reader: &mut Option<ChunkReader>) -> Result<(), ClientError> {
+        let Some(account) = state else {
+            // Discarded (a release): whatever was shown is void.
+            if let Some(old) = reader.take() {
+                if old.wrote_text {
+                    self.emit(AnswerEvent::Restarted { server: Address::new_from_array(old.server) })?;
+                }
+            }
+            return Ok(());
+        };
+        let response = ResponseAccount::decode(&account.data)?;
+        let server = response.header.server;
+        let restarted = reader.as_ref().is_some_and(|r| r.server != server || response.header.chunk_count < r.next_index);
+        if restarted {
+            if let Some(old) = reader.take() {
+                if old.wrote_text {
+                    self.emit(AnswerEvent::Restarted { server: Address::new_from_array(old.server) })?;
+                }
+            }
+        }
+        let reader = reader.get_or_insert_with(|| ChunkReader {
+            server,
+            opener: self.chain.secret.request_keys(&self.request.to_bytes()).response_opener(&self.request.to_bytes(), &server),
+            next_index: 0,
+            wrote_text: false,
+            pending_utf8: Vec::new(),
+        });
+        for chunk in response.chunks().skip(reader.next_index as usize) {
+            let (text, is_final) = reader.opener.open_chunk(chunk).map_err(|_| ClientError::TamperedChunk {
+                index: reader.next_index,
+                server: Address::new_from_array(server),
+            })?;
+            reader.next_index = reader.next_index.saturating_add(1);
+            let mut piece = reader.text(&text);
+            if is_final {
+                piece.push_str(&reader.flush());
+            }
+            if !piece.is_empty() {
+                self.emit(AnswerEvent::Text(piece))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_request(&self, header: &RequestHeader, reader: &mut Option<ChunkReader>) -> Result<Step, ClientError> {
+        match header.status {
+            RequestStatus::Completed => {
+                // The final chunk is in before completion; read it if no notification has yet.
+                let finished = reader.as_ref().is_some_and(|r| r.opener.is_finished());
+                if !finished {
+                    let state = self.chain.chain.account(&self.response).await?;
+                    self.on_response(state, reader)?;
+                }
+                match reader {
+                    Some(r) if r.opener.is_finished() => {}
+                    _ => return Err(chainference_core::Error::StreamTruncated.into()),
+                }
+                let receipt = Receipt {
+                    request: self.request,
+                    server: Address::new_from_array(header.locked_by),
+                    tokens: header.tokens,
+                    price_per_mtok: header.price_per_mtok,
+                    cost: header.cost,
+                    fee: header.fee,
+                    server_share: header.cost.saturating_sub(header.fee),
+                    stake: header.stake,
+                    refund: header.stake.saturating_sub(header.cost),
+                    rent_locked: self.rent_locked,
+                    transaction_fees: self.fees.load(Ordering::Relaxed),
+                };
+                self.emit(AnswerEvent::Completed(receipt))?;
+                Ok(Step::Done)
+            }
+            RequestStatus::Cancelled | RequestStatus::Expired => {
+                Err(ClientError::Ended { request: self.request, status: header.status })
+            }
+            RequestStatus::Draft | RequestStatus::Open | RequestStatus::Locked => Ok(Step::Continue),
+        }
+    }
+}
