@@ -119,7 +119,7 @@ impl RpcChain {
             return Ok(None);
         };
         if let Some(error) = status.err.clone() {
-            return Ok(Some(ConfirmedStatus::Failed(error, status.slot)));
+            return Ok(Some(ConfirmedStatus::Failed(error)));
         }
         if status.satisfies_commitment(self.config.commitment) {
             return Ok(Some(ConfirmedStatus::Landed(status.slot)));
@@ -130,7 +130,7 @@ impl RpcChain {
 
 enum ConfirmedStatus {
     Landed(u64),
-    Failed(crate::TransactionError, u64),
+    Failed(crate::TransactionError),
     Pending,
 }
 
@@ -226,7 +226,7 @@ impl Chain for RpcChain {
                 tokio::time::sleep(self.config.status_poll).await;
                 match self.confirm(&signature).await? {
                     Some(ConfirmedStatus::Landed(slot)) => return Ok(Sent { signature, fee, slot }),
-                    Some(ConfirmedStatus::Failed(error, _)) => {
+                    Some(ConfirmedStatus::Failed(error)) => {
                         return Err(ChainError::Transaction { error, logs: Vec::new(), charged: fee });
                     }
                     Some(ConfirmedStatus::Pending) => continue,
@@ -361,7 +361,7 @@ impl Chain for RpcChain {
         while Instant::now() < deadline {
             match self.confirm(&signature).await? {
                 Some(ConfirmedStatus::Landed(_)) => return Ok(()),
-                Some(ConfirmedStatus::Failed(error, _)) => {
+                Some(ConfirmedStatus::Failed(error)) => {
                     return Err(ChainError::Transaction { error, logs: Vec::new(), charged: 0 });
                 }
                 _ => tokio::time::sleep(self.config.status_poll).await,
