@@ -8,6 +8,8 @@
 //! - `test`: fmt check, clippy `-D warnings`, the SBF build, every workspace test, and core's
 //!   `no_std` build for `bpfel-unknown-none` checked for 128-bit multiply calls.
 //! - `cu`: measures every instruction's compute units and writes `docs/compute-units.md`.
+//! - `localnet`: a real local validator with the program deployed and a faucet (the
+//!   `chainference-localnet` tool, built once into the tools cache; arguments pass through).
 //! - `demo`: the main job (see README).
 
 use std::env;
@@ -28,6 +30,19 @@ const WASM_BINDGEN_VERSION: &str = "0.2.130";
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 const PLAYWRIGHT_CORE_VERSION: &str = "1.64.1";
+/// What the agave validator's build needs (RocksDB's C++ and bindgen, protobuf, udev).
+const APT_LOCALNET: &[&str] = &[
+    "clang",
+    "libclang-dev",
+    "protobuf-compiler",
+    "libudev-dev",
+    "cmake",
+    "pkg-config",
+    "libssl-dev",
+    "build-essential",
+];
+/// Features the RPC tests need, on top of the workspace defaults.
+const RPC_FEATURES: &str = "chainference-chain/rpc,chainference-client/rpc";
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -44,7 +59,10 @@ fn main() -> ExitCode {
         "cu" => setup().and_then(|()| build_sbf()).and_then(|_| compute_units()),
         "wasm" => setup().and_then(|()| build_wasm_package()),
         "demo" => demo(rest),
-        other => Err(format!("unknown subcommand `{other}`; expected setup, build-sbf, test, cu, wasm or demo")),
+        "localnet" => localnet(rest),
+        other => {
+            Err(format!("unknown subcommand `{other}`; expected setup, build-sbf, test, cu, wasm, localnet or demo"))
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -307,10 +325,20 @@ fn test(rest: &[String]) -> Result {
     setup()?;
     stage("fmt", || {
         run(cargo().args(["fmt", "--all", "--check"]))?;
-        run(cargo().args(["fmt", "--check", "--manifest-path"]).arg(program_manifest()))
+        run(cargo().args(["fmt", "--check", "--manifest-path"]).arg(program_manifest()))?;
+        run(cargo().args(["fmt", "--check", "--manifest-path"]).arg(localnet_manifest_dir().join("Cargo.toml")))
     })?;
     stage("clippy", || {
-        run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--features",
+            RPC_FEATURES,
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
         // The program's own workspace, built for the host (lints only; it runs as the SBF .so).
         run(cargo()
             .args(["clippy", "--all-targets", "--manifest-path"])
@@ -323,12 +351,14 @@ fn test(rest: &[String]) -> Result {
     }
     stage("tests", || {
         let mut c = cargo();
-        c.args(["test", "--workspace"]).args(rest);
+        // With the RPC features, so the RPC stage below reuses these test binaries.
+        c.args(["test", "--workspace", "--features", RPC_FEATURES]).args(rest);
         if let Some(so) = sbf_program_crate().map(|_| root().join("target/deploy/chainference_program.so")) {
             c.env("CHAINFERENCE_PROGRAM_SO", so);
         }
         run(&mut c)
     })?;
+    rpc_tests()?;
     wasm_tests()?;
     // The README's main job must keep working (and conserving lamports).
     demo(&[])?;
@@ -353,6 +383,145 @@ fn demo(rest: &[String]) -> Result {
             .args(["run", "-q", "-p", "chainference-program-tests", "--example", "chain_demo", "--"])
             .args(rest)
             .env("CHAINFERENCE_PROGRAM_SO", &so))
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// localnet: a real validator
+// ------------------------------------------------------------------------------------------
+
+fn localnet_manifest_dir() -> PathBuf {
+    root().join("tools/localnet")
+}
+
+fn localnet_binary() -> PathBuf {
+    tools_dir().join("bin/chainference-localnet")
+}
+
+/// FNV-1a over the tool's sources and lockfile: rebuild only when they change.
+fn localnet_fingerprint() -> Result<String> {
+    let dir = localnet_manifest_dir();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for file in ["Cargo.toml", "Cargo.lock", "src/main.rs"] {
+        let bytes = fs::read(dir.join(file)).map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
+        for byte in bytes.iter().chain(file.as_bytes()) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Ok(format!("{hash:016x}"))
+}
+
+/// Builds `chainference-localnet` (the agave 4.2.2 test validator, ~20 min cold on 2 cores)
+/// into the tools cache once, in its own target dir, and reuses it while its sources match.
+fn setup_localnet() -> Result {
+    stage("setup: local validator", || {
+        apt_install(APT_LOCALNET)?;
+        let fingerprint = localnet_fingerprint()?;
+        let stamp = tools_dir().join("chainference-localnet.stamp");
+        let built = fs::read_to_string(&stamp).unwrap_or_default();
+        if localnet_binary().is_file() && built.trim() == fingerprint {
+            println!("chainference-localnet {fingerprint} already at {}", localnet_binary().display());
+            return Ok(());
+        }
+        let target = cache_dir().join("target-localnet");
+        run(Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["build", "--locked", "--manifest-path"])
+            .arg(localnet_manifest_dir().join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &target))?;
+        fs::create_dir_all(tools_dir().join("bin")).map_err(|e| e.to_string())?;
+        fs::copy(target.join("debug/chainference-localnet"), localnet_binary())
+            .map_err(|e| format!("copying chainference-localnet: {e}"))?;
+        fs::write(&stamp, format!("{fingerprint}\n")).map_err(|e| e.to_string())
+    })
+}
+
+/// `cargo xtask localnet [ARGS]`: the validator in the foreground with the program deployed.
+fn localnet(rest: &[String]) -> Result {
+    setup_sbf()?;
+    let so = build_sbf()?;
+    setup_localnet()?;
+    let mut c = Command::new(localnet_binary());
+    c.arg("--program").arg(&so);
+    if !rest.iter().any(|a| a == "--ledger") {
+        c.arg("--ledger").arg(cache_dir().join("localnet-ledger"));
+    }
+    run(c.args(rest))
+}
+
+/// A validator started for the tests, killed (by its own pid) when dropped.
+struct RunningValidator {
+    child: std::process::Child,
+    rpc_url: String,
+    admin_keypair: String,
+}
+
+impl Drop for RunningValidator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json_field(line: &str, name: &str) -> Option<String> {
+    let key = format!("\"{name}\":\"");
+    let (_, rest) = line.split_once(&key)?;
+    let (value, _) = rest.split_once('"')?;
+    Some(value.to_string())
+}
+
+fn start_validator(so: &Path) -> Result<RunningValidator> {
+    let dir = cache_dir().join("test-localnet");
+    let ready = dir.join("ready.json");
+    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let _ = fs::remove_file(&ready);
+    let log = fs::File::create(dir.join("validator.log")).map_err(|e| e.to_string())?;
+    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+    let child = Command::new(localnet_binary())
+        .arg("--program")
+        .arg(so)
+        .arg("--ledger")
+        .arg(dir.join("ledger"))
+        .args(["--rpc-port", "0", "--faucet-port", "0", "--quiet", "--ready-file"])
+        .arg(&ready)
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| format!("could not start {}: {e}", localnet_binary().display()))?;
+    let mut validator = RunningValidator { child, rpc_url: String::new(), admin_keypair: String::new() };
+    let started = Instant::now();
+    while started.elapsed().as_secs() < 180 {
+        if let Ok(line) = fs::read_to_string(&ready) {
+            validator.rpc_url = json_field(&line, "rpc_url").ok_or("ready file without rpc_url")?;
+            validator.admin_keypair = json_field(&line, "admin_keypair").ok_or("ready file without admin_keypair")?;
+            println!("validator ready at {} after {:.1}s", validator.rpc_url, started.elapsed().as_secs_f64());
+            return Ok(validator);
+        }
+        if let Ok(Some(status)) = validator.child.try_wait() {
+            return Err(format!("the validator exited with {status}; see {}", dir.join("validator.log").display()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    Err(format!("the validator was not ready in 180 s; see {}", dir.join("validator.log").display()))
+}
+
+/// The transport conformance suite and the client flow over RPC, against a real validator that
+/// runs only for these tests (it keeps ~1.8 cores busy even when idle).
+fn rpc_tests() -> Result {
+    setup_localnet()?;
+    let so = root().join("target/deploy/chainference_program.so");
+    stage("rpc tests against a real validator", || {
+        let validator = start_validator(&so)?;
+        // The same package selection and features as the tests stage: no rebuild, just a rerun.
+        let result = run(cargo()
+            .args(["test", "--workspace", "--features", RPC_FEATURES, "--test", "conformance", "--test", "rpc"])
+            .args(["--", "--nocapture", "--test-threads", "1"])
+            .env("CHAINFERENCE_PROGRAM_SO", &so)
+            .env("CHAINFERENCE_RPC_URL", &validator.rpc_url)
+            .env("CHAINFERENCE_LOCALNET_ADMIN", &validator.admin_keypair)
+            .env("CHAINFERENCE_REQUIRE_RPC", "1"));
+        drop(validator);
+        result
     })
 }
 

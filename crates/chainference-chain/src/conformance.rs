@@ -15,6 +15,9 @@
 //! # }
 //! ```
 
+// A test suite over small fixed amounts and results it has just checked the length of.
+#![allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
+
 use std::fmt;
 use std::time::Duration;
 
@@ -185,8 +188,7 @@ async fn accounts_come_back_in_order<C: Chain + ?Sized>(chain: &C) -> Outcome {
     let a = funded(chain).await?;
     let b = funded(chain).await?;
     let missing = Keypair::new().pubkey();
-    let found =
-        chain.accounts(&[b.pubkey(), missing, a.pubkey()]).await.map_err(chain_err("accounts"))?;
+    let found = chain.accounts(&[b.pubkey(), missing, a.pubkey()]).await.map_err(chain_err("accounts"))?;
     ensure(found.len() == 3, || format!("{} results for 3 addresses", found.len()))?;
     ensure(found[0].is_some() && found[1].is_none() && found[2].is_some(), || {
         format!("presence {:?}", found.iter().map(Option::is_some).collect::<Vec<_>>())
@@ -195,11 +197,8 @@ async fn accounts_come_back_in_order<C: Chain + ?Sized>(chain: &C) -> Outcome {
 
 async fn register<C: Chain + ?Sized>(chain: &C, program: &Program, authority: &Keypair) -> Outcome {
     let key = [7u8; 32];
-    let profile = ServerProfile {
-        hpke_key: &key,
-        endpoint: "",
-        offers: &[("HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1", 1_000)],
-    };
+    let profile =
+        ServerProfile { hpke_key: &key, endpoint: "", offers: &[("HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1", 1_000)] };
     let ix = builders::register_server(program, &authority.pubkey().to_bytes(), &profile)
         .map_err(|err| format!("register_server: {err}"))?;
     chain.send(&[instruction(ix)], &[authority]).await.map_err(chain_err("register"))?;
@@ -212,7 +211,9 @@ async fn program_accounts_filter<C: Chain + ?Sized>(chain: &C, program: &Program
     register(chain, program, &first).await?;
     register(chain, program, &second).await?;
     let program_id = address(&program.id);
-    for (who, expected) in [(&first, program.server(&first.pubkey().to_bytes())), (&second, program.server(&second.pubkey().to_bytes()))] {
+    for (who, expected) in
+        [(&first, program.server(&first.pubkey().to_bytes())), (&second, program.server(&second.pubkey().to_bytes()))]
+    {
         let filters = [
             AccountFilter::Memcmp { offset: 0, bytes: vec![AccountKind::Server as u8] },
             AccountFilter::Memcmp { offset: ServerHeader::AUTHORITY_OFFSET, bytes: who.pubkey().to_bytes().to_vec() },
@@ -283,5 +284,7 @@ async fn rent_matches_the_runtime<C: Chain + ?Sized>(chain: &C) -> Outcome {
     let header = chain.rent_exempt_minimum(ServerHeader::LEN).await.map_err(chain_err("rent"))?;
     // The default rent: 3,480 lamports per byte-year, two years, 128 bytes of account overhead.
     ensure(empty == 890_880, || format!("rent for 0 bytes: {empty}"))?;
-    ensure(header == 890_880 + 6_960 * ServerHeader::LEN as u64, || format!("rent for {} bytes: {header}", ServerHeader::LEN))
+    ensure(header == 890_880 + 6_960 * ServerHeader::LEN as u64, || {
+        format!("rent for {} bytes: {header}", ServerHeader::LEN)
+    })
 }

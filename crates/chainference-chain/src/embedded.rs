@@ -15,8 +15,8 @@ use solana_transaction::Transaction;
 use tokio::sync::mpsc;
 
 use crate::{
-    Account, AccountFilter, AccountUpdates, Address, Chain, ChainClock, ChainError, Instruction, Keypair, ReceiverStream,
-    Sent, Signer, SignerRef, TransactionError, address, check_signers, instruction,
+    Account, AccountFilter, AccountUpdates, Address, Chain, ChainClock, ChainError, Instruction, Keypair,
+    ReceiverStream, Sent, Signer, SignerRef, TransactionError, address, check_signers, instruction,
 };
 
 /// Milliseconds per slot on the embedded chain, as on mainnet.
@@ -93,7 +93,8 @@ impl Inner {
     /// Brings the program's clock up to wall time plus what was skipped.
     fn sync_clock(&mut self) -> ChainClock {
         let elapsed = self.started.elapsed().saturating_add(self.skipped);
-        let slots = u64::try_from(elapsed.as_millis() / u128::from(SLOT_MS)).unwrap_or(u64::MAX);
+        let slots =
+            u64::try_from(elapsed.as_millis().checked_div(u128::from(SLOT_MS)).unwrap_or(0)).unwrap_or(u64::MAX);
         let slot = self.start_slot.saturating_add(slots);
         let unix = self.start_unix.saturating_add(i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX));
         let mut clock: Clock = self.svm.get_sysvar();
@@ -189,7 +190,13 @@ impl EmbeddedChain {
     /// so this drops by exactly the fees paid).
     pub fn total_lamports(&self) -> u128 {
         let inner = self.lock();
-        inner.svm.accounts_db().inner.values().map(|account| u128::from(solana_account::ReadableAccount::lamports(account))).sum()
+        inner
+            .svm
+            .accounts_db()
+            .inner
+            .values()
+            .map(|account| u128::from(solana_account::ReadableAccount::lamports(account)))
+            .sum()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -213,7 +220,9 @@ impl EmbeddedChain {
             .account_keys
             .iter()
             .enumerate()
-            .filter(|(index, _)| transaction.message.is_maybe_writable_with_reserved_addresses(*index, None::<&HashSet<Address>>))
+            .filter(|(index, _)| {
+                transaction.message.is_maybe_writable_with_reserved_addresses(*index, None::<&HashSet<Address>>)
+            })
             .map(|(_, key)| *key)
             .collect();
         let result = inner.svm.send_transaction(transaction);
@@ -258,9 +267,13 @@ fn set_upgrade_authority(svm: &mut LiteSVM, program: &Program, authority: &Addre
     let broken = |reason: &str| ChainError::Program { path: "<ProgramData>".into(), reason: reason.into() };
     let mut account = svm.get_account(&program_data).ok_or_else(|| broken("no ProgramData account"))?;
     // UpgradeableLoaderState::ProgramData: tag u32 (3), slot u64, Option<Address> (tag byte + 32).
-    let slot = account.data.get_mut(12..45).ok_or_else(|| broken("ProgramData too short"))?;
-    slot[0] = 1;
-    slot[1..].copy_from_slice(authority.as_ref());
+    let (tag, key) = account
+        .data
+        .get_mut(12..45)
+        .and_then(|slot| slot.split_first_mut())
+        .ok_or_else(|| broken("ProgramData too short"))?;
+    *tag = 1;
+    key.copy_from_slice(authority.as_ref());
     svm.set_account(program_data, account).map_err(|err| broken(&err.to_string()))
 }
 
@@ -307,7 +320,7 @@ impl Chain for EmbeddedChain {
             .filter(|(_, account)| account.lamports > 0 && filters.iter().all(|f| f.matches(&account.data)))
             .collect();
         // A stable order, as a node's index gives.
-        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.sort_by_key(|(address, _)| *address);
         Ok(found)
     }
 

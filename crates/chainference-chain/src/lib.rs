@@ -172,7 +172,8 @@ impl ChainError {
     pub fn program_error(&self) -> Option<(u8, u32)> {
         match self {
             ChainError::Transaction {
-                error: TransactionError::InstructionError(index, solana_instruction_error::InstructionError::Custom(code)),
+                error:
+                    TransactionError::InstructionError(index, solana_instruction_error::InstructionError::Custom(code)),
                 ..
             } => Some((*index, *code)),
             _ => None,

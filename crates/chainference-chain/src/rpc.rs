@@ -194,15 +194,12 @@ impl Chain for RpcChain {
         check_signers(instructions, signers)?;
         let payer = signers.first().map(|signer| signer.pubkey());
         let started = Instant::now();
-        let deadline = started + self.config.confirm_timeout;
+        let deadline = started.checked_add(self.config.confirm_timeout).unwrap_or(started);
         let mut last_signature = Signature::default();
         // Each pass signs over a fresh blockhash; a pass ends when its blockhash expires.
         while Instant::now() < deadline {
-            let (blockhash, last_valid_height) = self
-                .client
-                .get_latest_blockhash_with_commitment(self.config.commitment)
-                .await
-                .map_err(rpc_error)?;
+            let (blockhash, last_valid_height) =
+                self.client.get_latest_blockhash_with_commitment(self.config.commitment).await.map_err(rpc_error)?;
             let message = Message::new_with_blockhash(instructions, payer.as_ref(), &blockhash);
             let fee = self.client.get_fee_for_message(&message).await.map_err(rpc_error)?;
             let mut transaction = Transaction::new_unsigned(message);
@@ -235,11 +232,8 @@ impl Chain for RpcChain {
                 if Instant::now() >= deadline {
                     break;
                 }
-                let height = self
-                    .client
-                    .get_block_height_with_commitment(self.config.commitment)
-                    .await
-                    .map_err(rpc_error)?;
+                let height =
+                    self.client.get_block_height_with_commitment(self.config.commitment).await.map_err(rpc_error)?;
                 if height > last_valid_height {
                     // Expired unseen: it can no longer land, so signing again cannot double-spend.
                     tracing::debug!(%signature, "blockhash expired before confirmation; re-signing");
@@ -289,7 +283,9 @@ impl Chain for RpcChain {
         let filters = filters
             .iter()
             .map(|filter| match filter {
-                AccountFilter::Memcmp { offset, bytes } => RpcFilterType::Memcmp(Memcmp::new_raw_bytes(*offset, bytes.clone())),
+                AccountFilter::Memcmp { offset, bytes } => {
+                    RpcFilterType::Memcmp(Memcmp::new_raw_bytes(*offset, bytes.clone()))
+                }
                 AccountFilter::DataSize(len) => RpcFilterType::DataSize(*len),
             })
             .collect::<Vec<_>>();
@@ -306,7 +302,7 @@ impl Chain for RpcChain {
                 out.push((address, account));
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by_key(|(address, _)| *address);
         Ok(out)
     }
 
@@ -329,15 +325,13 @@ impl Chain for RpcChain {
     }
 
     async fn clock(&self) -> Result<ChainClock, ChainError> {
-        let account = self
-            .account(&CLOCK_SYSVAR)
-            .await?
-            .ok_or_else(|| ChainError::Rpc("no Clock sysvar account".into()))?;
+        let account =
+            self.account(&CLOCK_SYSVAR).await?.ok_or_else(|| ChainError::Rpc("no Clock sysvar account".into()))?;
         // Clock: slot u64, epoch_start_timestamp i64, epoch u64, leader_schedule_epoch u64, unix_timestamp i64.
         let field = |at: usize| -> Result<[u8; 8], ChainError> {
             account
                 .data
-                .get(at..at + 8)
+                .get(at..at.saturating_add(8))
                 .and_then(|bytes| bytes.try_into().ok())
                 .ok_or_else(|| ChainError::Rpc("Clock sysvar too short".into()))
         };
@@ -357,7 +351,8 @@ impl Chain for RpcChain {
                 rpc_error(err)
             }
         })?;
-        let deadline = Instant::now() + self.config.confirm_timeout;
+        let now = Instant::now();
+        let deadline = now.checked_add(self.config.confirm_timeout).unwrap_or(now);
         while Instant::now() < deadline {
             match self.confirm(&signature).await? {
                 Some(ConfirmedStatus::Landed(_)) => return Ok(()),
@@ -403,7 +398,8 @@ impl Watcher {
         loop {
             match PubsubClient::new(self.ws_url.as_str()).await {
                 Ok(pubsub) => {
-                    let subscribed = pubsub.account_subscribe(&self.address, Some(account_config(self.commitment))).await;
+                    let subscribed =
+                        pubsub.account_subscribe(&self.address, Some(account_config(self.commitment))).await;
                     match subscribed {
                         Ok((mut updates, unsubscribe)) => {
                             let first = self.read().await;
@@ -411,11 +407,11 @@ impl Watcher {
                                 let failed = first.as_ref().err().map(|err| ChainError::Rpc(err.to_string()));
                                 let _ = ready.send(failed.map_or(Ok(()), Err));
                             }
-                            if let Ok(state) = first {
-                                if !self.offer(state) {
-                                    unsubscribe().await;
-                                    return;
-                                }
+                            if let Ok(state) = first
+                                && !self.offer(state)
+                            {
+                                unsubscribe().await;
+                                return;
                             }
                             loop {
                                 tokio::select! {
@@ -446,7 +442,8 @@ impl Watcher {
                 Err(err) => tracing::warn!(%err, url = %self.ws_url, "websocket unavailable; polling"),
             }
             // Polling fallback for a while, then try the websocket again.
-            let retry_at = Instant::now() + Duration::from_secs(5);
+            let now = Instant::now();
+            let retry_at = now.checked_add(Duration::from_secs(5)).unwrap_or(now);
             while Instant::now() < retry_at {
                 match self.read().await {
                     Ok(state) => {

@@ -19,7 +19,7 @@ async fn embedded_chain_conforms() {
 async fn shared_chains_conform() {
     // The forwarding impls for Arc and Box are the ones the SDKs use to share one chain.
     let chain = std::sync::Arc::new(EmbeddedChain::start().expect("embedded chain"));
-    let program = chain.program().clone();
+    let program = *chain.program();
     let boxed: Box<dyn chainference_chain::Chain> = Box::new(std::sync::Arc::clone(&chain));
     let report = conformance::run(&boxed, &program).await;
     assert!(report.failures.is_empty(), "{report}");

@@ -27,7 +27,13 @@ pub struct ServerQuery {
 impl ServerQuery {
     /// Every active server offering `model`.
     pub fn new(model: impl Into<String>) -> Self {
-        ServerQuery { model: model.into(), max_price: None, min_completed: 0, min_success_bps: 0, include_inactive: false }
+        ServerQuery {
+            model: model.into(),
+            max_price: None,
+            min_completed: 0,
+            min_success_bps: 0,
+            include_inactive: false,
+        }
     }
 
     /// Caps the price.
@@ -184,10 +190,10 @@ impl ServerInfo {
                 other => Exclusion::Unreadable(other),
             })
             .collect();
-        if let (Some(price), Some(max)) = (self.price, query.max_price) {
-            if price > max {
-                reasons.push(Exclusion::PriceAbove { price, max });
-            }
+        if let (Some(price), Some(max)) = (self.price, query.max_price)
+            && price > max
+        {
+            reasons.push(Exclusion::PriceAbove { price, max });
         }
         reasons
     }

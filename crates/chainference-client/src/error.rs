@@ -112,14 +112,14 @@ pub enum ClientError {
 
 impl From<ChainError> for ClientError {
     fn from(err: ChainError) -> Self {
-        if let Some((instruction, code)) = err.program_error() {
-            if let Some(error) = chainference_core::Error::from_code(code) {
-                let logs = match err {
-                    ChainError::Transaction { logs, .. } => logs,
-                    _ => Vec::new(),
-                };
-                return ClientError::Program { error, code, instruction, logs };
-            }
+        if let Some((instruction, code)) = err.program_error()
+            && let Some(error) = chainference_core::Error::from_code(code)
+        {
+            let logs = match err {
+                ChainError::Transaction { logs, .. } => logs,
+                _ => Vec::new(),
+            };
+            return ClientError::Program { error, code, instruction, logs };
         }
         ClientError::Chain(err)
     }

@@ -42,9 +42,9 @@ mod error;
 mod history;
 mod request;
 
-pub use chainference_chain::{self as chain, Address, Chain, ChainError, Keypair, Signer};
 #[cfg(feature = "embedded")]
 pub use chainference_chain::EmbeddedChain;
+pub use chainference_chain::{self as chain, Address, Chain, ChainError, Keypair, Signer};
 #[cfg(feature = "rpc")]
 pub use chainference_chain::{RpcChain, RpcConfig};
 pub use chainference_core as core;
@@ -129,7 +129,8 @@ impl<C: Chain + 'static> Client<C> {
                     let reasons = server.exclusions(query);
                     if reasons.is_empty() {
                         discovery.eligible.push(server);
-                    } else if server.price.is_some() || reasons.iter().any(|r| !matches!(r, Exclusion::ModelNotOffered)) {
+                    } else if server.price.is_some() || reasons.iter().any(|r| !matches!(r, Exclusion::ModelNotOffered))
+                    {
                         discovery.excluded.push((server, reasons));
                     }
                 }
@@ -248,6 +249,11 @@ impl<C: Chain + 'static> Client<C> {
     }
 
     pub(crate) async fn read_request(&self, request: &Address) -> Result<Vec<u8>, ClientError> {
-        self.inner.chain.account(request).await?.map(|account| account.data).ok_or(ClientError::RequestNotFound(*request))
+        self.inner
+            .chain
+            .account(request)
+            .await?
+            .map(|account| account.data)
+            .ok_or(ClientError::RequestNotFound(*request))
     }
 }

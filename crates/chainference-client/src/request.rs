@@ -277,8 +277,10 @@ impl Prepared {
             first_chunk: builders::open_request_first_chunk_max(model.len(), allowed.len(), TRANSACTION_RESERVE),
             chunk: builders::WRITE_PROMPT_CHUNK_MAX,
         };
-        let transactions: Vec<Instruction> =
-            builders::open_request_upload(&inner.program, &wallet, &args, &upload)?.into_iter().map(instruction).collect();
+        let transactions: Vec<Instruction> = builders::open_request_upload(&inner.program, &wallet, &args, &upload)?
+            .into_iter()
+            .map(instruction)
+            .collect();
 
         let payer = address(&wallet);
         let mut transaction_fees = 0u64;
@@ -312,15 +314,15 @@ impl Prepared {
         let inner = &client.inner;
         let available = inner.chain.balance(&client.address()).await?;
         let mut needed = self.estimate.total_needed();
-        if available > needed {
+        if let Some(left) = available.checked_sub(needed).filter(|left| *left > 0) {
             // A wallet left with less than the rent-exempt minimum (but not empty) is refused.
             let reserve = inner.chain.rent_exempt_minimum(0).await?;
-            if available - needed < reserve {
+            if left < reserve {
                 needed = needed.saturating_add(reserve);
             }
         }
-        if available < needed {
-            return Err(ClientError::InsufficientFunds { needed, available, missing: needed - available });
+        if let Some(missing) = needed.checked_sub(available).filter(|missing| *missing > 0) {
+            return Err(ClientError::InsufficientFunds { needed, available, missing });
         }
         let fees = Arc::new(AtomicU64::new(0));
         let pending = PendingRequest {
@@ -825,14 +827,13 @@ impl<C: Chain + 'static> Watcher<C> {
                     }
                 }
                 _ = tick.tick() => {
-                    if let Some(header) = &header {
-                        if matches!(header.status, RequestStatus::Open | RequestStatus::Locked) && header.deadline > 0 {
+                    if let Some(header) = &header
+                        && matches!(header.status, RequestStatus::Open | RequestStatus::Locked) && header.deadline > 0 {
                             let now = chain.clock().await?.unix_timestamp;
                             if now >= header.deadline {
                                 return Err(ClientError::DeadlinePassed { deadline: header.deadline, now });
                             }
                         }
-                    }
                 }
                 () = self.sender.closed() => return Ok(()),
             }
@@ -842,26 +843,30 @@ impl<C: Chain + 'static> Watcher<C> {
     fn on_response(&self, state: Option<Account>, reader: &mut Option<ChunkReader>) -> Result<(), ClientError> {
         let Some(account) = state else {
             // Discarded (a release): whatever was shown is void.
-            if let Some(old) = reader.take() {
-                if old.wrote_text {
-                    self.emit(AnswerEvent::Restarted { server: Address::new_from_array(old.server) })?;
-                }
+            if let Some(old) = reader.take()
+                && old.wrote_text
+            {
+                self.emit(AnswerEvent::Restarted { server: Address::new_from_array(old.server) })?;
             }
             return Ok(());
         };
         let response = ResponseAccount::decode(&account.data)?;
         let server = response.header.server;
-        let restarted = reader.as_ref().is_some_and(|r| r.server != server || response.header.chunk_count < r.next_index);
-        if restarted {
-            if let Some(old) = reader.take() {
-                if old.wrote_text {
-                    self.emit(AnswerEvent::Restarted { server: Address::new_from_array(old.server) })?;
-                }
-            }
+        let restarted =
+            reader.as_ref().is_some_and(|r| r.server != server || response.header.chunk_count < r.next_index);
+        if restarted
+            && let Some(old) = reader.take()
+            && old.wrote_text
+        {
+            self.emit(AnswerEvent::Restarted { server: Address::new_from_array(old.server) })?;
         }
         let reader = reader.get_or_insert_with(|| ChunkReader {
             server,
-            opener: self.chain.secret.request_keys(&self.request.to_bytes()).response_opener(&self.request.to_bytes(), &server),
+            opener: self
+                .chain
+                .secret
+                .request_keys(&self.request.to_bytes())
+                .response_opener(&self.request.to_bytes(), &server),
             next_index: 0,
             wrote_text: false,
             pending_utf8: Vec::new(),

@@ -136,7 +136,8 @@ async fn exclusions_are_explained_and_refused() {
     assert!(refused.to_string().contains("above your cap"), "{refused}");
     let unknown = client.ask(Ask::new("acme/unknown-model", "hi")).await.unwrap_err();
     assert!(matches!(unknown, ClientError::NoServerOffersModel { .. }), "{unknown:?}");
-    let explicit = client.ask(Ask::new(MODEL, "hi").min_completed(1).to_servers([server.authority()])).await.unwrap_err();
+    let explicit =
+        client.ask(Ask::new(MODEL, "hi").min_completed(1).to_servers([server.authority()])).await.unwrap_err();
     assert!(matches!(explicit, ClientError::ServerExcluded { .. }), "{explicit:?}");
     let invalid = client.ask(Ask::new("not a model id", "hi")).await.unwrap_err();
     assert!(matches!(invalid, ClientError::Core(chainference_core::Error::InvalidModelId)), "{invalid:?}");
@@ -198,7 +199,8 @@ async fn a_server_that_never_answers_is_reclaimed() {
     let client = client(&chain).await;
     let start = total(&chain);
     let before = client.balance().await.unwrap();
-    let request = client.ask(Ask::new(MODEL, "hello?").to_servers([server.authority()]).timeout_secs(10)).await.unwrap();
+    let request =
+        client.ask(Ask::new(MODEL, "hello?").to_servers([server.authority()]).timeout_secs(10)).await.unwrap();
     let _locked = server.lock(chain.as_ref(), &request.address()).await.unwrap();
     let early = request.reclaim().await.unwrap_err();
     assert!(matches!(early, ClientError::WrongState { .. }), "{early:?}");
@@ -263,7 +265,12 @@ async fn a_large_prompt_is_uploaded_in_chunks_and_read_back() {
     .temperature(0.7)
     .seed(42);
     let estimate = client.estimate(&ask).await.unwrap();
-    assert!(estimate.transactions >= 4, "{} transactions for a {} B envelope", estimate.transactions, estimate.envelope_len);
+    assert!(
+        estimate.transactions >= 4,
+        "{} transactions for a {} B envelope",
+        estimate.transactions,
+        estimate.envelope_len
+    );
     let start = total(&chain);
     let before = client.balance().await.unwrap();
     let request = client.ask(ask).await.unwrap();
@@ -327,10 +334,8 @@ async fn compare_and_flag_build_reputation() {
     let second = TestServer::register(chain.as_ref(), 1_500_000).await;
     let client = client(&chain).await;
     let start = total(&chain);
-    let (a, b) = client
-        .ask_pair(Ask::new(MODEL, "Name a prime."), first.authority(), second.authority())
-        .await
-        .unwrap();
+    let (a, b) =
+        client.ask_pair(Ask::new(MODEL, "Name a prime."), first.authority(), second.authority()).await.unwrap();
     let la = first.serve(chain.as_ref(), &a.address(), &["7"], 20).await;
     let lb = second.serve(chain.as_ref(), &b.address(), &["9"], 20).await;
     assert_eq!(la.payload, lb.payload, "both servers got the same prompt");
@@ -376,10 +381,10 @@ async fn a_release_mid_answer_restarts_the_stream_with_another_server() {
     let client = client(&chain).await;
     let start = total(&chain);
     let request = client
-        .ask(Ask::new(MODEL, "Tell me a story.").servers(ServerChoice::Explicit(vec![
-            quitter.authority(),
-            finisher.authority(),
-        ])))
+        .ask(
+            Ask::new(MODEL, "Tell me a story.")
+                .servers(ServerChoice::Explicit(vec![quitter.authority(), finisher.authority()])),
+        )
         .await
         .unwrap();
     let mut events = request.events();

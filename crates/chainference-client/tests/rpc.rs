@@ -28,8 +28,7 @@ fn localnet() -> Option<(String, Keypair)> {
     };
     let path = std::env::var("CHAINFERENCE_LOCALNET_ADMIN").expect("CHAINFERENCE_LOCALNET_ADMIN");
     let text = std::fs::read_to_string(&path).unwrap();
-    let bytes: Vec<u8> =
-        text.trim().trim_matches(['[', ']']).split(',').map(|b| b.trim().parse().unwrap()).collect();
+    let bytes: Vec<u8> = text.trim().trim_matches(['[', ']']).split(',').map(|b| b.trim().parse().unwrap()).collect();
     Some((url, Keypair::try_from(bytes.as_slice()).unwrap()))
 }
 

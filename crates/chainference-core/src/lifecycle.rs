@@ -352,7 +352,8 @@ impl RequestHeader {
                 if !allowed.iter().any(|a| a == server.authority) {
                     return Err(Error::ServerNotAllowed);
                 }
-                if let Some(refusal) = server.refusals(self.min_completed, self.min_success_bps).into_iter().flatten().next()
+                if let Some(refusal) =
+                    server.refusals(self.min_completed, self.min_success_bps).into_iter().flatten().next()
                 {
                     return Err(refusal);
                 }

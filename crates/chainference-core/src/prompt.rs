@@ -115,14 +115,7 @@ pub struct PromptPayload {
 impl PromptPayload {
     /// A conversation with greedy decoding.
     pub fn chat(messages: Vec<ChatMessage>) -> Self {
-        PromptPayload {
-            messages,
-            temperature_milli: 0,
-            top_p_bps: 10_000,
-            top_k: 0,
-            seed: 0,
-            max_completion_tokens: 0,
-        }
+        PromptPayload { messages, temperature_milli: 0, top_p_bps: 10_000, top_k: 0, seed: 0, max_completion_tokens: 0 }
     }
 
     /// One user message with greedy decoding.
@@ -184,8 +177,7 @@ impl PromptPayload {
             messages.push(ChatMessage { role, content: String::from(content) });
         }
         r.finish()?;
-        let payload =
-            PromptPayload { messages, temperature_milli, top_p_bps, top_k, seed, max_completion_tokens };
+        let payload = PromptPayload { messages, temperature_milli, top_p_bps, top_k, seed, max_completion_tokens };
         payload.validate()?;
         Ok(payload)
     }
