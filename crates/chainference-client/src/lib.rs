@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), chainference_client::ClientError> {
-//! use chainference_client::{Ask, Client, EmbeddedChain, Keypair, Signer};
+//! use chainference_client::{Ask, Chain, Client, EmbeddedChain, Keypair, Signer};
 //! use futures::StreamExt;
 //!
 //! let chain = EmbeddedChain::start()?;
