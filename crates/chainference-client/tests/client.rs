@@ -54,6 +54,7 @@ async fn discover_estimate_ask_stream_settle_close() {
     assert_eq!(estimate.transactions, 1);
     assert_eq!(estimate.transaction_fees, 5_000);
 
+    println!("estimate: {estimate:?}");
     let start_total = total(&chain);
     let start_balance = client.balance().await.unwrap();
     let sent_at = Instant::now();
