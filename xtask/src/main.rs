@@ -563,10 +563,13 @@ fn rpc_tests() -> Result {
     setup_localnet()?;
     let so = root().join("target/deploy/chainference_program.so");
     stage("rpc tests against a real validator", || {
+        let selection = ["test", "--workspace", "--features", RPC_FEATURES, "--test", "conformance", "--test", "rpc"];
+        // Build first: a validator left idle while cargo compiles on the same 2 cores falls
+        // behind and can crash (agave's broadcast stage panicked on a frozen bank here).
+        run(cargo().args(selection).arg("--no-run").env("CHAINFERENCE_PROGRAM_SO", &so))?;
         let validator = start_validator(&so)?;
-        // The same package selection and features as the tests stage: no rebuild, just a rerun.
         let result = run(cargo()
-            .args(["test", "--workspace", "--features", RPC_FEATURES, "--test", "conformance", "--test", "rpc"])
+            .args(selection)
             .args(["--", "--nocapture", "--test-threads", "1"])
             .env("CHAINFERENCE_PROGRAM_SO", &so)
             .env("CHAINFERENCE_RPC_URL", &validator.rpc_url)
