@@ -650,14 +650,12 @@ impl<C: Chain + 'static> PendingRequest<C> {
     /// Withdraws a request no server has locked; the stake comes back now, the rent at
     /// [`PendingRequest::close`]. Returns the lamports refunded.
     pub async fn cancel(&self) -> Result<u64, ClientError> {
-        let state = self.state().await?;
-        if !matches!(state.status, RequestStatus::Draft | RequestStatus::Open) {
-            return Err(ClientError::WrongState {
-                request: self.address,
-                status: state.status,
-                hint: "only a request no server holds can be cancelled (reclaim after the deadline)",
-            });
-        }
+        let state = self
+            .state_in(
+                &[RequestStatus::Draft, RequestStatus::Open],
+                "only a request no server holds can be cancelled (reclaim after the deadline)",
+            )
+            .await?;
         let inner = &self.client.inner;
         let ix = builders::cancel_request(&inner.program, &inner.wallet_address(), &self.address.to_bytes());
         self.send(instruction(ix)).await?;
@@ -667,14 +665,9 @@ impl<C: Chain + 'static> PendingRequest<C> {
     /// Takes the stake back after the deadline from a request nobody completed (anyone may
     /// send this; the stake always goes to the client). Returns the lamports refunded.
     pub async fn reclaim(&self) -> Result<u64, ClientError> {
-        let state = self.state().await?;
-        if !matches!(state.status, RequestStatus::Open | RequestStatus::Locked) {
-            return Err(ClientError::WrongState {
-                request: self.address,
-                status: state.status,
-                hint: "only an open or locked request can be reclaimed",
-            });
-        }
+        let state = self
+            .state_in(&[RequestStatus::Open, RequestStatus::Locked], "only an open or locked request can be reclaimed")
+            .await?;
         let now = self.client.inner.chain.clock().await?.unix_timestamp;
         if now < state.deadline {
             return Err(ClientError::WrongState {
@@ -703,14 +696,11 @@ impl<C: Chain + 'static> PendingRequest<C> {
     /// Returns the lamports that came back to this wallet, net of the closing fee.
     pub async fn close(&self) -> Result<u64, ClientError> {
         let inner = &self.client.inner;
-        let state = self.state().await?;
-        if !matches!(state.status, RequestStatus::Completed | RequestStatus::Cancelled | RequestStatus::Expired) {
-            return Err(ClientError::WrongState {
-                request: self.address,
-                status: state.status,
-                hint: "only an ended request can be closed (cancel or reclaim it first)",
-            });
-        }
+        self.state_in(
+            &[RequestStatus::Completed, RequestStatus::Cancelled, RequestStatus::Expired],
+            "only an ended request can be closed (cancel or reclaim it first)",
+        )
+        .await?;
         let wallet = inner.wallet_address();
         let response_payer = match inner.chain.account(&self.response).await? {
             Some(account) => ResponseHeader::decode(&account.data)?.server,
@@ -722,6 +712,16 @@ impl<C: Chain + 'static> PendingRequest<C> {
         self.send(instruction(ix)).await?;
         let after = inner.chain.balance(&self.client.address()).await?;
         Ok(after.saturating_sub(before))
+    }
+
+    /// The state, if its status is one of `allowed`; otherwise `WrongState` with `hint`.
+    async fn state_in(&self, allowed: &[RequestStatus], hint: &'static str) -> Result<RequestState, ClientError> {
+        let state = self.state().await?;
+        if allowed.contains(&state.status) {
+            Ok(state)
+        } else {
+            Err(ClientError::WrongState { request: self.address, status: state.status, hint })
+        }
     }
 
     async fn send(&self, ix: Instruction) -> Result<(), ClientError> {

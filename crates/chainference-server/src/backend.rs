@@ -172,31 +172,25 @@ pub trait InferenceBackend: Send + Sync {
     async fn generate(&self, job: Generation) -> Result<GenerationStream, BackendError>;
 }
 
-#[async_trait::async_trait]
-impl<T: InferenceBackend + ?Sized> InferenceBackend for std::sync::Arc<T> {
-    fn model_id(&self) -> &str {
-        (**self).model_id()
-    }
-    async fn prompt_tokens(&self, messages: &[ChatMessage]) -> Result<u32, BackendError> {
-        (**self).prompt_tokens(messages).await
-    }
-    async fn generate(&self, job: Generation) -> Result<GenerationStream, BackendError> {
-        (**self).generate(job).await
-    }
+macro_rules! forward_backend {
+    ($ty:ty) => {
+        #[async_trait::async_trait]
+        impl<T: InferenceBackend + ?Sized> InferenceBackend for $ty {
+            fn model_id(&self) -> &str {
+                (**self).model_id()
+            }
+            async fn prompt_tokens(&self, messages: &[ChatMessage]) -> Result<u32, BackendError> {
+                (**self).prompt_tokens(messages).await
+            }
+            async fn generate(&self, job: Generation) -> Result<GenerationStream, BackendError> {
+                (**self).generate(job).await
+            }
+        }
+    };
 }
 
-#[async_trait::async_trait]
-impl<T: InferenceBackend + ?Sized> InferenceBackend for Box<T> {
-    fn model_id(&self) -> &str {
-        (**self).model_id()
-    }
-    async fn prompt_tokens(&self, messages: &[ChatMessage]) -> Result<u32, BackendError> {
-        (**self).prompt_tokens(messages).await
-    }
-    async fn generate(&self, job: Generation) -> Result<GenerationStream, BackendError> {
-        (**self).generate(job).await
-    }
-}
+forward_backend!(std::sync::Arc<T>);
+forward_backend!(Box<T>);
 
 /// Conveniences over any backend.
 #[async_trait::async_trait]
