@@ -291,6 +291,44 @@ pub fn instruction(built: BuiltInstruction) -> Instruction {
     }
 }
 
+/// The size in bytes of the signed transaction `instructions` make when `payer` pays: what
+/// must stay within [`MAX_TRANSACTION_LEN`] (the same for every backend, so senders can fill a
+/// transaction as far as it goes before sending it).
+#[allow(clippy::arithmetic_side_effects)] // sizes of at most a few thousand bytes
+pub fn transaction_len(instructions: &[Instruction], payer: &Address) -> usize {
+    let message = solana_message::Message::new(instructions, Some(payer));
+    let signatures = usize::from(message.header.num_required_signatures);
+    let compiled: usize = message
+        .instructions
+        .iter()
+        .map(|ix| {
+            1 + short_vec_len(ix.accounts.len()) + ix.accounts.len() + short_vec_len(ix.data.len()) + ix.data.len()
+        })
+        .sum();
+    short_vec_len(signatures)
+        + 64 * signatures
+        + 3
+        + short_vec_len(message.account_keys.len())
+        + 32 * message.account_keys.len()
+        + 32
+        + short_vec_len(message.instructions.len())
+        + compiled
+}
+
+/// Largest Solana transaction, in bytes.
+pub const MAX_TRANSACTION_LEN: usize = chainference_core::builders::MAX_TRANSACTION_LEN;
+
+/// Bytes of Solana's compact length prefix for `len`.
+const fn short_vec_len(len: usize) -> usize {
+    if len < 0x80 {
+        1
+    } else if len < 0x4000 {
+        2
+    } else {
+        3
+    }
+}
+
 /// Core instructions as Solana instructions.
 pub fn instructions(built: impl IntoIterator<Item = BuiltInstruction>) -> Vec<Instruction> {
     built.into_iter().map(instruction).collect()
@@ -336,5 +374,23 @@ impl fmt::Display for Short<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = self.0.to_string();
         f.write_str(text.get(..8).unwrap_or(&text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_len_matches_solanas_wire_format() {
+        let payer = Address::new_unique();
+        let to = Address::new_unique();
+        // A one-signature SOL transfer is 215 bytes on the wire.
+        let transfer = solana_system_interface::instruction::transfer(&payer, &to, 1);
+        assert_eq!(transaction_len(std::slice::from_ref(&transfer), &payer), 215);
+        // A second signer adds its key and its signature; a second instruction its encoding.
+        let other = Address::new_unique();
+        let two = [transfer.clone(), solana_system_interface::instruction::transfer(&other, &to, 1)];
+        assert_eq!(transaction_len(&two, &payer), 215 + 32 + 64 + (1 + 1 + 2 + 1 + 12));
     }
 }

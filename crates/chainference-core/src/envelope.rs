@@ -201,6 +201,14 @@ impl HpkeSecretKey {
     }
 }
 
+const SERVER_KEY_SALT: &[u8] = b"chainference/v1/server-key";
+
+/// What a server's wallet signs to derive its HPKE key of `generation`
+/// ([`ServerKeyPair::from_wallet_signature`]).
+pub fn server_key_message(generation: u32) -> alloc::string::String {
+    alloc::format!("Chainference server key, generation {generation}. Signing this reveals nothing and moves no funds.")
+}
+
 /// A server's HPKE key pair (published public key, secret kept by the server).
 pub struct ServerKeyPair {
     secret: HpkeSecretKey,
@@ -220,6 +228,18 @@ impl ServerKeyPair {
         let mut seed = Zeroizing::new([0u8; 32]);
         getrandom::fill(seed.as_mut()).map_err(|_| Error::RandomnessUnavailable)?;
         Ok(Self::from_seed(&seed))
+    }
+
+    /// The key pair of `generation` derived from the server wallet's ed25519 signature of
+    /// [`server_key_message`]`(generation)`: `DeriveKeyPair(HKDF-Extract(salt =
+    /// "chainference/v1/server-key", signature))`. A server can always find its key again from its
+    /// wallet alone (a restart needs no key file), and rotating means moving to the next
+    /// generation.
+    pub fn from_wallet_signature(signature: &[u8; 64]) -> Self {
+        let (prk, _) = Hkdf::<Sha256>::extract(Some(SERVER_KEY_SALT), signature);
+        let mut seed = Zeroizing::new([0u8; 32]);
+        seed.copy_from_slice(&prk);
+        Self::from_seed(&seed)
     }
 
     /// The public key to publish.

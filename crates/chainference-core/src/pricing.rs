@@ -105,6 +105,22 @@ pub const fn cost(tokens: u64, price_per_mtok: u64, max_cost: u64) -> u64 {
     }
 }
 
+/// The most tokens `stake` pays for in full at `price_per_mtok`: the largest `t` with
+/// `ceil(t * price / 1e6) <= stake`, that is `floor(stake * 1e6 / price)` (every token when the
+/// price is 0). What a server may bill without working for free. Host-side (servers and clients
+/// plan budgets with it; the program never needs it), so it may divide by a 64-bit price.
+#[cfg(not(target_arch = "bpf"))]
+pub fn affordable_tokens(stake: u64, price_per_mtok: u64) -> u64 {
+    if price_per_mtok == 0 {
+        return u64::MAX;
+    }
+    let tokens = u128::from(stake)
+        .saturating_mul(u128::from(TOKENS_PER_PRICE_UNIT))
+        .checked_div(u128::from(price_per_mtok))
+        .unwrap_or(u128::MAX);
+    u64::try_from(tokens).unwrap_or(u64::MAX)
+}
+
 /// The protocol fee on `cost`: `floor(cost * fee_bps / 10_000)`. `fee_bps` above 10,000 is an error.
 #[inline]
 pub const fn fee(cost: u64, fee_bps: u16) -> Result<u64> {
@@ -208,6 +224,21 @@ impl ServerStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn affordable_tokens_is_the_most_the_stake_pays_in_full() {
+        for (stake, price) in [(1_000_000u64, 2_000_000u64), (999, 3), (1, 7_000_001), (u64::MAX, 1), (5, u64::MAX)] {
+            let t = affordable_tokens(stake, price);
+            let exact = |tokens: u64| mul_div(tokens, price, TOKENS_PER_PRICE_UNIT, Rounding::Up);
+            assert!(exact(t).is_none_or(|c| c <= stake) || t == u64::MAX, "{stake} {price}");
+            if t < u64::MAX {
+                assert!(exact(t + 1).is_none_or(|c| c > stake), "{stake} {price}: {t} + 1 still affordable");
+            }
+        }
+        assert_eq!(affordable_tokens(600, 2_000_000), 300);
+        assert_eq!(affordable_tokens(0, 1), 0);
+        assert_eq!(affordable_tokens(10, 0), u64::MAX);
+    }
 
     #[test]
     fn extremes() {

@@ -154,6 +154,9 @@ pub enum BackendError {
     /// Inference failed.
     #[error("inference: {0}")]
     Inference(String),
+    /// A remote backend could not be reached, or its connection broke.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A stream of generation events.

@@ -33,7 +33,12 @@ impl Default for Prompts {
                 ChatMessage::new(Role::System, "You are a helpful assistant."),
                 ChatMessage::new(Role::User, "What is the capital of France?"),
             ],
-            long: vec![ChatMessage::new(Role::User, "Count from one to one hundred, in words.")],
+            // A story: long under any numerics (llama.cpp on the Q4_1 file answers "count to one
+            // hundred" with "One hundred.", Candle on its Q8_0 re-quantization counts).
+            long: vec![
+                ChatMessage::new(Role::System, "You are a helpful assistant."),
+                ChatMessage::new(Role::User, "Write a long story about a lighthouse keeper and a storm."),
+            ],
         }
     }
 }

@@ -23,8 +23,11 @@ pub mod backend;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod conformance;
+#[cfg(feature = "openai")]
+pub mod openai;
 
 pub use backend::{
     BackendError, FinishReason, Generation, GenerationEvent, GenerationStream, InferenceBackend, InferenceBackendExt,
     Sampling, Usage,
 };
+pub mod runtime;

@@ -1,0 +1,377 @@
+//! One request, from lock to complete: generation runs in its own task while this one seals
+//! what it produced at every flush and sends it, each transaction filled as far as it fits.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chainference_chain::{
+    Address, ChainError, Instruction, MAX_TRANSACTION_LEN, address, instruction, transaction_len,
+};
+use chainference_core::Error as CoreError;
+use chainference_core::builders::{self, RequestRefs};
+use chainference_core::envelope::ResponseSealer;
+use chainference_core::state::RequestAccount;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{Job, ReleaseReason, ServerEvent, Shared, SkipReason};
+use crate::backend::{Generation, GenerationEvent};
+
+/// How a request ended for this server.
+enum Outcome {
+    Completed {
+        tokens: u64,
+        transactions: u32,
+    },
+    /// Nothing was locked: the server passed after all.
+    Passed(SkipReason),
+    LostRace,
+    /// Locked, and must be handed back.
+    Release(ReleaseReason),
+    /// Shutdown before anything was locked.
+    Abandoned,
+    /// Neither finished nor released.
+    Failed(String),
+}
+
+/// What the generation task reports.
+enum Generated {
+    Prompt(u32),
+    Text(String, u32),
+    Done(u32, u32),
+    Failed(String),
+}
+
+/// Serves `job` and reports the outcome as events and counters.
+pub(crate) async fn serve(shared: &Shared, job: Job) {
+    let request = job.request;
+    match run(shared, &job).await {
+        Outcome::Completed { tokens, transactions } => {
+            let earned = match shared.chain.account(&request).await {
+                Ok(Some(account)) => RequestAccount::decode(&account.data)
+                    .map_or(0, |decoded| decoded.header.cost.saturating_sub(decoded.header.fee)),
+                _ => 0,
+            };
+            shared.counters.completed.fetch_add(1, Ordering::Relaxed);
+            shared.counters.earned.fetch_add(earned, Ordering::Relaxed);
+            tracing::info!(tokens, earned, transactions, "request completed");
+            shared.emit(ServerEvent::Completed { request, tokens, earned, transactions });
+        }
+        Outcome::Passed(reason) => {
+            tracing::info!(?reason, "passed on the request");
+            shared.emit(ServerEvent::Skipped { request, reason });
+        }
+        Outcome::LostRace => {
+            shared.counters.lost_races.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("another server locked it first");
+            shared.emit(ServerEvent::LostRace { request });
+        }
+        Outcome::Release(reason) => release(shared, &request, reason).await,
+        Outcome::Abandoned => tracing::info!("left unlocked at shutdown"),
+        Outcome::Failed(error) => fail(shared, request, error),
+    }
+}
+
+fn fail(shared: &Shared, request: Address, error: String) {
+    shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(%error, "request failed; the client can reclaim it after its deadline");
+    shared.emit(ServerEvent::Failed { request, error });
+}
+
+/// Hands a locked request back to the open pool (its response account is discarded).
+pub(crate) async fn release(shared: &Shared, request: &Address, reason: ReleaseReason) {
+    let request_bytes = request.to_bytes();
+    let response = shared.program.response(&request_bytes).0;
+    let ix = builders::release_request(&shared.program, &shared.authority_bytes(), &request_bytes, &response);
+    match shared.send(&[instruction(ix)]).await {
+        Ok(_) => {
+            shared.counters.released.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(?reason, "request released");
+            shared.emit(ServerEvent::Released { request: *request, reason });
+        }
+        Err(err) => fail(shared, *request, format!("releasing after {reason:?} failed: {err}")),
+    }
+}
+
+/// The request's sending side: the sealer, what is buffered, whether the lock landed.
+struct Stream<'a> {
+    shared: &'a Shared,
+    refs: RequestRefs,
+    authority: [u8; 32],
+    sealer: ResponseSealer,
+    locked: bool,
+    buffer: String,
+    transactions: u32,
+    budget: u32,
+}
+
+async fn run(shared: &Shared, job: &Job) -> Outcome {
+    let request_bytes = job.request.to_bytes();
+    let authority = shared.authority_bytes();
+    let sealer = match ResponseSealer::new(&job.response_key, &request_bytes, &authority) {
+        Ok(sealer) => sealer,
+        Err(err) => return Outcome::Passed(SkipReason::Unreadable(err)),
+    };
+    let refs =
+        RequestRefs { request: request_bytes, response: shared.program.response(&request_bytes).0, client: job.client };
+    let mut stream = Stream {
+        shared,
+        refs,
+        authority,
+        sealer,
+        locked: job.already_locked,
+        buffer: String::new(),
+        transactions: 0,
+        budget: job.budget,
+    };
+
+    let mut generated = match start_generation(shared, job).await {
+        Ok(receiver) => receiver,
+        Err(error) if stream.locked => return Outcome::Release(ReleaseReason::BackendFailed(error)),
+        Err(error) => return Outcome::Passed(SkipReason::BackendRefused(error)),
+    };
+
+    // Finish early, billing what was sent, rather than let the deadline pass: leave time for the
+    // last transactions to land.
+    let margin = shared.flush_interval.saturating_mul(3).max(Duration::from_secs(2));
+    let finish_by = match shared.chain.clock().await {
+        Ok(clock) => {
+            let left = u64::try_from(job.deadline.saturating_sub(clock.unix_timestamp)).unwrap_or(0);
+            after(Duration::from_secs(left).saturating_sub(margin))
+        }
+        Err(err) => return failed_before_lock(&stream, err.to_string()),
+    };
+
+    let mut release_now = shared.release_now.subscribe();
+    let (mut prompt_tokens, mut completion_tokens) = (0u32, 0u32);
+    let mut next_flush = after(shared.flush_interval);
+    loop {
+        let mut finished = false;
+        // Gather until the flush is due, the answer is done, or time is up.
+        loop {
+            tokio::select! {
+                biased;
+                changed = release_now.changed() => {
+                    if changed.is_ok() && *release_now.borrow() {
+                        return if stream.locked { Outcome::Release(ReleaseReason::Shutdown) } else { Outcome::Abandoned };
+                    }
+                }
+                event = generated.recv() => match event {
+                    Some(Generated::Prompt(tokens)) => prompt_tokens = tokens,
+                    Some(Generated::Text(text, tokens)) => {
+                        stream.buffer.push_str(&text);
+                        completion_tokens = completion_tokens.saturating_add(tokens);
+                    }
+                    Some(Generated::Done(prompt, completion)) => {
+                        (prompt_tokens, completion_tokens) = (prompt, completion);
+                        finished = true;
+                        break;
+                    }
+                    Some(Generated::Failed(error)) => {
+                        return if stream.locked {
+                            Outcome::Release(ReleaseReason::BackendFailed(error))
+                        } else {
+                            Outcome::Passed(SkipReason::BackendRefused(error))
+                        };
+                    }
+                    None => {
+                        let error = "the backend's stream ended without Done".to_string();
+                        return if stream.locked { Outcome::Release(ReleaseReason::BackendFailed(error)) } else { Outcome::Passed(SkipReason::BackendRefused(error)) };
+                    }
+                },
+                () = tokio::time::sleep_until(next_flush) => break,
+                () = tokio::time::sleep_until(finish_by) => {
+                    tracing::warn!("deadline near: finishing with what was generated");
+                    finished = true;
+                    break;
+                }
+            }
+        }
+        if finished {
+            drop(generated);
+            let billed = u64::from(prompt_tokens).saturating_add(u64::from(completion_tokens));
+            let tokens = billed.min(u64::from(job.budget));
+            if tokens < billed {
+                tracing::warn!(billed, budget = job.budget, "the backend went over its budget; billing the budget");
+            }
+            return match stream.finish(tokens).await {
+                Ok(()) => Outcome::Completed { tokens, transactions: stream.transactions },
+                Err(outcome) => outcome,
+            };
+        }
+        if let Err(outcome) = stream.flush().await {
+            return outcome;
+        }
+        next_flush = after(shared.flush_interval);
+    }
+}
+
+/// `now + by`, saturating far in the future.
+fn after(by: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(by).or_else(|| now.checked_add(Duration::from_secs(86_400 * 365))).unwrap_or(now)
+}
+
+fn failed_before_lock(stream: &Stream<'_>, error: String) -> Outcome {
+    if stream.locked { Outcome::Release(ReleaseReason::ChainFailed(error)) } else { Outcome::Failed(error) }
+}
+
+/// Starts the backend in its own task, so generation runs on while chunks are being sent.
+async fn start_generation(shared: &Shared, job: &Job) -> Result<mpsc::UnboundedReceiver<Generated>, String> {
+    let generation = Generation::from_payload(&job.payload, job.budget);
+    let mut events = shared.backend.generate(generation).await.map_err(|err| err.to_string())?;
+    let (sender, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            let message = match event {
+                Ok(GenerationEvent::Prompt { tokens }) => Generated::Prompt(tokens),
+                Ok(GenerationEvent::Text { text, tokens }) => Generated::Text(text, tokens),
+                Ok(GenerationEvent::Done(usage)) => Generated::Done(usage.prompt_tokens, usage.completion_tokens),
+                Err(err) => Generated::Failed(err.to_string()),
+            };
+            let last = matches!(message, Generated::Done(..) | Generated::Failed(_));
+            // A closed receiver means the request is over: dropping `events` cancels generation.
+            if sender.send(message).is_err() || last {
+                return;
+            }
+        }
+    });
+    Ok(receiver)
+}
+
+impl Stream<'_> {
+    fn lock_ix(&self) -> Instruction {
+        instruction(builders::lock_request(&self.shared.program, &self.authority, &self.refs.request))
+    }
+
+    fn append_ix(&self, is_final: bool, sealed: &[u8]) -> Result<Instruction, CoreError> {
+        builders::append_response(&self.shared.program, &self.authority, &self.refs, is_final, sealed).map(instruction)
+    }
+
+    fn complete_ix(&self, tokens: u64) -> Instruction {
+        instruction(builders::complete_request(&self.shared.program, &self.authority, &self.refs, tokens))
+    }
+
+    /// The most bytes of the buffer (cut at a character boundary) whose sealed chunk fits one
+    /// transaction between `before` and `after`.
+    fn fitting_prefix(
+        &self,
+        before: &[Instruction],
+        after: &[Instruction],
+        is_final: bool,
+    ) -> Result<usize, CoreError> {
+        let payer = address(&self.authority);
+        let index = self.sealer.chunks_sealed();
+        let fits = |text_len: usize| -> Result<bool, CoreError> {
+            let placeholder = vec![0u8; ResponseSealer::sealed_len(index, text_len)];
+            let mut ixs = before.to_vec();
+            ixs.push(self.append_ix(is_final, &placeholder)?);
+            ixs.extend_from_slice(after);
+            Ok(transaction_len(&ixs, &payer) <= MAX_TRANSACTION_LEN)
+        };
+        if !fits(0)? {
+            return Err(CoreError::LengthOutOfRange);
+        }
+        // The size grows by one byte per text byte (plus one when a length prefix widens), so
+        // start from the room left and step down to a fit on a character boundary.
+        let mut placeholder_ixs = before.to_vec();
+        placeholder_ixs.push(self.append_ix(is_final, &vec![0u8; ResponseSealer::sealed_len(index, 0)])?);
+        placeholder_ixs.extend_from_slice(after);
+        let room = MAX_TRANSACTION_LEN.saturating_sub(transaction_len(&placeholder_ixs, &payer));
+        let mut len = self.buffer.len().min(room);
+        while len > 0 && (!self.buffer.is_char_boundary(len) || !fits(len)?) {
+            len = len.saturating_sub(1);
+        }
+        Ok(len)
+    }
+
+    /// Sends everything buffered as non-final chunks (the first transaction also locks).
+    async fn flush(&mut self) -> Result<(), Outcome> {
+        if self.buffer.is_empty() && !self.locked {
+            // Nothing to show yet, but a flush interval has passed: claim the request.
+            return self.send_step(&[self.lock_ix()], &[], None).await;
+        }
+        while !self.buffer.is_empty() {
+            let before = if self.locked { Vec::new() } else { vec![self.lock_ix()] };
+            let len = self.fitting_prefix(&before, &[], false).map_err(|e| Outcome::Failed(format!("{e:?}")))?;
+            if len == 0 {
+                return Err(Outcome::Failed("a response chunk does not fit a transaction".into()));
+            }
+            self.send_step(&before, &[], Some((len, false))).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the rest and the final chunk, and completes with `tokens` in the last transaction
+    /// (a short answer: lock, final chunk and complete all in one).
+    async fn finish(&mut self, tokens: u64) -> Result<(), Outcome> {
+        loop {
+            let before = if self.locked { Vec::new() } else { vec![self.lock_ix()] };
+            let complete = [self.complete_ix(tokens)];
+            let with_complete =
+                self.fitting_prefix(&before, &complete, true).map_err(|e| Outcome::Failed(format!("{e:?}")))?;
+            if with_complete == self.buffer.len() {
+                return self.send_step(&before, &complete, Some((with_complete, true))).await;
+            }
+            let len = self.fitting_prefix(&before, &[], false).map_err(|e| Outcome::Failed(format!("{e:?}")))?;
+            if len == 0 {
+                return Err(Outcome::Failed("a response chunk does not fit a transaction".into()));
+            }
+            self.send_step(&before, &[], Some((len, false))).await?;
+        }
+    }
+
+    /// One transaction: `before`, then (if asked) the next `len` buffered bytes sealed as a
+    /// chunk, then `after`. Classifies failures by what was at stake.
+    async fn send_step(
+        &mut self,
+        before: &[Instruction],
+        after: &[Instruction],
+        chunk: Option<(usize, bool)>,
+    ) -> Result<(), Outcome> {
+        let mut ixs = before.to_vec();
+        if let Some((len, is_final)) = chunk {
+            let piece = self.buffer.get(..len).unwrap_or_default();
+            let sealed = self
+                .sealer
+                .seal_chunk(piece.as_bytes(), is_final)
+                .map_err(|e| Outcome::Failed(format!("sealing: {e:?}")))?;
+            ixs.push(self.append_ix(is_final, &sealed).map_err(|e| Outcome::Failed(format!("{e:?}")))?);
+        }
+        ixs.extend_from_slice(after);
+        let locking = !self.locked;
+        match self.shared.send(&ixs).await {
+            Ok(_) => {
+                self.transactions = self.transactions.saturating_add(1);
+                if locking {
+                    self.locked = true;
+                    self.shared.emit(ServerEvent::Locked { request: address(&self.refs.request), budget: self.budget });
+                    tracing::info!("locked");
+                }
+                if let Some((len, _)) = chunk {
+                    self.buffer.drain(..len);
+                }
+                Ok(())
+            }
+            Err(err) => Err(self.classify(locking, &err)),
+        }
+    }
+
+    fn classify(&self, locking: bool, err: &ChainError) -> Outcome {
+        let code = err.program_error().and_then(|(index, code)| (index == 0).then_some(code));
+        let refused = code.and_then(CoreError::from_code);
+        if locking {
+            return match refused {
+                Some(CoreError::WrongState) => Outcome::LostRace,
+                Some(error) => Outcome::Passed(SkipReason::LockRefused(error)),
+                None => Outcome::Failed(format!("locking: {err}")),
+            };
+        }
+        match err.program_error().and_then(|(_, code)| CoreError::from_code(code)) {
+            // Too late for anything, release included: the client reclaims.
+            Some(CoreError::DeadlinePassed) => Outcome::Failed("the deadline passed mid-answer".into()),
+            _ => Outcome::Release(ReleaseReason::ChainFailed(err.to_string())),
+        }
+    }
+}
