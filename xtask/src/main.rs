@@ -439,9 +439,12 @@ fn compute_units() -> Result {
 fn demo(rest: &[String]) -> Result {
     setup_sbf()?;
     let so = build_sbf()?;
+    setup_model()?;
     stage("demo", || {
+        // The dev profile builds dependencies at opt-level 3 (see the root Cargo.toml), so the
+        // model runs at speed while the demo shares the test build.
         run(cargo()
-            .args(["run", "-q", "-p", "chainference-program-tests", "--example", "chain_demo", "--"])
+            .args(["run", "-q", "-p", "chainference-cli", "--bin", "chainference", "--", "demo"])
             .args(rest)
             .env("CHAINFERENCE_PROGRAM_SO", &so))
     })

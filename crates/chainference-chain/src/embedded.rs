@@ -87,6 +87,8 @@ struct Inner {
     start_slot: u64,
     skipped: Duration,
     subscribers: HashMap<Address, Vec<mpsc::UnboundedSender<Option<Account>>>>,
+    /// Every fee charged so far (transactions that failed included, airdrops included).
+    fees_charged: u128,
 }
 
 impl Inner {
@@ -157,6 +159,7 @@ impl EmbeddedChain {
             start_slot,
             skipped: Duration::ZERO,
             subscribers: HashMap::new(),
+            fees_charged: 0,
         };
         inner.sync_clock();
         let chain = EmbeddedChain { inner: Mutex::new(inner), admin, program };
@@ -199,6 +202,13 @@ impl EmbeddedChain {
             .sum()
     }
 
+    /// Every transaction fee charged since start (failed transactions and airdrops included).
+    /// Fees are burned here, so `total_lamports()` falls by exactly this much when the program
+    /// conserves lamports: what the demo checks.
+    pub fn fees_charged(&self) -> u128 {
+        self.lock().fees_charged
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave LiteSVM half-updated in a way that matters
         // more than losing the chain, so keep serving.
@@ -230,10 +240,12 @@ impl EmbeddedChain {
         inner.svm.expire_blockhash();
         match result {
             Ok(meta) => {
+                inner.fees_charged = inner.fees_charged.saturating_add(u128::from(meta.fee));
                 inner.notify(&written);
                 Ok(Sent { signature: meta.signature, fee: meta.fee, slot: clock.slot })
             }
             Err(failed) => {
+                inner.fees_charged = inner.fees_charged.saturating_add(u128::from(failed.meta.fee));
                 if failed.meta.fee > 0 {
                     // The fee payer's balance changed.
                     if let Some(payer) = payer {
@@ -251,7 +263,8 @@ impl EmbeddedChain {
         let result = inner.svm.airdrop(to, lamports);
         inner.svm.expire_blockhash();
         match result {
-            Ok(_) => {
+            Ok(meta) => {
+                inner.fees_charged = inner.fees_charged.saturating_add(u128::from(meta.fee));
                 inner.notify(&[*to]);
                 Ok(())
             }

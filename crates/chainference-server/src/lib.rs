@@ -1,19 +1,34 @@
 //! # chainference-server
 //!
-//! The server SDK of Chainference. This release holds the pluggable inference backend:
-//! [`InferenceBackend`] (a minimal trait with a documented contract, see [`backend`]), the
-//! [`InferenceBackendExt`] conveniences, and the Candle backend ([`candle::CandleBackend`],
-//! feature `candle`, default) running quantized GGUF models with the tokenizer and chat template
-//! taken from the file itself.
+//! The server SDK of Chainference: sell a machine's inference time on chain.
+//!
+//! - [`runtime`]: [`runtime::Server::builder`] takes a chain transport, the server's wallet and a
+//!   backend, registers the server's on-chain account, and serves: it watches for open requests
+//!   it may take (core's lock rules plus an [`runtime::AcceptPolicy`]), locks them, streams the
+//!   sealed answer one flush at a time, completes with the billed tokens, releases on failure,
+//!   recovers after a restart and shuts down gracefully.
+//! - [`InferenceBackend`]: a minimal trait with a documented contract (see [`backend`]), the
+//!   [`InferenceBackendExt`] conveniences, and an exported [`conformance`] suite.
+//! - Two real backends: [`candle::CandleBackend`] (feature `candle`, default) running quantized
+//!   GGUF models with the tokenizer and chat template taken from the file itself, and
+//!   [`openai::OpenAiBackend`] (feature `openai`, default) selling an existing OpenAI-compatible
+//!   server (llama.cpp, Ollama, vLLM).
 //!
 //! ```no_run
-//! # async fn run() -> Result<(), chainference_server::BackendError> {
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use chainference_chain::{EmbeddedChain, Keypair};
 //! use chainference_server::candle::{CandleBackend, ModelSource};
-//! use chainference_server::{Generation, InferenceBackendExt};
+//! use chainference_server::runtime::Server;
 //!
+//! let chain = EmbeddedChain::start()?;
 //! let model = CandleBackend::load(&ModelSource::default_model())?;
-//! let (text, usage) = model.complete(Generation::user("What is the capital of France?", 256)).await?;
-//! println!("{text} ({} tokens billed)", usage.billed_tokens());
+//! let server = Server::builder(chain, Keypair::new(), model)
+//!     .price(2_000_000) // lamports per million tokens
+//!     .start()
+//!     .await?;
+//! // ... serve until it is time to stop, then finish or release what is in flight:
+//! let counters = server.shutdown().await?;
+//! println!("served {} requests, earned {} lamports", counters.completed, counters.earned);
 //! # Ok(()) }
 //! ```
 

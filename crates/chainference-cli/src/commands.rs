@@ -1,0 +1,475 @@
+//! The subcommands over the SDKs, against a cluster (`--rpc`, default the local validator).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use chainference_chain::{Address, Chain, Keypair, RpcChain, RpcConfig, Signer};
+use chainference_client::{AnswerEvent, Ask, Client, ClientError, Policy, ServerQuery};
+use chainference_server::candle::DEFAULT_MODEL_ID;
+use chainference_server::runtime::{Server, ServerEvent};
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::output::{lamports, load_model};
+use crate::{Cli, Command, ServerCommand};
+
+/// `chainference ask`.
+#[derive(clap::Args, Debug)]
+pub struct AskArgs {
+    /// The prompt (read from stdin when absent or `-`).
+    pub prompt: Option<String>,
+    /// Model id.
+    #[arg(long, default_value = DEFAULT_MODEL_ID)]
+    pub model: String,
+    /// A system message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Most lamports to pay (the stake; default: max tokens at the dearest allowed price).
+    #[arg(long)]
+    pub max_cost: Option<u64>,
+    /// Billable token budget (prompt + completion).
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: u32,
+    /// Servers to allow, by authority address (default: the most reliable eligible one).
+    #[arg(long, value_delimiter = ',')]
+    pub servers: Vec<String>,
+    /// How many servers to allow when choosing automatically.
+    #[arg(long, default_value_t = 1)]
+    pub best: usize,
+    /// Choose the cheapest rather than the most reliable.
+    #[arg(long)]
+    pub cheapest: bool,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Seconds before the request may be reclaimed (0 = the config's default).
+    #[arg(long, default_value_t = 0)]
+    pub timeout: u32,
+    /// Request this many SOL from the cluster's faucet first (local validators and devnet).
+    #[arg(long)]
+    pub airdrop: Option<f64>,
+}
+
+/// `chainference server run`.
+#[derive(clap::Args, Debug)]
+pub struct ServerRunArgs {
+    /// The GGUF to serve (default: the one `cargo xtask setup` installed).
+    #[arg(long)]
+    pub model_file: Option<PathBuf>,
+    /// Price, lamports per million tokens.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub price: u64,
+    /// Milliseconds between flushes of generated text to the chain.
+    #[arg(long, default_value_t = 400)]
+    pub flush_ms: u64,
+    /// Requests served at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// An endpoint URL to publish.
+    #[arg(long, default_value = "")]
+    pub endpoint: String,
+    /// Request this many SOL from the cluster's faucet first (local validators and devnet).
+    #[arg(long)]
+    pub airdrop: Option<f64>,
+}
+
+/// The default wallet path.
+pub fn default_keypair_path() -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".config/chainference/id.json")
+}
+
+/// Reads a Solana CLI keypair file (a JSON array of 64 bytes).
+pub fn read_keypair(path: &Path) -> Result<Keypair> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the wallet {} (create one with `chainference keygen`)", path.display()))?;
+    let bytes: Vec<u8> =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a keypair file", path.display()))?;
+    Keypair::try_from(bytes.as_slice()).map_err(|err| anyhow::anyhow!("{} is not a keypair: {err}", path.display()))
+}
+
+fn write_keypair(path: &Path, keypair: &Keypair, force: bool) -> Result<()> {
+    if path.exists() && !force {
+        bail!("{} exists; pass --force to replace it", path.display());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let bytes = keypair.to_bytes().to_vec();
+    std::fs::write(path, serde_json::to_string(&bytes)?).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+fn parse_address(text: &str) -> Result<Address> {
+    Address::from_str(text).map_err(|err| anyhow::anyhow!("{text:?} is not an address: {err}"))
+}
+
+/// The cluster transport for `--rpc`/`--ws`.
+pub fn rpc_chain(cli: &Cli) -> Arc<RpcChain> {
+    let mut config = RpcConfig::new(cli.rpc.clone());
+    config.ws_url.clone_from(&cli.ws);
+    Arc::new(RpcChain::with_config(config))
+}
+
+fn wallet(cli: &Cli) -> Result<Keypair> {
+    read_keypair(&cli.keypair.clone().unwrap_or_else(default_keypair_path))
+}
+
+async fn airdrop(chain: &RpcChain, to: &Address, sol: Option<f64>) -> Result<()> {
+    if let Some(sol) = sol {
+        let amount = (sol * 1e9).round();
+        if !(0.0..=1e18).contains(&amount) {
+            bail!("--airdrop {sol}: out of range");
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked range above
+        let lamports_wanted = amount as u64;
+        chain.airdrop(to, lamports_wanted).await.context("airdrop (only local validators and devnet have a faucet)")?;
+    }
+    Ok(())
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+/// A hint for an error a user can act on.
+pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
+    if let Some(client) = err.downcast_ref::<ClientError>() {
+        return match client {
+            ClientError::InsufficientFunds { .. } => {
+                Some("fund the wallet (on a local validator: --airdrop 1), or lower --max-tokens / --max-cost")
+            }
+            ClientError::NoServerOffersModel { .. } => {
+                Some("start one with `chainference server run`, or check --model")
+            }
+            ClientError::AllServersExcluded { .. } => Some("see `chainference servers` for why, and relax the filters"),
+            ClientError::DeadlinePassed { .. } => Some("reclaim the stake with `chainference reclaim <request>`"),
+            _ => None,
+        };
+    }
+    let text = format!("{err:#}");
+    if text.contains("Connection refused") || text.contains("error sending request") || text.contains("connect") {
+        return Some("is a validator running? start one with `chainference localnet`, or pass --rpc URL");
+    }
+    None
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Demo => crate::demo::run().await,
+        Command::Completions { .. } => Ok(()),
+        Command::Gateway(args) => crate::gateway::run(&cli, args).await,
+        Command::Localnet { args } => localnet(args),
+        Command::Keygen { out, force } => {
+            let path = out.clone().unwrap_or_else(default_keypair_path);
+            let keypair = Keypair::new();
+            write_keypair(&path, &keypair, *force)?;
+            if cli.json {
+                print_json(&json!({ "address": keypair.pubkey().to_string(), "path": path }));
+            } else {
+                println!("wrote {} ({})", path.display(), keypair.pubkey());
+            }
+            Ok(())
+        }
+        Command::Servers { model, max_price } => {
+            let chain = rpc_chain(&cli);
+            let client = Client::new(Arc::clone(&chain), Keypair::new());
+            let mut query = ServerQuery::new(model.clone());
+            if let Some(max) = max_price {
+                query = query.max_price(*max);
+            }
+            let found = client.servers(&query).await?;
+            if cli.json {
+                let list = |infos: Vec<&chainference_client::ServerInfo>| -> Vec<serde_json::Value> {
+                    infos.into_iter().map(server_json).collect()
+                };
+                print_json(&json!({
+                    "model": found.model,
+                    "eligible": list(found.eligible.iter().collect()),
+                    "excluded": found.excluded.iter().map(|(info, why)| {
+                        json!({ "server": server_json(info), "reasons": why.iter().map(|w| format!("{w:?}")).collect::<Vec<_>>() })
+                    }).collect::<Vec<_>>(),
+                }));
+            } else {
+                print!("{}", found.explain());
+            }
+            Ok(())
+        }
+        Command::Ask(args) => ask(&cli, args).await,
+        Command::History => {
+            let client = Client::new(rpc_chain(&cli), wallet(&cli)?);
+            let entries = client.history().await?;
+            if cli.json {
+                print_json(&serde_json::Value::Array(
+                    entries
+                        .iter()
+                        .map(|e| {
+                            json!({
+                                "request": e.address.to_string(),
+                                "model": e.model,
+                                "created_at": e.created_at,
+                                "status": format!("{:?}", e.state.status),
+                                "prompt": e.prompt.as_ref().and_then(|p| p.messages.last()).map(|m| m.content.clone()),
+                                "answer": e.answer,
+                                "complete": e.answer_complete,
+                                "tokens": e.state.tokens,
+                                "cost": e.state.cost,
+                                "problem": e.problem,
+                            })
+                        })
+                        .collect(),
+                ));
+            } else if entries.is_empty() {
+                println!("no requests of {} on chain", client.address());
+            } else {
+                for e in entries {
+                    let prompt = e.prompt.as_ref().and_then(|p| p.messages.last()).map_or("?", |m| m.content.as_str());
+                    println!(
+                        "{} {:?} {} tokens, {} lamports",
+                        e.address,
+                        e.state.status,
+                        e.state.tokens,
+                        lamports(e.state.cost)
+                    );
+                    println!("  > {prompt}");
+                    println!("  < {}", e.answer.as_deref().unwrap_or("(no answer yet)"));
+                }
+            }
+            Ok(())
+        }
+        Command::Flag { request } => {
+            let client = Client::new(rpc_chain(&cli), wallet(&cli)?);
+            client.flag(&parse_address(request)?).await?;
+            done(&cli, json!({ "flagged": request }), &format!("flagged {request}"));
+            Ok(())
+        }
+        Command::Compare { a, b, preferred } => {
+            let client = Client::new(rpc_chain(&cli), wallet(&cli)?);
+            client.compare(&parse_address(a)?, &parse_address(b)?, &parse_address(preferred)?).await?;
+            done(
+                &cli,
+                json!({ "compared": [a, b], "preferred": preferred }),
+                &format!("compared; preferred {preferred}"),
+            );
+            Ok(())
+        }
+        Command::Reclaim { request } => {
+            let client = Client::new(rpc_chain(&cli), wallet(&cli)?);
+            let refund = client.request(&parse_address(request)?).await?.reclaim().await?;
+            done(
+                &cli,
+                json!({ "reclaimed": request, "refund": refund }),
+                &format!("reclaimed {} lamports", lamports(refund)),
+            );
+            Ok(())
+        }
+        Command::Close { request } => {
+            let client = Client::new(rpc_chain(&cli), wallet(&cli)?);
+            let returned = client.request(&parse_address(request)?).await?.close().await?;
+            done(
+                &cli,
+                json!({ "closed": request, "returned": returned }),
+                &format!("closed; {} lamports back", lamports(returned)),
+            );
+            Ok(())
+        }
+        Command::Server { command: ServerCommand::Run(args) } => serve(&cli, args).await,
+    }
+}
+
+fn done(cli: &Cli, value: serde_json::Value, text: &str) {
+    if cli.json { print_json(&value) } else { println!("{text}") }
+}
+
+fn server_json(info: &chainference_client::ServerInfo) -> serde_json::Value {
+    json!({
+        "authority": info.authority.to_string(),
+        "price_per_mtok": info.price,
+        "active": info.active,
+        "completed": info.stats.completed,
+        "flagged": info.stats.flagged,
+        "timed_out": info.stats.timed_out,
+        "released": info.stats.released,
+        "success_bps": info.success_bps,
+        "preference_bps": info.preference_bps,
+        "endpoint": info.endpoint,
+    })
+}
+
+fn localnet(args: &[String]) -> Result<()> {
+    let cache = std::env::var_os("CHAINFERENCE_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/chainference"),
+        PathBuf::from,
+    );
+    let tool = std::env::var_os("CHAINFERENCE_LOCALNET_BIN")
+        .map_or_else(|| cache.join("tools/bin/chainference-localnet"), PathBuf::from);
+    if !tool.is_file() {
+        bail!(
+            "{} is not built yet: run `cargo xtask localnet` once (it builds the validator, ~20 min)",
+            tool.display()
+        );
+    }
+    let program =
+        std::env::var_os("CHAINFERENCE_PROGRAM_SO").map_or_else(chainference_chain::program_so_path, PathBuf::from);
+    let mut command = std::process::Command::new(&tool);
+    command.arg("--program").arg(&program);
+    if !args.iter().any(|a| a == "--ledger") {
+        command.arg("--ledger").arg(cache.join("localnet-ledger"));
+    }
+    let status = command.args(args).status().with_context(|| format!("starting {}", tool.display()))?;
+    if !status.success() {
+        bail!("the validator exited with {status}");
+    }
+    Ok(())
+}
+
+async fn ask(cli: &Cli, args: &AskArgs) -> Result<()> {
+    let prompt = match args.prompt.as_deref() {
+        Some(text) if text != "-" => text.to_string(),
+        _ => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).context("reading the prompt from stdin")?;
+            text
+        }
+    };
+    if prompt.trim().is_empty() {
+        bail!("the prompt is empty");
+    }
+    let chain = rpc_chain(cli);
+    let wallet = wallet(cli)?;
+    airdrop(&chain, &wallet.pubkey(), args.airdrop).await?;
+    let client = Client::new(Arc::clone(&chain), wallet);
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(chainference_client::ChatMessage::new(chainference_client::Role::System, system.clone()));
+    }
+    messages.push(chainference_client::ChatMessage::new(chainference_client::Role::User, prompt));
+    let mut request = Ask::chat(args.model.clone(), messages).max_tokens(args.max_tokens).temperature(args.temperature);
+    if args.timeout > 0 {
+        request = request.timeout_secs(args.timeout);
+    }
+    if let Some(stake) = args.max_cost {
+        request = request.stake(stake);
+    }
+    request = if args.servers.is_empty() {
+        request.best(args.best, if args.cheapest { Policy::Cheapest } else { Policy::MostReliable })
+    } else {
+        request.to_servers(args.servers.iter().map(|s| parse_address(s)).collect::<Result<Vec<_>>>()?)
+    };
+    let pending = client.ask(request).await?;
+    if !cli.json {
+        eprintln!("request {} sent (stake {} lamports)", pending.address(), lamports(pending.stake()));
+    }
+    let mut events = pending.events();
+    let mut text = String::new();
+    let receipt = loop {
+        let Some(event) = tokio::time::timeout(Duration::from_secs(3_600), events.next()).await? else {
+            bail!("the answer stream ended");
+        };
+        match event? {
+            AnswerEvent::Text(piece) => {
+                if !cli.json {
+                    print!("{piece}");
+                    std::io::stdout().flush().ok();
+                }
+                text.push_str(&piece);
+            }
+            AnswerEvent::Restarted { server } => {
+                text.clear();
+                if !cli.json {
+                    eprintln!("\n[{server} released the request; another server starts over]");
+                }
+            }
+            AnswerEvent::Completed(receipt) => break receipt,
+            _ => {}
+        }
+    };
+    if cli.json {
+        print_json(&json!({
+            "request": pending.address().to_string(),
+            "server": receipt.server.to_string(),
+            "answer": text,
+            "tokens": receipt.tokens,
+            "price_per_mtok": receipt.price_per_mtok,
+            "cost": receipt.cost,
+            "fee": receipt.fee,
+            "refund": receipt.refund,
+            "rent_locked": receipt.rent_locked,
+            "transaction_fees": receipt.transaction_fees,
+        }));
+    } else {
+        println!();
+        eprintln!(
+            "{} tokens billed by {}: {} lamports ({} refunded); close it with `chainference close {}` to get {} lamports of rent back",
+            receipt.tokens,
+            receipt.server,
+            lamports(receipt.cost),
+            lamports(receipt.refund),
+            pending.address(),
+            lamports(receipt.rent_locked)
+        );
+    }
+    Ok(())
+}
+
+async fn serve(cli: &Cli, args: &ServerRunArgs) -> Result<()> {
+    let chain = rpc_chain(cli);
+    let wallet = wallet(cli)?;
+    airdrop(&chain, &wallet.pubkey(), args.airdrop).await?;
+    let model = load_model(args.model_file.clone())?;
+    let handle = Server::builder(Arc::clone(&chain), wallet, model)
+        .price(args.price)
+        .endpoint(args.endpoint.clone())
+        .flush_interval(Duration::from_millis(args.flush_ms.max(1)))
+        .max_concurrent(args.concurrency)
+        .start()
+        .await?;
+    let mut events = handle.events();
+    eprintln!(
+        "serving as {} at {} lamports per million tokens; Ctrl-C to stop",
+        handle.authority(),
+        lamports(args.price)
+    );
+    let json = cli.json;
+    let printer = tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            if json {
+                println!("{}", json!({ "event": format!("{event:?}") }));
+                continue;
+            }
+            match event {
+                ServerEvent::Locked { request, budget } => eprintln!("locked {request} (budget {budget} tokens)"),
+                ServerEvent::Completed { request, tokens, earned, transactions } => {
+                    eprintln!(
+                        "completed {request}: {tokens} tokens, earned {} lamports, {transactions} transactions",
+                        lamports(earned)
+                    );
+                }
+                ServerEvent::Released { request, reason } => eprintln!("released {request}: {reason:?}"),
+                ServerEvent::Failed { request, error } => eprintln!("failed {request}: {error}"),
+                ServerEvent::LostRace { request } => eprintln!("another server locked {request} first"),
+                _ => {}
+            }
+        }
+    });
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    eprintln!("stopping: finishing or releasing in-flight requests");
+    let counters = handle.shutdown().await?;
+    printer.abort();
+    done(
+        cli,
+        json!({ "completed": counters.completed, "released": counters.released, "earned": counters.earned, "fees_paid": counters.fees_paid }),
+        &format!("served {} requests, earned {} lamports", counters.completed, lamports(counters.earned)),
+    );
+    Ok(())
+}
