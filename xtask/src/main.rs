@@ -575,7 +575,18 @@ fn rpc_tests() -> Result {
     setup_localnet()?;
     let so = root().join("target/deploy/chainference_program.so");
     stage("rpc tests against a real validator", || {
-        let selection = ["test", "--workspace", "--features", RPC_FEATURES, "--test", "conformance", "--test", "rpc"];
+        let selection = [
+            "test",
+            "--workspace",
+            "--features",
+            RPC_FEATURES,
+            "--test",
+            "conformance",
+            "--test",
+            "rpc",
+            "--test",
+            "cli",
+        ];
         // Build first: a validator left idle while cargo compiles on the same 2 cores falls
         // behind and can crash (agave's broadcast stage panicked on a frozen bank here).
         run(cargo().args(selection).arg("--no-run").env("CHAINFERENCE_PROGRAM_SO", &so))?;

@@ -143,18 +143,21 @@ fn print_json(value: &serde_json::Value) {
 
 /// A hint for an error a user can act on.
 pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
-    if let Some(client) = err.downcast_ref::<ClientError>() {
-        return match client {
-            ClientError::InsufficientFunds { .. } => {
-                Some("fund the wallet (on a local validator: --airdrop 1), or lower --max-tokens / --max-cost")
-            }
-            ClientError::NoServerOffersModel { .. } => {
-                Some("start one with `chainference server run`, or check --model")
-            }
-            ClientError::AllServersExcluded { .. } => Some("see `chainference servers` for why, and relax the filters"),
-            ClientError::DeadlinePassed { .. } => Some("reclaim the stake with `chainference reclaim <request>`"),
-            _ => None,
-        };
+    let specific = match err.downcast_ref::<ClientError>() {
+        Some(ClientError::InsufficientFunds { .. }) => {
+            Some("fund the wallet (on a local validator: --airdrop 1), or lower --max-tokens / --max-cost")
+        }
+        Some(ClientError::NoServerOffersModel { .. }) => {
+            Some("start one with `chainference server run`, or check --model")
+        }
+        Some(ClientError::AllServersExcluded { .. }) => {
+            Some("see `chainference servers` for why, and relax the filters")
+        }
+        Some(ClientError::DeadlinePassed { .. }) => Some("reclaim the stake with `chainference reclaim <request>`"),
+        _ => None,
+    };
+    if specific.is_some() {
+        return specific;
     }
     let text = format!("{err:#}");
     if text.contains("Connection refused") || text.contains("error sending request") || text.contains("connect") {

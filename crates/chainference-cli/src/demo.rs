@@ -95,14 +95,23 @@ async fn stream_answer(
     bail!("the answer stream ended without a settlement")
 }
 
+/// How a request ended.
+enum Ending<'a> {
+    Completed(&'a chainference_client::Receipt),
+    /// Reclaimed after the deadline, with the refund.
+    Reclaimed(u64),
+}
+
 async fn settle_row(
     chain: &EmbeddedChain,
-    label: &str,
-    server: &str,
+    (label, server): (&str, &str),
     request: &PendingRequest<Arc<EmbeddedChain>>,
-    receipt: Option<&chainference_client::Receipt>,
-    reclaimed_refund: u64,
+    ending: Ending<'_>,
 ) -> Result<Settled> {
+    let (receipt, reclaimed_refund) = match ending {
+        Ending::Completed(receipt) => (Some(receipt), 0),
+        Ending::Reclaimed(refund) => (None, refund),
+    };
     // Settled: the escrow is paid out, what the request account still holds is its rent.
     let rent_locked = chain.balance(&request.address()).await?;
     let returned = request.close().await?;
@@ -186,10 +195,10 @@ pub async fn run() -> Result<()> {
         lamports(receipt.cost),
         sent.elapsed().as_secs_f64()
     );
-    table.push(settle_row(&chain, "France → alpha", "alpha", &request, Some(&receipt), 0).await?);
+    table.push(settle_row(&chain, ("France → alpha", "alpha"), &request, Ending::Completed(&receipt)).await?);
 
     // 4. The same prompt to both good servers, as two unlinkable requests; compare and flag.
-    let compared = "Name the three primary colors.";
+    let compared = "What is the largest planet in the solar system?";
     println!("[5/6] the same prompt to alpha and beta (two unlinkable requests; neither can tell): \"{compared}\"");
     let (to_alpha, to_beta) =
         client.ask_pair(Ask::chat(&model_id, chat(compared)).max_tokens(256), alpha, beta).await?;
@@ -233,9 +242,9 @@ pub async fn run() -> Result<()> {
         "      gamma locked it and went silent; {wait} s later (the clock advanced) the deadline passed and the client reclaimed {} lamports",
         lamports(refund)
     );
-    table.push(settle_row(&chain, "colors → alpha", "alpha", &to_alpha, Some(&alpha_receipt), 0).await?);
-    table.push(settle_row(&chain, "colors → beta", "beta", &to_beta, Some(&beta_receipt), 0).await?);
-    table.push(settle_row(&chain, "haiku → gamma", "gamma", &stalled, None, refund).await?);
+    table.push(settle_row(&chain, ("planet → alpha", "alpha"), &to_alpha, Ending::Completed(&alpha_receipt)).await?);
+    table.push(settle_row(&chain, ("planet → beta", "beta"), &to_beta, Ending::Completed(&beta_receipt)).await?);
+    table.push(settle_row(&chain, ("haiku → gamma", "gamma"), &stalled, Ending::Reclaimed(refund)).await?);
 
     // Settlement and reputation.
     println!("\nSettlement (lamports)");
