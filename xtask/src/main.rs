@@ -712,7 +712,7 @@ fn openai_tests() -> Result {
 fn json_number(line: &str, name: &str) -> Option<f64> {
     let key = format!("\"{name}\":");
     let (_, rest) = line.split_once(&key)?;
-    rest.split(|c: char| c == ',' || c == '}').next()?.trim().parse().ok()
+    rest.split([',', '}']).next()?.trim().parse().ok()
 }
 
 fn bench_line(cmd: &mut Command) -> Result<String> {
