@@ -53,7 +53,7 @@ const LLAMA_CPP_PYTHON_VERSION: &str = "0.3.16";
 /// The model name the test server answers to.
 const LLAMA_MODEL_ALIAS: &str = "smollm2";
 /// Features the RPC tests need, on top of the workspace defaults.
-const RPC_FEATURES: &str = "chainference-chain/rpc,chainference-client/rpc";
+const RPC_FEATURES: &str = "chainference-chain/rpc,chainference-client/rpc,chainference-server/hub";
 
 type Result<T = ()> = std::result::Result<T, String>;
 

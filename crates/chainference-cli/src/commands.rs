@@ -37,6 +37,10 @@ pub struct AskArgs {
     /// Servers to allow, by authority address (default: the most reliable eligible one).
     #[arg(long, value_delimiter = ',')]
     pub servers: Vec<String>,
+    /// Send the same prompt to the two --servers as two unlinkable requests, for
+    /// `chainference compare` (neither server can tell).
+    #[arg(long)]
+    pub pair: bool,
     /// How many servers to allow when choosing automatically.
     #[arg(long, default_value_t = 1)]
     pub best: usize,
@@ -172,7 +176,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Demo => crate::demo::run().await,
         Command::Completions { .. } => Ok(()),
         Command::Gateway(args) => crate::gateway::run(&cli, args).await,
-        Command::Localnet { args } => localnet(args),
+        Command::Localnet { args } => localnet(args).await,
         Command::Keygen { out, force } => {
             let path = out.clone().unwrap_or_else(default_keypair_path);
             let keypair = Keypair::new();
@@ -309,7 +313,10 @@ fn server_json(info: &chainference_client::ServerInfo) -> serde_json::Value {
     })
 }
 
-fn localnet(args: &[String]) -> Result<()> {
+/// Runs the validator tool with the program deployed, and initializes the protocol's config
+/// (defaults, signed by the deploy's admin) once it is up, so clients and servers can use it at
+/// once.
+async fn localnet(args: &[String]) -> Result<()> {
     let cache = std::env::var_os("CHAINFERENCE_CACHE").map_or_else(
         || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/chainference"),
         PathBuf::from,
@@ -324,16 +331,70 @@ fn localnet(args: &[String]) -> Result<()> {
     }
     let program =
         std::env::var_os("CHAINFERENCE_PROGRAM_SO").map_or_else(chainference_chain::program_so_path, PathBuf::from);
-    let mut command = std::process::Command::new(&tool);
+    let mut command = tokio::process::Command::new(&tool);
     command.arg("--program").arg(&program);
     if !args.iter().any(|a| a == "--ledger") {
         command.arg("--ledger").arg(cache.join("localnet-ledger"));
     }
-    let status = command.args(args).status().with_context(|| format!("starting {}", tool.display()))?;
-    if !status.success() {
-        bail!("the validator exited with {status}");
+    let ready = match args.iter().position(|a| a == "--ready-file") {
+        Some(i) => PathBuf::from(args.get(i.saturating_add(1)).context("--ready-file needs a path")?),
+        None => {
+            let ready = cache.join(format!("localnet-ready-{}.json", std::process::id()));
+            command.arg("--ready-file").arg(&ready);
+            ready
+        }
+    };
+    let _ = std::fs::remove_file(&ready);
+    let mut child =
+        command.args(args).kill_on_drop(true).spawn().with_context(|| format!("starting {}", tool.display()))?;
+    let line = loop {
+        if let Ok(line) = std::fs::read_to_string(&ready) {
+            break line;
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the validator exited with {status} before it was ready");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let info: serde_json::Value = serde_json::from_str(&line).context("the validator's ready line")?;
+    let (Some(url), Some(admin)) =
+        (info.get("rpc_url").and_then(|v| v.as_str()), info.get("admin_keypair").and_then(|v| v.as_str()))
+    else {
+        bail!("the ready line lacks rpc_url or admin_keypair: {line}");
+    };
+    let chain = RpcChain::connect(url);
+    if ensure_config(&chain, &read_keypair(Path::new(admin))?).await? {
+        eprintln!("config initialized with the defaults (admin {admin})");
+    }
+    eprintln!("ready: --rpc {url} (Ctrl-C stops the validator)");
+    tokio::select! {
+        status = child.wait() => {
+            let status = status?;
+            if !status.success() {
+                bail!("the validator exited with {status}");
+            }
+        }
+        _ = tokio::signal::ctrl_c() => {
+            let _ = child.kill().await;
+        }
     }
     Ok(())
+}
+
+/// Initializes the protocol config with the defaults if it is not yet; `true` if it did.
+pub async fn ensure_config(chain: &RpcChain, admin: &Keypair) -> Result<bool> {
+    let program = chainference_core::builders::Program::default();
+    if chain.account(&chainference_chain::address(&program.config)).await?.is_some() {
+        return Ok(false);
+    }
+    chain.airdrop(&admin.pubkey(), 1_000_000_000).await?;
+    let init = chainference_core::builders::init_config(
+        &program,
+        &admin.pubkey().to_bytes(),
+        chainference_core::state::ConfigParams::default(),
+    );
+    chain.send(&[chainference_chain::instruction(init)], &[admin]).await?;
+    Ok(true)
 }
 
 async fn ask(cli: &Cli, args: &AskArgs) -> Result<()> {
@@ -363,6 +424,9 @@ async fn ask(cli: &Cli, args: &AskArgs) -> Result<()> {
     }
     if let Some(stake) = args.max_cost {
         request = request.stake(stake);
+    }
+    if args.pair {
+        return ask_pair(cli, &client, request, &args.servers).await;
     }
     request = if args.servers.is_empty() {
         request.best(args.best, if args.cheapest { Policy::Cheapest } else { Policy::MostReliable })
@@ -420,6 +484,35 @@ async fn ask(cli: &Cli, args: &AskArgs) -> Result<()> {
             lamports(receipt.refund),
             pending.address(),
             lamports(receipt.rent_locked)
+        );
+    }
+    Ok(())
+}
+
+async fn ask_pair(cli: &Cli, client: &Client<Arc<RpcChain>>, request: Ask, servers: &[String]) -> Result<()> {
+    let [first, second] = servers else { bail!("--pair needs exactly two --servers (a,b)") };
+    let (a, b) = client.ask_pair(request, parse_address(first)?, parse_address(second)?).await?;
+    let mut answers = Vec::new();
+    for pending in [&a, &b] {
+        let answer = tokio::time::timeout(Duration::from_secs(3_600), pending.wait()).await??;
+        if !cli.json {
+            println!("{} from {}:\n{}\n", pending.address(), answer.receipt.server, answer.text);
+        }
+        answers.push(json!({
+            "request": pending.address().to_string(),
+            "server": answer.receipt.server.to_string(),
+            "answer": answer.text,
+            "tokens": answer.receipt.tokens,
+            "cost": answer.receipt.cost,
+        }));
+    }
+    if cli.json {
+        print_json(&json!({ "pair": answers }));
+    } else {
+        eprintln!(
+            "compare them with `chainference compare {} {} --preferred <the better one>`",
+            a.address(),
+            b.address()
         );
     }
     Ok(())

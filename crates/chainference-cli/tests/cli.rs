@@ -104,6 +104,27 @@ fn a_missing_validator_gets_a_hint() {
     assert!(stderr.contains("error:") && stderr.contains("chainference localnet"), "{stderr}");
 }
 
+/// Initializes the protocol config as `chainference localnet` does, when the validator was
+/// started by the test harness (`CHAINFERENCE_LOCALNET_ADMIN` names its admin keypair).
+fn configure(rpc: &str) {
+    use chainference_chain::{Chain, RpcChain, Signer};
+    use chainference_core::builders::{self, Program};
+    let Ok(admin) = std::env::var("CHAINFERENCE_LOCALNET_ADMIN") else { return };
+    let bytes: Vec<u8> = serde_json::from_str(&std::fs::read_to_string(admin).unwrap()).unwrap();
+    let admin = chainference_chain::Keypair::try_from(bytes.as_slice()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let chain = RpcChain::connect(rpc);
+        let program = Program::default();
+        if chain.account(&chainference_chain::address(&program.config)).await.unwrap().is_some() {
+            return;
+        }
+        chain.airdrop(&admin.pubkey(), 1_000_000_000).await.unwrap();
+        let init = builders::init_config(&program, &admin.pubkey().to_bytes(), Default::default());
+        let _ = chain.send(&[chainference_chain::instruction(init)], &[&admin]).await;
+    });
+}
+
 /// A `chainference server run` process, stopped with Ctrl-C (SIGINT) when dropped.
 struct ServerProcess(Child);
 
@@ -125,8 +146,10 @@ impl Drop for ServerProcess {
 #[test]
 fn every_subcommand_against_a_real_validator() {
     let Some(rpc) = rpc_url() else { return };
+    configure(&rpc);
     let dir = scratch("rpc");
     let (server_key, server_address) = keygen(&dir, "server");
+    let (second_key, second_address) = keygen(&dir, "second");
     let (client_key, _) = keygen(&dir, "client");
     let (broke_key, _) = keygen(&dir, "broke");
     let with = |key: &str, args: &[&str]| {
@@ -135,8 +158,9 @@ fn every_subcommand_against_a_real_validator() {
         run(&all)
     };
 
-    // No server yet: a clear error with a hint.
-    let none = with(&client_key, &["ask", "hello", "--airdrop", "1"]);
+    // Nobody serves this model: a clear error with a hint. (Other tests' servers may share the
+    // validator, so everything below names its servers.)
+    let none = with(&client_key, &["ask", "hello", "--airdrop", "1", "--model", "nobody/serves-this:Q8_0"]);
     assert!(!none.status.success());
     let stderr = String::from_utf8_lossy(&none.stderr);
     assert!(stderr.contains("hint:") && stderr.contains("server run"), "{stderr}");
@@ -151,16 +175,18 @@ fn every_subcommand_against_a_real_validator() {
             .unwrap(),
     );
     let started = Instant::now();
-    let listed = loop {
+    let find = |listed: &Value, authority: &str| {
+        listed["eligible"].as_array().and_then(|e| e.iter().find(|s| s["authority"] == authority).cloned())
+    };
+    let ours = loop {
         let listed = json_of(&with(&client_key, &["servers", "--json"]));
-        if listed["eligible"].as_array().is_some_and(|e| !e.is_empty()) {
-            break listed;
+        if let Some(ours) = find(&listed, &server_address) {
+            break ours;
         }
         assert!(started.elapsed() < Duration::from_secs(120), "the server never registered: {listed}");
         std::thread::sleep(Duration::from_millis(500));
     };
-    assert_eq!(listed["eligible"][0]["authority"], server_address.as_str());
-    assert_eq!(listed["eligible"][0]["price_per_mtok"], 2_000_000);
+    assert_eq!(ours["price_per_mtok"], 2_000_000);
 
     // Ask (streams; --json prints the settlement), then history, flag, close.
     let answer = json_of(&with(
@@ -173,6 +199,8 @@ fn every_subcommand_against_a_real_validator() {
             "You are a helpful assistant.",
             "--max-tokens",
             "256",
+            "--servers",
+            &server_address,
         ],
     ));
     assert_eq!(answer["answer"], "The capital of France is Paris.");
@@ -193,6 +221,46 @@ fn every_subcommand_against_a_real_validator() {
     assert_eq!(flagged["flagged"], request.as_str());
     let closed = json_of(&with(&client_key, &["--json", "close", &request]));
     assert!(closed["returned"].as_u64().unwrap() > 0);
+
+    // A second server, the same prompt to both (unlinkable), and a comparison.
+    let second = ServerProcess(
+        bin()
+            .args(["--rpc", &rpc, "--keypair", &second_key, "server", "run", "--price", "3000000", "--airdrop", "10"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while find(&json_of(&with(&client_key, &["servers", "--json"])), &second_address).is_none() {
+        assert!(started.elapsed() < Duration::from_secs(120), "the second server never registered");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let servers = format!("{server_address},{second_address}");
+    let pair = json_of(&with(
+        &client_key,
+        &[
+            "--json",
+            "ask",
+            "What is the capital of France?",
+            "--system",
+            "You are a helpful assistant.",
+            "--pair",
+            "--servers",
+            &servers,
+        ],
+    ));
+    let (a, b) = (pair["pair"][0]["request"].as_str().unwrap(), pair["pair"][1]["request"].as_str().unwrap());
+    assert_eq!(pair["pair"][0]["server"], server_address.as_str());
+    assert_eq!(pair["pair"][1]["server"], second_address.as_str());
+    assert_eq!(pair["pair"][0]["answer"], pair["pair"][1]["answer"]);
+    let compared = json_of(&with(&client_key, &["--json", "compare", a, b, "--preferred", b]));
+    assert_eq!(compared["preferred"], b);
+    let servers = json_of(&with(&client_key, &["servers", "--json"]));
+    let preferred =
+        servers["eligible"].as_array().unwrap().iter().find(|s| s["authority"] == second_address.as_str()).unwrap();
+    assert_eq!(preferred["preference_bps"], 10_000, "{servers}");
+    drop(second);
 
     // A wallet with nothing in it is told how much is missing and what to do.
     let broke = with(&broke_key, &["ask", "hello"]);

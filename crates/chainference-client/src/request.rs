@@ -19,7 +19,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
-use crate::discovery::{Policy, ServerInfo, ServerQuery};
+use crate::discovery::{Exclusion, Policy, ServerInfo, ServerQuery};
 use crate::{Client, ClientError};
 
 /// Bytes left free in the opening transaction for the signature, header and blockhash slack.
@@ -410,7 +410,9 @@ async fn choose_servers<C: Chain + 'static>(
             }
             let discovery = client.servers(&query).await?;
             if discovery.eligible.is_empty() {
-                if discovery.excluded.is_empty() {
+                // Servers that do not offer the model at all are not "excluded" to a user.
+                let offering = discovery.excluded.iter().filter(|(_, why)| !why.contains(&Exclusion::ModelNotOffered));
+                if offering.count() == 0 {
                     return Err(ClientError::NoServerOffersModel { model: model.to_string() });
                 }
                 return Err(ClientError::AllServersExcluded {

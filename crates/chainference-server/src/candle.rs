@@ -41,6 +41,72 @@ pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub enum ModelSource {
     /// A GGUF file on disk.
     Path(PathBuf),
+    /// A GGUF file in a Hugging Face Hub repository (feature `hub`): read from the local hub
+    /// cache, or downloaded into it by [`ModelSource::fetch`].
+    #[cfg(feature = "hub")]
+    Hub {
+        /// `owner/name`.
+        repo: String,
+        /// The file in the repository.
+        file: String,
+        /// Branch, tag or commit (`main` by default in [`ModelSource::hub`]).
+        revision: String,
+        /// The hub cache (default: `$HF_HOME/hub`, else `~/.cache/huggingface/hub`).
+        cache_dir: Option<PathBuf>,
+    },
+}
+
+#[cfg(feature = "hub")]
+impl ModelSource {
+    /// `file` of `repo` at `main`, in the default hub cache.
+    pub fn hub(repo: impl Into<String>, file: impl Into<String>) -> Self {
+        ModelSource::Hub { repo: repo.into(), file: file.into(), revision: "main".into(), cache_dir: None }
+    }
+
+    fn hub_repo(repo: &str, revision: &str) -> hf_hub::Repo {
+        hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, revision.to_string())
+    }
+
+    fn hub_cache(cache_dir: Option<&PathBuf>) -> hf_hub::Cache {
+        cache_dir.map_or_else(hf_hub::Cache::from_env, |dir| hf_hub::Cache::new(dir.clone()))
+    }
+
+    /// The file on disk: a path as it is; a hub file from the cache, downloading it first when
+    /// it is not there (the only network access, and only for a `Hub` source).
+    pub async fn fetch(&self) -> Result<ModelSource, BackendError> {
+        let ModelSource::Hub { repo, file, revision, cache_dir } = self else { return Ok(self.clone()) };
+        if let Some(path) = Self::hub_cache(cache_dir.as_ref()).repo(Self::hub_repo(repo, revision)).get(file) {
+            return Ok(ModelSource::Path(path));
+        }
+        let mut builder = hf_hub::api::tokio::ApiBuilder::from_env();
+        if let Some(dir) = cache_dir {
+            builder = builder.with_cache_dir(dir.clone());
+        }
+        let api = builder.build().map_err(|e| BackendError::Load(format!("hub client: {e}")))?;
+        let path = api
+            .repo(Self::hub_repo(repo, revision))
+            .get(file)
+            .await
+            .map_err(|e| BackendError::Load(format!("downloading {file} from {repo}@{revision}: {e}")))?;
+        Ok(ModelSource::Path(path))
+    }
+}
+
+impl ModelSource {
+    /// The local file, without network: hub files must be in the cache (see `fetch`).
+    fn local_path(&self) -> Result<PathBuf, BackendError> {
+        match self {
+            ModelSource::Path(path) => Ok(path.clone()),
+            #[cfg(feature = "hub")]
+            ModelSource::Hub { repo, file, revision, cache_dir } => {
+                Self::hub_cache(cache_dir.as_ref()).repo(Self::hub_repo(repo, revision)).get(file).ok_or_else(|| {
+                    BackendError::Load(format!(
+                        "{file} of {repo}@{revision} is not in the hub cache; `ModelSource::fetch` downloads it"
+                    ))
+                })
+            }
+        }
+    }
 }
 
 impl ModelSource {
@@ -97,7 +163,7 @@ impl CandleBackend {
 
     /// Loads `source` as `config` says.
     pub fn load_with(source: &ModelSource, config: &CandleConfig) -> Result<Self, BackendError> {
-        let ModelSource::Path(path) = source;
+        let path = &source.local_path()?;
         let mut file = std::fs::File::open(path).map_err(|e| {
             BackendError::Load(format!("{}: {e} (run `cargo xtask setup` to fetch the model)", path.display()))
         })?;
@@ -397,7 +463,8 @@ impl Worker {
             return Ok(());
         }
         let mut generated: Vec<u32> = Vec::new();
-        let mut shown = 0usize;
+        // `generated[prefix_offset..read_offset]` was shown last; what follows is not shown yet.
+        let (mut prefix_offset, mut read_offset) = (0usize, 0usize);
         let mut pending_tokens = 0u32;
         let mut finish = FinishReason::Length;
         while u32::try_from(generated.len()).unwrap_or(u32::MAX) < limit {
@@ -414,11 +481,19 @@ impl Worker {
             }
             generated.push(next);
             pending_tokens = pending_tokens.saturating_add(1);
-            // Decode everything so far and show what is new, holding back a split character.
-            let text = self.tokenizer.decode(&generated, false).map_err(|e| BackendError::Tokenizer(e.to_string()))?;
-            if text.len() > shown && !text.ends_with('\u{fffd}') {
-                let piece = text.get(shown..).unwrap_or_default().to_string();
-                shown = text.len();
+            // Decode only a short window (what was shown last plus the new tokens) and show
+            // what is new, holding back a split character: constant work per token however long
+            // the answer grows.
+            let decode =
+                |ids: &[u32]| self.tokenizer.decode(ids, false).map_err(|e| BackendError::Tokenizer(e.to_string()));
+            let window = generated.get(prefix_offset..).unwrap_or_default();
+            let shown_window = generated.get(prefix_offset..read_offset).unwrap_or_default();
+            let text = decode(window)?;
+            let before = decode(shown_window)?;
+            if text.len() > before.len() && !text.ends_with('\u{fffd}') {
+                let piece = text.get(before.len()..).unwrap_or_default().to_string();
+                prefix_offset = read_offset;
+                read_offset = generated.len();
                 let event = GenerationEvent::Text { text: piece, tokens: pending_tokens };
                 pending_tokens = 0;
                 if self.sender.blocking_send(Ok(event)).is_err() {
@@ -433,8 +508,11 @@ impl Worker {
             logits = self.weights.forward(&input, position).and_then(|l| l.squeeze(0)).map_err(infer)?;
         }
         if pending_tokens > 0 {
-            let text = self.tokenizer.decode(&generated, false).map_err(|e| BackendError::Tokenizer(e.to_string()))?;
-            let piece = text.get(shown..).unwrap_or_default().to_string();
+            let decode =
+                |ids: &[u32]| self.tokenizer.decode(ids, false).map_err(|e| BackendError::Tokenizer(e.to_string()));
+            let text = decode(generated.get(prefix_offset..).unwrap_or_default())?;
+            let before = decode(generated.get(prefix_offset..read_offset).unwrap_or_default())?;
+            let piece = text.get(before.len()..).unwrap_or_default().to_string();
             let _ = self.sender.blocking_send(Ok(GenerationEvent::Text { text: piece, tokens: pending_tokens }));
         }
         let completion_tokens = u32::try_from(generated.len()).unwrap_or(u32::MAX);

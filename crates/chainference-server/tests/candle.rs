@@ -82,3 +82,43 @@ async fn the_candle_backend_conforms() {
     assert!(report.failures.is_empty(), "{report:?}");
     assert_eq!(report.passed.len(), 6);
 }
+
+/// The hub source, from a local hub cache only (nothing downloads here): the cache layout the
+/// `huggingface_hub` tools write (`models--owner--name/refs/<revision>` naming a snapshot).
+#[cfg(feature = "hub")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_source_loads_from_the_local_hub_cache() {
+    let ModelSource::Path(local) = ModelSource::default_model() else { panic!("the default model is a path") };
+    let cache = std::env::temp_dir().join(format!("chainference-hub-{}", std::process::id()));
+    let repo_dir = cache.join("models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF");
+    let snapshot = repo_dir.join("snapshots/0123456789abcdef");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::write(repo_dir.join("refs/main"), "0123456789abcdef").unwrap();
+    let file = "SmolLM2-135M-Instruct.Q4_1.gguf";
+    let _ = std::fs::remove_file(snapshot.join(file));
+    std::os::unix::fs::symlink(&local, snapshot.join(file)).unwrap();
+
+    let source = ModelSource::Hub {
+        repo: "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF".into(),
+        file: file.into(),
+        revision: "main".into(),
+        cache_dir: Some(cache.clone()),
+    };
+    let fetched = source.fetch().await.unwrap();
+    assert_eq!(fetched, ModelSource::Path(snapshot.join(file)));
+    let model = CandleBackend::load(&source).unwrap();
+    let (text, _) = model.complete(france(64)).await.unwrap();
+    assert_eq!(text, "The capital of France is Paris.");
+
+    // A file the cache lacks is a clear error from `load` (which never downloads).
+    let missing = ModelSource::Hub {
+        repo: "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF".into(),
+        file: "absent.gguf".into(),
+        revision: "main".into(),
+        cache_dir: Some(cache.clone()),
+    };
+    let Err(err) = CandleBackend::load(&missing) else { panic!("loaded a file that is not there") };
+    assert!(err.to_string().contains("not in the hub cache"), "{err}");
+    let _ = std::fs::remove_dir_all(&cache);
+}
