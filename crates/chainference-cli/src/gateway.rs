@@ -253,6 +253,8 @@ struct ChatRequest {
     seed: Option<u64>,
     stream: bool,
     include_usage: bool,
+    /// The billable budget: `max_tokens` plus the gateway's prompt allowance.
+    budget: u32,
 }
 
 fn parse_request(body: &[u8], default_max_tokens: u32) -> Result<ChatRequest, ApiError> {
@@ -317,7 +319,7 @@ fn parse_request(body: &[u8], default_max_tokens: u32) -> Result<ChatRequest, Ap
     };
     let stream = value.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let include_usage = value.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
-    Ok(ChatRequest { model, messages, max_tokens, temperature, seed, stream, include_usage })
+    Ok(ChatRequest { model, messages, max_tokens, temperature, seed, stream, include_usage, budget: max_tokens })
 }
 
 async fn chat_completions(
@@ -339,8 +341,9 @@ async fn chat_completions(
             ApiError::invalid(rejection.body_text(), None)
         }
     })?;
-    let request = parse_request(&body, gateway.default_max_tokens)?;
-    let budget = request.max_tokens.saturating_add(gateway.prompt_allowance);
+    let mut request = parse_request(&body, gateway.default_max_tokens)?;
+    request.budget = request.max_tokens.saturating_add(gateway.prompt_allowance);
+    let budget = request.budget;
     let mut ask = Ask::chat(request.model.clone(), request.messages.clone())
         .max_tokens(budget)
         .max_completion_tokens(request.max_tokens)
@@ -355,9 +358,20 @@ async fn chat_completions(
     if request.stream {
         return Ok(stream_response(gateway, pending, request, id, created).into_response());
     }
-    let answer = pending.wait().await?;
+    // In its own task, so a caller who hangs up does not strand the request: it still settles
+    // and closes.
+    let chain = Arc::clone(&gateway.chain);
+    let waited = tokio::spawn(async move {
+        let answer = pending.wait().await;
+        settle_later(chain, pending);
+        answer
+    });
+    let answer = waited
+        .await
+        .map_err(|err| upstream(ClientError::Invalid(format!("the request task failed: {err}"))))?
+        .map_err(upstream)?;
     let usage = usage(&gateway, &request.messages, answer.receipt.tokens).await;
-    let finish = if usage.1 >= u64::from(request.max_tokens) { "length" } else { "stop" };
+    let finish = finish_reason(&gateway, usage, request.max_tokens, budget);
     let body = json!({
         "id": id,
         "object": "chat.completion",
@@ -367,7 +381,6 @@ async fn chat_completions(
         "usage": usage_json(usage),
         "chainference": receipt_json(&answer.receipt),
     });
-    close_later(pending);
     Ok(axum::Json(body).into_response())
 }
 
@@ -379,6 +392,28 @@ async fn usage(gateway: &Gateway, messages: &[ChatMessage], billed: u64) -> (u64
         None => 0,
     };
     (prompt, billed.saturating_sub(prompt), billed)
+}
+
+/// "length" when the answer used its whole allowance: the completion tokens when the gateway
+/// can split the bill, else the whole budget.
+fn finish_reason(
+    gateway: &Gateway,
+    (_, completion, total): (u64, u64, u64),
+    max_tokens: u32,
+    budget: u32,
+) -> &'static str {
+    let used_up =
+        if gateway.tokenizer.is_some() { completion >= u64::from(max_tokens) } else { total >= u64::from(budget) };
+    if used_up { "length" } else { "stop" }
+}
+
+/// A failure after the request was sent: the network's fault, not the caller's.
+fn upstream(err: ClientError) -> ApiError {
+    let (status, code) = match &err {
+        ClientError::DeadlinePassed { .. } => (StatusCode::GATEWAY_TIMEOUT, "deadline_passed"),
+        _ => (StatusCode::BAD_GATEWAY, "upstream_error"),
+    };
+    ApiError { status, message: err.to_string(), kind: "server_error", param: None, code: Some(code) }
 }
 
 fn usage_json((prompt, completion, total): (u64, u64, u64)) -> Value {
@@ -397,11 +432,27 @@ fn receipt_json(receipt: &chainference_client::Receipt) -> Value {
     })
 }
 
-/// The gateway's wallet is the client: close settled requests to get their rent back.
-fn close_later(pending: chainference_client::PendingRequest<Arc<dyn Chain>>) {
+/// The gateway's wallet is the client: once a request is settled, close it to get its rent
+/// back; one nobody answered by its deadline is reclaimed first.
+fn settle_later(chain: Arc<dyn Chain>, pending: chainference_client::PendingRequest<Arc<dyn Chain>>) {
     tokio::spawn(async move {
-        if let Err(err) = pending.close().await {
-            tracing::warn!(error = %err, "closing a settled request failed");
+        loop {
+            let Ok(state) = pending.state().await else { return };
+            if state.status.is_terminal() {
+                if let Err(err) = pending.close().await {
+                    tracing::warn!(error = %err, "closing a settled request failed");
+                }
+                return;
+            }
+            let now = chain.clock().await.map_or(0, |clock| clock.unix_timestamp);
+            if state.deadline > 0 && now >= state.deadline {
+                if let Err(err) = pending.reclaim().await {
+                    tracing::warn!(error = %err, "reclaiming an unanswered request failed");
+                    return;
+                }
+                continue;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     });
 }
@@ -422,20 +473,30 @@ fn stream_response(
             })
         };
         let send = |value: Value| sender.send(Event::default().data(value.to_string())).is_ok();
-        if !send(chunk(json!({ "role": "assistant", "content": "" }), None)) {
-            return;
-        }
+        let error_event =
+            |error: ApiError| json!({ "error": { "message": error.message, "type": error.kind, "code": error.code } });
+        // A caller who hangs up stops the forwarding, not the request: it settles below.
+        let mut connected = send(chunk(json!({ "role": "assistant", "content": "" }), None));
+        let mut sent_text = false;
         let mut events = pending.events();
-        while let Some(event) = events.next().await {
+        while connected {
+            let Some(event) = events.next().await else { break };
             match event {
                 Ok(AnswerEvent::Text(text)) => {
-                    if !send(chunk(json!({ "content": text }), None)) {
-                        return;
-                    }
+                    sent_text = true;
+                    connected = send(chunk(json!({ "content": text }), None));
+                }
+                Ok(AnswerEvent::Restarted { .. }) if sent_text => {
+                    // The text already streamed is void and cannot be taken back: say so and stop.
+                    let error = upstream(ClientError::Invalid(
+                        "the server released the request mid-answer; the text so far is void".into(),
+                    ));
+                    send(error_event(error));
+                    break;
                 }
                 Ok(AnswerEvent::Completed(receipt)) => {
                     let usage = usage(&gateway, &request.messages, receipt.tokens).await;
-                    let finish = if usage.1 >= u64::from(request.max_tokens) { "length" } else { "stop" };
+                    let finish = finish_reason(&gateway, usage, request.max_tokens, request.budget);
                     let mut last = chunk(json!({}), Some(finish));
                     if let Some(object) = last.as_object_mut() {
                         object.insert("chainference".into(), receipt_json(&receipt));
@@ -453,14 +514,14 @@ fn stream_response(
                 }
                 Ok(_) => {}
                 Err(err) => {
-                    let error = ApiError::from(err);
-                    send(json!({ "error": { "message": error.message, "type": error.kind, "code": error.code } }));
+                    send(error_event(upstream(err)));
                     break;
                 }
             }
         }
         let _ = sender.send(Event::default().data("[DONE]"));
-        close_later(pending);
+        drop(events);
+        settle_later(Arc::clone(&gateway.chain), pending);
     });
     let stream = futures::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|event| (Ok(event), receiver))

@@ -283,6 +283,11 @@ impl SseState {
                     self.done = true;
                     return Some(Err(err));
                 }
+                Ok(None) if self.finish.is_none() => {
+                    // Neither `[DONE]` nor a finish reason: the answer was cut off, not finished.
+                    self.done = true;
+                    return Some(Err(BackendError::Unavailable("the stream ended before the answer did".into())));
+                }
                 Ok(None) => {
                     self.ended = true;
                     continue;
@@ -300,7 +305,7 @@ impl SseState {
                     return Some(Err(BackendError::Inference(format!("bad event ({err}): {data}"))));
                 }
             };
-            if let Some(message) = at(&chunk, "/error/message").as_str() {
+            if let Some(message) = at(&chunk, "/error/message").as_str().or_else(|| at(&chunk, "/error").as_str()) {
                 self.done = true;
                 return Some(Err(BackendError::Inference(format!("the server failed mid-answer: {message}"))));
             }

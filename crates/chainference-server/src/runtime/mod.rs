@@ -146,6 +146,8 @@ pub enum SkipReason {
     Unreadable(chainference_core::Error),
     /// The backend refused the job before anything was locked (for example, prompt too long).
     BackendRefused(String),
+    /// The chain could not be reached to lock (nothing was locked).
+    ChainUnavailable(String),
 }
 
 /// Why the server released a request it had locked.
@@ -408,6 +410,7 @@ where
             counters: Counters::default(),
             permits: Arc::new(Semaphore::new(self.max_concurrent)),
             in_flight: Mutex::new(HashMap::new()),
+            given_up: Mutex::new(HashMap::new()),
             stop_locking,
             release_now,
         });
@@ -487,11 +490,25 @@ impl ServerHandle {
         }
         let all = u32::try_from(self.max_concurrent).unwrap_or(u32::MAX);
         let permits = Arc::clone(&shared.permits);
-        let drained = tokio::time::timeout(self.grace, permits.acquire_many(all)).await;
-        if drained.is_err() {
-            shared.release_now.send_replace(true);
-            let _ = permits.acquire_many(all).await;
-        }
+        // Holding every permit means no request task is left; recovered ones wait for a permit,
+        // so they are counted too.
+        let drained = tokio::time::timeout(self.grace, Arc::clone(&permits).acquire_many_owned(all)).await;
+        let _all = match drained {
+            Ok(all_permits) => all_permits.ok(),
+            Err(_) => {
+                shared.release_now.send_replace(true);
+                // Releasing takes a transaction each; past that, stop what is left.
+                match tokio::time::timeout(self.grace, Arc::clone(&permits).acquire_many_owned(all)).await {
+                    Ok(all_permits) => all_permits.ok(),
+                    Err(_) => {
+                        for task in shared.abort_all() {
+                            let _ = task.await;
+                        }
+                        None
+                    }
+                }
+            }
+        };
         let deactivate = instruction(builders::set_server_active(&shared.program, &self.authority().to_bytes(), false));
         shared.send(&[deactivate]).await?;
         shared.emit(ServerEvent::Stopped);
@@ -543,7 +560,10 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     permits: Arc<Semaphore>,
     in_flight: Mutex<HashMap<Address, JoinHandle<()>>>,
-    stop_locking: watch::Sender<bool>,
+    /// Requests this server released or passed on after trying (a failing backend, a refused
+    /// chunk), with their deadlines: not locked again, or a failure would repeat every poll.
+    given_up: Mutex<HashMap<Address, i64>>,
+    pub(crate) stop_locking: watch::Sender<bool>,
     pub(crate) release_now: watch::Sender<bool>,
 }
 
@@ -564,6 +584,13 @@ impl Shared {
     pub(crate) fn emit(&self, event: ServerEvent) {
         // No subscriber is fine: events are for whoever listens.
         let _ = self.events.send(event);
+    }
+
+    /// Marks `request` as not to be tried again before its deadline.
+    pub(crate) fn give_up(&self, request: Address, deadline: i64) {
+        if let Ok(mut given_up) = self.given_up.lock() {
+            given_up.insert(request, deadline);
+        }
     }
 
     pub(crate) fn authority_bytes(&self) -> [u8; 32] {
@@ -718,10 +745,18 @@ impl Shared {
         let own = self.chain.account(&server).await?.ok_or(ServerError::NotAServer(server))?;
         let own = ServerHeader::decode(&own.data).map_err(|_| ServerError::NotAServer(server))?;
         let now = self.chain.clock().await?.unix_timestamp;
+        if let Ok(mut given_up) = self.given_up.lock() {
+            given_up.retain(|_, deadline| *deadline > now);
+        }
         // Oldest first: the client who waited longest.
         open.sort_by_key(|(_, account)| RequestHeader::decode(&account.data).map_or(i64::MAX, |h| h.created_at));
         for (request, account) in open {
-            if self.in_flight.lock().is_ok_and(|f| f.contains_key(&request)) {
+            if *self.stop_locking.borrow() {
+                break;
+            }
+            if self.in_flight.lock().is_ok_and(|f| f.contains_key(&request))
+                || self.given_up.lock().is_ok_and(|g| g.contains_key(&request))
+            {
                 continue;
             }
             let Ok(decoded) = RequestAccount::decode(&account.data) else { continue };

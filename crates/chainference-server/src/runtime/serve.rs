@@ -10,7 +10,7 @@ use chainference_chain::{
 use chainference_core::Error as CoreError;
 use chainference_core::builders::{self, RequestRefs};
 use chainference_core::envelope::ResponseSealer;
-use chainference_core::state::RequestAccount;
+use chainference_core::state::{RequestAccount, RequestStatus};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -46,7 +46,8 @@ enum Generated {
 /// Serves `job` and reports the outcome as events and counters.
 pub(crate) async fn serve(shared: &Shared, job: Job) {
     let request = job.request;
-    match run(shared, &job).await {
+    let outcome = run(shared, &job).await;
+    match outcome {
         Outcome::Completed { tokens, transactions } => {
             let earned = match shared.chain.account(&request).await {
                 Ok(Some(account)) => RequestAccount::decode(&account.data)
@@ -60,6 +61,9 @@ pub(crate) async fn serve(shared: &Shared, job: Job) {
         }
         Outcome::Passed(reason) => {
             tracing::info!(?reason, "passed on the request");
+            if !matches!(reason, SkipReason::ChainUnavailable(_)) {
+                shared.give_up(request, job.deadline);
+            }
             shared.emit(ServerEvent::Skipped { request, reason });
         }
         Outcome::LostRace => {
@@ -67,7 +71,12 @@ pub(crate) async fn serve(shared: &Shared, job: Job) {
             tracing::info!("another server locked it first");
             shared.emit(ServerEvent::LostRace { request });
         }
-        Outcome::Release(reason) => release(shared, &request, reason).await,
+        Outcome::Release(reason) => {
+            if matches!(reason, ReleaseReason::BackendFailed(_) | ReleaseReason::ChainFailed(_)) {
+                shared.give_up(request, job.deadline);
+            }
+            release(shared, &request, reason).await;
+        }
         Outcome::Abandoned => tracing::info!("left unlocked at shutdown"),
         Outcome::Failed(error) => fail(shared, request, error),
     }
@@ -104,6 +113,8 @@ struct Stream<'a> {
     buffer: String,
     transactions: u32,
     budget: u32,
+    /// When to stop generating and complete with what was sent.
+    finish_by: Instant,
 }
 
 async fn run(shared: &Shared, job: &Job) -> Outcome {
@@ -124,13 +135,14 @@ async fn run(shared: &Shared, job: &Job) -> Outcome {
         buffer: String::new(),
         transactions: 0,
         budget: job.budget,
+        finish_by: Instant::now(),
     };
 
-    let mut generated = match start_generation(shared, job).await {
-        Ok(receiver) => receiver,
-        Err(error) if stream.locked => return Outcome::Release(ReleaseReason::BackendFailed(error)),
-        Err(error) => return Outcome::Passed(SkipReason::BackendRefused(error)),
-    };
+    // Subscribed before any await, so a shutdown that runs out of grace meanwhile is seen.
+    let mut release_now = shared.release_now.subscribe();
+    if *release_now.borrow_and_update() {
+        return if stream.locked { Outcome::Release(ReleaseReason::Shutdown) } else { Outcome::Abandoned };
+    }
 
     // Finish early, billing what was sent, rather than let the deadline pass: leave time for the
     // last transactions to land.
@@ -140,10 +152,22 @@ async fn run(shared: &Shared, job: &Job) -> Outcome {
             let left = u64::try_from(job.deadline.saturating_sub(clock.unix_timestamp)).unwrap_or(0);
             after(Duration::from_secs(left).saturating_sub(margin))
         }
-        Err(err) => return failed_before_lock(&stream, err.to_string()),
+        Err(err) => return stream.failure(format!("reading the clock: {err}")),
+    };
+    stream.finish_by = finish_by;
+
+    let started = tokio::select! {
+        started = tokio::time::timeout_at(finish_by, start_generation(shared, job)) => {
+            started.unwrap_or_else(|_| Err("the backend did not start before the deadline".into()))
+        }
+        _ = release_now.wait_for(|release| *release) => Err("shut down".into()),
+    };
+    let mut generated = match started {
+        Ok(receiver) => receiver,
+        Err(error) if stream.locked => return Outcome::Release(ReleaseReason::BackendFailed(error)),
+        Err(error) => return Outcome::Passed(SkipReason::BackendRefused(error)),
     };
 
-    let mut release_now = shared.release_now.subscribe();
     let (mut prompt_tokens, mut completion_tokens) = (0u32, 0u32);
     let mut next_flush = after(shared.flush_interval);
     loop {
@@ -213,17 +237,20 @@ fn after(by: Duration) -> Instant {
     now.checked_add(by).or_else(|| now.checked_add(Duration::from_secs(86_400 * 365))).unwrap_or(now)
 }
 
-fn failed_before_lock(stream: &Stream<'_>, error: String) -> Outcome {
-    if stream.locked { Outcome::Release(ReleaseReason::ChainFailed(error)) } else { Outcome::Failed(error) }
-}
-
 /// Starts the backend in its own task, so generation runs on while chunks are being sent.
 async fn start_generation(shared: &Shared, job: &Job) -> Result<mpsc::UnboundedReceiver<Generated>, String> {
     let generation = Generation::from_payload(&job.payload, job.budget);
     let mut events = shared.backend.generate(generation).await.map_err(|err| err.to_string())?;
     let (sender, receiver) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Some(event) = events.next().await {
+        loop {
+            // A closed receiver means the request is over: dropping `events` cancels generation,
+            // even while the backend is still evaluating the prompt.
+            let event = tokio::select! {
+                () = sender.closed() => return,
+                event = events.next() => event,
+            };
+            let Some(event) = event else { return };
             let message = match event {
                 Ok(GenerationEvent::Prompt { tokens }) => Generated::Prompt(tokens),
                 Ok(GenerationEvent::Text { text, tokens }) => Generated::Text(text, tokens),
@@ -231,7 +258,6 @@ async fn start_generation(shared: &Shared, job: &Job) -> Result<mpsc::UnboundedR
                 Err(err) => Generated::Failed(err.to_string()),
             };
             let last = matches!(message, Generated::Done(..) | Generated::Failed(_));
-            // A closed receiver means the request is over: dropping `events` cancels generation.
             if sender.send(message).is_err() || last {
                 return;
             }
@@ -294,11 +320,15 @@ impl Stream<'_> {
         }
         while !self.buffer.is_empty() {
             let before = if self.locked { Vec::new() } else { vec![self.lock_ix()] };
-            let len = self.fitting_prefix(&before, &[], false).map_err(|e| Outcome::Failed(format!("{e:?}")))?;
+            let len = self.fitting_prefix(&before, &[], false).map_err(|e| self.failure(format!("{e:?}")))?;
             if len == 0 {
-                return Err(Outcome::Failed("a response chunk does not fit a transaction".into()));
+                return Err(self.failure("a response chunk does not fit a transaction".into()));
             }
             self.send_step(&before, &[], Some((len, false))).await?;
+            if Instant::now() >= self.finish_by {
+                // Leave the rest to `finish`, which the caller reaches at once.
+                break;
+            }
         }
         Ok(())
     }
@@ -310,13 +340,13 @@ impl Stream<'_> {
             let before = if self.locked { Vec::new() } else { vec![self.lock_ix()] };
             let complete = [self.complete_ix(tokens)];
             let with_complete =
-                self.fitting_prefix(&before, &complete, true).map_err(|e| Outcome::Failed(format!("{e:?}")))?;
+                self.fitting_prefix(&before, &complete, true).map_err(|e| self.failure(format!("{e:?}")))?;
             if with_complete == self.buffer.len() {
                 return self.send_step(&before, &complete, Some((with_complete, true))).await;
             }
-            let len = self.fitting_prefix(&before, &[], false).map_err(|e| Outcome::Failed(format!("{e:?}")))?;
+            let len = self.fitting_prefix(&before, &[], false).map_err(|e| self.failure(format!("{e:?}")))?;
             if len == 0 {
-                return Err(Outcome::Failed("a response chunk does not fit a transaction".into()));
+                return Err(self.failure("a response chunk does not fit a transaction".into()));
             }
             self.send_step(&before, &[], Some((len, false))).await?;
         }
@@ -336,11 +366,15 @@ impl Stream<'_> {
             let sealed = self
                 .sealer
                 .seal_chunk(piece.as_bytes(), is_final)
-                .map_err(|e| Outcome::Failed(format!("sealing: {e:?}")))?;
-            ixs.push(self.append_ix(is_final, &sealed).map_err(|e| Outcome::Failed(format!("{e:?}")))?);
+                .map_err(|e| self.failure(format!("sealing: {e:?}")))?;
+            ixs.push(self.append_ix(is_final, &sealed).map_err(|e| self.failure(format!("{e:?}")))?);
         }
         ixs.extend_from_slice(after);
         let locking = !self.locked;
+        if locking && *self.shared.stop_locking.borrow() {
+            // Shutting down: claim nothing new.
+            return Err(Outcome::Abandoned);
+        }
         match self.shared.send(&ixs).await {
             Ok(_) => {
                 self.transactions = self.transactions.saturating_add(1);
@@ -354,7 +388,34 @@ impl Stream<'_> {
                 }
                 Ok(())
             }
+            Err(err) if err.program_error().is_none() => Err(self.unconfirmed(locking, &err).await),
             Err(err) => Err(self.classify(locking, &err)),
+        }
+    }
+
+    /// What a local failure means: release what is locked, else just fail.
+    fn failure(&self, error: String) -> Outcome {
+        if self.locked { Outcome::Release(ReleaseReason::ChainFailed(error)) } else { Outcome::Failed(error) }
+    }
+
+    /// A send whose outcome is unknown (no program error: the network, a timeout): the chain
+    /// says what happened.
+    async fn unconfirmed(&self, locking: bool, err: &ChainError) -> Outcome {
+        let request = address(&self.refs.request);
+        let header = match self.shared.chain.account(&request).await {
+            Ok(Some(account)) => RequestAccount::decode(&account.data).ok().map(|decoded| decoded.header),
+            _ => None,
+        };
+        let Some(header) = header else { return self.failure(format!("sending: {err}")) };
+        let ours = header.locked_by == self.authority;
+        match header.status {
+            RequestStatus::Locked if ours => Outcome::Release(ReleaseReason::ChainFailed(err.to_string())),
+            RequestStatus::Completed if ours => {
+                Outcome::Completed { tokens: header.tokens, transactions: self.transactions.saturating_add(1) }
+            }
+            RequestStatus::Open if locking => Outcome::Passed(SkipReason::ChainUnavailable(err.to_string())),
+            RequestStatus::Locked | RequestStatus::Completed if locking => Outcome::LostRace,
+            _ => Outcome::Failed(format!("sending: {err}")),
         }
     }
 
