@@ -98,17 +98,7 @@ fn cluster_gateway(cli: &Cli, args: &GatewayArgs) -> Result<Gateway> {
     let chain: Arc<dyn Chain> = crate::commands::rpc_chain(cli);
     let wallet =
         crate::commands::read_keypair(&cli.keypair.clone().unwrap_or_else(crate::commands::default_keypair_path))?;
-    let program = Program::default();
-    Ok(Gateway {
-        client: Client::with_program(Arc::clone(&chain), wallet, program),
-        chain,
-        program,
-        api_key: args.api_key.clone(),
-        prompt_allowance: args.prompt_allowance,
-        default_max_tokens: args.default_max_tokens,
-        tokenizer: None,
-        _servers: Vec::new(),
-    })
+    Ok(Gateway::new(chain, wallet, Program::default(), args, None))
 }
 
 async fn demo_gateway(args: &GatewayArgs) -> Result<Gateway> {
@@ -131,17 +121,34 @@ async fn demo_gateway(args: &GatewayArgs) -> Result<Gateway> {
     let wallet = Keypair::new();
     embedded.airdrop(&wallet.pubkey(), 100_000_000_000).await?;
     let program = *embedded.program();
-    let chain: Arc<dyn Chain> = embedded;
-    Ok(Gateway {
-        client: Client::with_program(Arc::clone(&chain), wallet, program),
-        chain,
-        program,
-        api_key: args.api_key.clone(),
-        prompt_allowance: args.prompt_allowance,
-        default_max_tokens: args.default_max_tokens,
-        tokenizer: Some(model),
-        _servers: servers,
-    })
+    Ok(Gateway::new(embedded, wallet, program, args, Some((model, servers))))
+}
+
+impl Gateway {
+    /// A gateway paying from `wallet` on `chain`; `local` is the model and the local servers it
+    /// runs itself (demo).
+    fn new(
+        chain: Arc<dyn Chain>,
+        wallet: Keypair,
+        program: Program,
+        args: &GatewayArgs,
+        local: Option<(Arc<CandleBackend>, Vec<ServerHandle>)>,
+    ) -> Self {
+        let (tokenizer, servers) = match local {
+            Some((model, servers)) => (Some(model), servers),
+            None => (None, Vec::new()),
+        };
+        Gateway {
+            client: Client::with_program(Arc::clone(&chain), wallet, program),
+            chain,
+            program,
+            api_key: args.api_key.clone(),
+            prompt_allowance: args.prompt_allowance,
+            default_max_tokens: args.default_max_tokens,
+            tokenizer,
+            _servers: servers,
+        }
+    }
 }
 
 /// An error in OpenAI's shape.

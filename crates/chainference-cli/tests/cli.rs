@@ -128,6 +128,19 @@ fn configure(rpc: &str) {
 /// A `chainference server run` process, stopped with Ctrl-C (SIGINT) when dropped.
 struct ServerProcess(Child);
 
+impl ServerProcess {
+    /// `chainference server run` with `keypair` at `price`, funded from the validator's faucet.
+    fn start(rpc: &str, keypair: &str, price: &str) -> Self {
+        let child = bin()
+            .args(["--rpc", rpc, "--keypair", keypair, "server", "run", "--price", price, "--airdrop", "10"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        ServerProcess(child)
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
@@ -166,14 +179,7 @@ fn every_subcommand_against_a_real_validator() {
     assert!(stderr.contains("hint:") && stderr.contains("server run"), "{stderr}");
 
     // A server process, as an operator runs it.
-    let server = ServerProcess(
-        bin()
-            .args(["--rpc", &rpc, "--keypair", &server_key, "server", "run", "--price", "2000000", "--airdrop", "10"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let server = ServerProcess::start(&rpc, &server_key, "2000000");
     let started = Instant::now();
     let find = |listed: &Value, authority: &str| {
         listed["eligible"].as_array().and_then(|e| e.iter().find(|s| s["authority"] == authority).cloned())
@@ -223,14 +229,7 @@ fn every_subcommand_against_a_real_validator() {
     assert!(closed["returned"].as_u64().unwrap() > 0);
 
     // A second server, the same prompt to both (unlinkable), and a comparison.
-    let second = ServerProcess(
-        bin()
-            .args(["--rpc", &rpc, "--keypair", &second_key, "server", "run", "--price", "3000000", "--airdrop", "10"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let second = ServerProcess::start(&rpc, &second_key, "3000000");
     let started = Instant::now();
     while find(&json_of(&with(&client_key, &["servers", "--json"])), &second_address).is_none() {
         assert!(started.elapsed() < Duration::from_secs(120), "the second server never registered");
