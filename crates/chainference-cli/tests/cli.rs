@@ -180,18 +180,22 @@ fn every_subcommand_against_a_real_validator() {
 
     // A server process, as an operator runs it.
     let server = ServerProcess::start(&rpc, &server_key, "2000000");
-    let started = Instant::now();
     let find = |listed: &Value, authority: &str| {
         listed["eligible"].as_array().and_then(|e| e.iter().find(|s| s["authority"] == authority).cloned())
     };
-    let ours = loop {
-        let listed = json_of(&with(&client_key, &["servers", "--json"]));
-        if let Some(ours) = find(&listed, &server_address) {
-            break ours;
+    // Lists the servers until `authority` is among the eligible ones.
+    let wait_listed = |authority: &str| {
+        let started = Instant::now();
+        loop {
+            let listed = json_of(&with(&client_key, &["servers", "--json"]));
+            if let Some(server) = find(&listed, authority) {
+                return server;
+            }
+            assert!(started.elapsed() < Duration::from_secs(120), "{authority} never registered: {listed}");
+            std::thread::sleep(Duration::from_millis(500));
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "the server never registered: {listed}");
-        std::thread::sleep(Duration::from_millis(500));
     };
+    let ours = wait_listed(&server_address);
     assert_eq!(ours["price_per_mtok"], 2_000_000);
 
     // Ask (streams; --json prints the settlement), then history, flag, close.
@@ -230,11 +234,7 @@ fn every_subcommand_against_a_real_validator() {
 
     // A second server, the same prompt to both (unlinkable), and a comparison.
     let second = ServerProcess::start(&rpc, &second_key, "3000000");
-    let started = Instant::now();
-    while find(&json_of(&with(&client_key, &["servers", "--json"])), &second_address).is_none() {
-        assert!(started.elapsed() < Duration::from_secs(120), "the second server never registered");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_listed(&second_address);
     let servers = format!("{server_address},{second_address}");
     let pair = json_of(&with(
         &client_key,

@@ -141,12 +141,13 @@ impl OpenAiBackend {
     }
 
     async fn probe_prompt_tokens(&self, messages: &[ChatMessage]) -> Result<u32, BackendError> {
-        let key = serde_json::to_string(at(&self.body(messages, None, 1, false), "/messages")).unwrap_or_default();
+        let probe = self.body(messages, None, 1, false);
+        let key = serde_json::to_string(at(&probe, "/messages")).unwrap_or_default();
         if let Some(tokens) = self.prompt_cache.lock().ok().and_then(|cache| cache.get(&key).copied()) {
             return Ok(tokens);
         }
         let request = self.http.post(format!("{}/chat/completions", self.config.base_url));
-        let response = self.authorized(request).json(&self.body(messages, None, 1, false)).send().await;
+        let response = self.authorized(request).json(&probe).send().await;
         let body = read_json(response).await?;
         let tokens = at(&body, "/usage/prompt_tokens")
             .as_u64()

@@ -289,24 +289,23 @@ impl Stream<'_> {
     ) -> Result<usize, CoreError> {
         let payer = address(&self.authority);
         let index = self.sealer.chunks_sealed();
-        let fits = |text_len: usize| -> Result<bool, CoreError> {
+        // The wire size of the transaction carrying `text_len` bytes of text.
+        let wire_len = |text_len: usize| -> Result<usize, CoreError> {
             let placeholder = vec![0u8; ResponseSealer::sealed_len(index, text_len)];
             let mut ixs = before.to_vec();
             ixs.push(self.append_ix(is_final, &placeholder)?);
             ixs.extend_from_slice(after);
-            Ok(transaction_len(&ixs, &payer) <= MAX_TRANSACTION_LEN)
+            Ok(transaction_len(&ixs, &payer))
         };
-        if !fits(0)? {
+        let empty = wire_len(0)?;
+        if empty > MAX_TRANSACTION_LEN {
             return Err(CoreError::LengthOutOfRange);
         }
         // The size grows by one byte per text byte (plus one when a length prefix widens), so
         // start from the room left and step down to a fit on a character boundary.
-        let mut placeholder_ixs = before.to_vec();
-        placeholder_ixs.push(self.append_ix(is_final, &vec![0u8; ResponseSealer::sealed_len(index, 0)])?);
-        placeholder_ixs.extend_from_slice(after);
-        let room = MAX_TRANSACTION_LEN.saturating_sub(transaction_len(&placeholder_ixs, &payer));
+        let room = MAX_TRANSACTION_LEN.saturating_sub(empty);
         let mut len = self.buffer.len().min(room);
-        while len > 0 && (!self.buffer.is_char_boundary(len) || !fits(len)?) {
+        while len > 0 && (!self.buffer.is_char_boundary(len) || wire_len(len)? > MAX_TRANSACTION_LEN) {
             len = len.saturating_sub(1);
         }
         Ok(len)
