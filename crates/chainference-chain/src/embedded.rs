@@ -1,7 +1,7 @@
 //! [`EmbeddedChain`]: LiteSVM in-process, running the program's real SBF `.so`.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,37 +24,10 @@ const SLOT_MS: u64 = 400;
 /// LiteSVM's default fee structure: 5,000 lamports per signature, no priority fees.
 const LAMPORTS_PER_SIGNATURE: u64 = 5_000;
 
-/// Where the program's `.so` is: `CHAINFERENCE_PROGRAM_SO` if set, else the first
-/// `target/deploy/chainference_program.so` found above the current directory or above this
-/// crate's sources (`cargo xtask build-sbf` puts it there).
-pub fn program_so_path() -> PathBuf {
-    if let Some(path) = std::env::var_os("CHAINFERENCE_PROGRAM_SO") {
-        return PathBuf::from(path);
-    }
-    let relative = Path::new("target/deploy/chainference_program.so");
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Ok(dir) = std::env::current_dir() {
-        roots.push(dir);
-    }
-    if let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
-        roots.push(PathBuf::from(dir));
-    }
-    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    for root in &roots {
-        for dir in root.ancestors() {
-            let candidate = dir.join(relative);
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(relative)
-}
-
 /// How to start an [`EmbeddedChain`].
 #[derive(Clone, Debug)]
 pub struct EmbeddedConfig {
-    /// The program's SBF `.so` (default: [`program_so_path`]).
+    /// The program's SBF `.so` (default: [`chainference_host::program_so`]).
     pub program_so: Option<PathBuf>,
     /// Send `InitConfig` with these parameters at start (default: the defaults); `None` leaves
     /// the program unconfigured.
@@ -123,7 +96,7 @@ impl Inner {
 }
 
 impl EmbeddedChain {
-    /// Starts with the defaults: the program from [`program_so_path`], configured with
+    /// Starts with the defaults: the program from [`chainference_host::program_so`], configured with
     /// [`ConfigParams::default`], the clock at wall time.
     pub fn start() -> Result<Self, ChainError> {
         Self::with_config(EmbeddedConfig::default())
@@ -131,7 +104,7 @@ impl EmbeddedChain {
 
     /// Starts with `config`.
     pub fn with_config(config: EmbeddedConfig) -> Result<Self, ChainError> {
-        let so = config.program_so.clone().unwrap_or_else(program_so_path);
+        let so = config.program_so.clone().unwrap_or_else(chainference_host::program_so);
         let bytes = std::fs::read(&so).map_err(|err| ChainError::Program {
             path: so.display().to_string(),
             reason: format!("{err} (build it with `cargo xtask build-sbf`, or set CHAINFERENCE_PROGRAM_SO)"),

@@ -54,7 +54,7 @@ mod embedded;
 mod rpc;
 
 #[cfg(feature = "embedded")]
-pub use embedded::{EmbeddedChain, EmbeddedConfig, program_so_path};
+pub use embedded::{EmbeddedChain, EmbeddedConfig};
 #[cfg(feature = "rpc")]
 pub use rpc::{RpcChain, RpcConfig};
 
@@ -378,6 +378,7 @@ impl fmt::Display for Short<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -392,5 +393,58 @@ mod tests {
         let other = Address::new_unique();
         let two = [transfer.clone(), solana_system_interface::instruction::transfer(&other, &to, 1)];
         assert_eq!(transaction_len(&two, &payer), 215 + 32 + 64 + (1 + 1 + 2 + 1 + 12));
+    }
+
+    /// Core's one upload-sizing rule, as the client and the wasm bindings apply it: every
+    /// transaction keeps the reserve free, enough for a compute-unit price instruction; with no
+    /// reserve the chunks fill a transaction exactly.
+    #[test]
+    fn prompt_upload_transactions_keep_the_reserve_free() {
+        use chainference_core::builders::{self, PromptUpload, TRANSACTION_RESERVE};
+        use std::str::FromStr;
+        let program = builders::Program::default();
+        let client = [9u8; 32];
+        let model = format!("org/{}", "m".repeat(chainference_core::model::MAX_MODEL_ID_LEN - 4));
+        let allowed = [[7u8; 32]; chainference_core::state::MAX_ALLOWED_SERVERS];
+        let envelope = vec![1u8; 10_000];
+        let compute_price = Instruction {
+            program_id: Address::from_str("ComputeBudget111111111111111111111111111111").unwrap_or_default(),
+            accounts: Vec::new(),
+            data: [3u8].into_iter().chain(1_000u64.to_le_bytes()).collect(),
+        };
+        let payer = address(&client);
+        for reserve in [0, TRANSACTION_RESERVE] {
+            let args = chainference_core::instruction::OpenRequestArgs {
+                nonce: 1,
+                bump: 255,
+                response_bump: 255,
+                stake: 1,
+                max_tokens: 1,
+                timeout: 0,
+                min_completed: 0,
+                min_success_bps: 0,
+                response_key: &[1; 32],
+                commitment: &[2; 32],
+                model: &model,
+                allowed: &allowed,
+                prompt_len: 0,
+                prompt_chunk: &[],
+            };
+            let upload = PromptUpload::with_reserve(&envelope, model.len(), allowed.len(), reserve);
+            let built = builders::open_request_upload(&program, &client, &args, &upload).unwrap_or_default();
+            assert!(built.len() > 2, "the envelope needs several transactions");
+            let count = built.len();
+            for (i, ix) in instructions(built).into_iter().enumerate() {
+                let len = transaction_len(std::slice::from_ref(&ix), &payer);
+                assert!(len + reserve <= MAX_TRANSACTION_LEN, "transaction {i}: {len} bytes + {reserve} reserved");
+                if reserve == 0 && i + 1 < count {
+                    assert_eq!(len, MAX_TRANSACTION_LEN, "transaction {i} is full");
+                }
+                if reserve == TRANSACTION_RESERVE {
+                    let with_price = transaction_len(&[compute_price.clone(), ix], &payer);
+                    assert!(with_price <= MAX_TRANSACTION_LEN, "transaction {i} with a compute price: {with_price}");
+                }
+            }
+        }
     }
 }

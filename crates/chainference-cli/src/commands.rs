@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chainference_chain::{Address, Chain, Keypair, RpcChain, RpcConfig, Signer};
-use chainference_client::{AnswerEvent, Ask, Client, ClientError, Policy, ServerQuery};
+use chainference_client::{AnswerEvent, Ask, Client, ClientError, Filtered as _, Policy, ServerQuery};
 use chainference_server::candle::DEFAULT_MODEL_ID;
 use chainference_server::runtime::{Server, ServerEvent};
 use futures::StreamExt;
@@ -175,7 +175,9 @@ pub async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Demo => crate::demo::run().await,
         Command::Completions { .. } => Ok(()),
-        Command::Gateway(args) => crate::gateway::run(&cli, args).await,
+        Command::Gateway(args) => {
+            crate::gateway::run(args, || Ok((rpc_chain(&cli) as Arc<dyn Chain>, wallet(&cli)?))).await
+        }
         Command::Localnet { args } => localnet(args).await,
         Command::Keygen { out, force } => {
             let path = out.clone().unwrap_or_else(default_keypair_path);
@@ -225,7 +227,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                                 "request": e.address.to_string(),
                                 "model": e.model,
                                 "created_at": e.created_at,
-                                "status": format!("{:?}", e.state.status),
+                                "status": e.state.status.name(),
                                 "prompt": e.prompt.as_ref().and_then(|p| p.messages.last()).map(|m| m.content.clone()),
                                 "answer": e.answer,
                                 "complete": e.answer_complete,
@@ -313,72 +315,35 @@ fn server_json(info: &chainference_client::ServerInfo) -> serde_json::Value {
     })
 }
 
-/// Runs the validator tool with the program deployed, and initializes the protocol's config
-/// (defaults, signed by the deploy's admin) once it is up, so clients and servers can use it at
-/// once.
+/// Runs the validator tool with the program deployed (started and awaited by
+/// [`chainference_host::localnet`], as xtask's test stages do), and initializes the protocol's
+/// config (defaults, signed by the deploy's admin) once it is up, so clients and servers can use
+/// it at once.
 async fn localnet(args: &[String]) -> Result<()> {
-    let cache = std::env::var_os("CHAINFERENCE_CACHE").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/chainference"),
-        PathBuf::from,
-    );
-    let tool = std::env::var_os("CHAINFERENCE_LOCALNET_BIN")
-        .map_or_else(|| cache.join("tools/bin/chainference-localnet"), PathBuf::from);
-    if !tool.is_file() {
-        bail!(
-            "{} is not built yet: run `cargo xtask localnet` once (it builds the validator, ~20 min)",
-            tool.display()
-        );
-    }
-    let program =
-        std::env::var_os("CHAINFERENCE_PROGRAM_SO").map_or_else(chainference_chain::program_so_path, PathBuf::from);
-    let mut command = tokio::process::Command::new(&tool);
-    command.arg("--program").arg(&program);
-    if !args.iter().any(|a| a == "--ledger") {
-        command.arg("--ledger").arg(cache.join("localnet-ledger"));
-    }
-    let ready = match args.iter().position(|a| a == "--ready-file") {
-        Some(i) => PathBuf::from(args.get(i.saturating_add(1)).context("--ready-file needs a path")?),
-        None => {
-            let ready = cache.join(format!("localnet-ready-{}.json", std::process::id()));
-            command.arg("--ready-file").arg(&ready);
-            ready
-        }
-    };
-    let _ = std::fs::remove_file(&ready);
-    let mut child =
-        command.args(args).kill_on_drop(true).spawn().with_context(|| format!("starting {}", tool.display()))?;
-    let line = loop {
-        if let Ok(line) = std::fs::read_to_string(&ready) {
-            break line;
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("the validator exited with {status} before it was ready");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    let info: serde_json::Value = serde_json::from_str(&line).context("the validator's ready line")?;
-    let (Some(url), Some(admin)) =
-        (info.get("rpc_url").and_then(|v| v.as_str()), info.get("admin_keypair").and_then(|v| v.as_str()))
-    else {
-        bail!("the ready line lacks rpc_url or admin_keypair: {line}");
-    };
-    let chain = RpcChain::connect(url);
-    if ensure_config(&chain, &read_keypair(Path::new(admin))?).await? {
-        eprintln!("config initialized with the defaults (admin {admin})");
+    let options = chainference_host::localnet::LocalnetOptions { args: args.to_vec(), ..Default::default() };
+    let mut validator = tokio::task::spawn_blocking(move || chainference_host::localnet::Localnet::start(options))
+        .await
+        .context("waiting for the validator")??;
+    let url = validator.ready.rpc_url.clone();
+    let admin = validator.ready.admin_keypair.clone();
+    let chain = RpcChain::connect(&url);
+    if ensure_config(&chain, &read_keypair(&admin)?).await? {
+        eprintln!("config initialized with the defaults (admin {})", admin.display());
     }
     eprintln!("ready: --rpc {url} (Ctrl-C stops the validator)");
-    tokio::select! {
-        status = child.wait() => {
-            let status = status?;
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        if let Some(status) = validator.try_wait()? {
             if !status.success() {
                 bail!("the validator exited with {status}");
             }
+            return Ok(());
         }
-        _ = tokio::signal::ctrl_c() => {
-            let _ = child.kill().await;
+        tokio::select! {
+            _ = &mut ctrl_c => return Ok(()), // dropping `validator` stops it
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
-    Ok(())
 }
 
 /// Initializes the protocol config with the defaults if it is not yet; `true` if it did.

@@ -3,23 +3,69 @@
 
 use std::fmt;
 
-use chainference_chain::Address;
+use chainference_chain::{Address, address};
 use chainference_core::Error as CoreError;
 use chainference_core::lifecycle::ServerView;
 use chainference_core::pricing::ServerStats;
 use chainference_core::state::ServerAccount;
 
-/// Which servers a client will consider.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerQuery {
-    /// The model (any spelling `ModelId::parse` accepts).
-    pub model: String,
+/// What a server must meet to be chosen: the client's price cap and the request's reputation
+/// filters (the last two are also enforced on-chain at lock). [`ServerQuery`] and
+/// [`crate::Ask`] both carry one, and share its setters through [`Filtered`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerFilter {
     /// Highest acceptable price, lamports per million tokens.
     pub max_price: Option<u64>,
     /// Least completed requests (also enforced on-chain at lock).
     pub min_completed: u64,
     /// Least success ratio in basis points (also enforced on-chain at lock).
     pub min_success_bps: u16,
+}
+
+/// The [`ServerFilter`] setters, defined once for everything that carries a filter.
+///
+/// ```
+/// use chainference_client::{Ask, Filtered, ServerQuery};
+/// let query = ServerQuery::new("org/model").max_price(2_000_000).min_completed(5);
+/// let ask = Ask::new("org/model", "Hi").max_price(2_000_000).min_completed(5);
+/// assert_eq!(query.filter, ask.filter);
+/// ```
+pub trait Filtered: Sized {
+    /// The filter to set.
+    fn filter_mut(&mut self) -> &mut ServerFilter;
+
+    /// Caps the price (lamports per million tokens).
+    fn max_price(mut self, lamports_per_mtok: u64) -> Self {
+        self.filter_mut().max_price = Some(lamports_per_mtok);
+        self
+    }
+
+    /// Requires a track record of at least `completed` requests.
+    fn min_completed(mut self, completed: u64) -> Self {
+        self.filter_mut().min_completed = completed;
+        self
+    }
+
+    /// Requires a success ratio of at least `bps` basis points.
+    fn min_success_bps(mut self, bps: u16) -> Self {
+        self.filter_mut().min_success_bps = bps;
+        self
+    }
+}
+
+impl Filtered for ServerFilter {
+    fn filter_mut(&mut self) -> &mut ServerFilter {
+        self
+    }
+}
+
+/// Which servers a client will consider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerQuery {
+    /// The model (any spelling `ModelId::parse` accepts); `None` for servers of any model.
+    pub model: Option<String>,
+    /// Price cap and reputation filters.
+    pub filter: ServerFilter,
     /// List inactive servers as eligible too (they still cannot lock).
     pub include_inactive: bool,
 }
@@ -27,31 +73,24 @@ pub struct ServerQuery {
 impl ServerQuery {
     /// Every active server offering `model`.
     pub fn new(model: impl Into<String>) -> Self {
-        ServerQuery {
-            model: model.into(),
-            max_price: None,
-            min_completed: 0,
-            min_success_bps: 0,
-            include_inactive: false,
-        }
+        ServerQuery { model: Some(model.into()), filter: ServerFilter::default(), include_inactive: false }
     }
 
-    /// Caps the price.
-    pub fn max_price(mut self, lamports_per_mtok: u64) -> Self {
-        self.max_price = Some(lamports_per_mtok);
-        self
+    /// Every active server, whatever it offers (what a model list shows).
+    pub fn any_model() -> Self {
+        ServerQuery { model: None, filter: ServerFilter::default(), include_inactive: false }
     }
 
-    /// Requires a track record.
-    pub fn min_completed(mut self, completed: u64) -> Self {
-        self.min_completed = completed;
+    /// Lists inactive servers as eligible too.
+    pub fn include_inactive(mut self, include: bool) -> Self {
+        self.include_inactive = include;
         self
     }
+}
 
-    /// Requires a success ratio.
-    pub fn min_success_bps(mut self, bps: u16) -> Self {
-        self.min_success_bps = bps;
-        self
+impl Filtered for ServerQuery {
+    fn filter_mut(&mut self) -> &mut ServerFilter {
+        &mut self.filter
     }
 }
 
@@ -144,17 +183,17 @@ pub struct ServerInfo {
 }
 
 impl ServerInfo {
-    /// Decodes a server account; `model` is the canonical model id to price.
-    pub fn decode(account: Address, data: &[u8], model: &str) -> Result<Self, CoreError> {
+    /// Decodes a server account; `model` is the canonical model id to price (none: no price).
+    pub fn decode(account: Address, data: &[u8], model: Option<&str>) -> Result<Self, CoreError> {
         let server = ServerAccount::decode(data)?;
         let header = server.header;
         Ok(ServerInfo {
             account,
-            authority: Address::new_from_array(header.authority),
+            authority: address(&header.authority),
             hpke_key: header.hpke_key,
             endpoint: (!server.endpoint.is_empty()).then(|| server.endpoint.to_string()),
             active: header.active,
-            price: server.offers.price_of(model),
+            price: model.and_then(|model| server.offers.price_of(model)),
             offers: server.offers.iter().map(|offer| (offer.model.to_string(), offer.price_per_mtok)).collect(),
             stats: header.stats,
             success_bps: header.stats.success_bps(),
@@ -174,23 +213,26 @@ impl ServerInfo {
             stats: self.stats,
             price_for_model: self.price,
         };
+        let filter = &query.filter;
         let mut reasons: Vec<Exclusion> = view
-            .refusals(query.min_completed, query.min_success_bps)
+            .refusals(filter.min_completed, filter.min_success_bps)
             .into_iter()
             .flatten()
+            // A query for any model has no model to miss.
+            .filter(|refusal| query.model.is_some() || *refusal != CoreError::ModelNotOffered)
             .map(|refusal| match refusal {
                 CoreError::ServerInactive => Exclusion::Inactive,
                 CoreError::ModelNotOffered => Exclusion::ModelNotOffered,
                 CoreError::MinCompletedNotMet => {
-                    Exclusion::TooFewCompleted { completed: self.stats.completed, min: query.min_completed }
+                    Exclusion::TooFewCompleted { completed: self.stats.completed, min: filter.min_completed }
                 }
                 CoreError::MinSuccessNotMet => {
-                    Exclusion::SuccessBelow { success_bps: self.success_bps, min: query.min_success_bps }
+                    Exclusion::SuccessBelow { success_bps: self.success_bps, min: filter.min_success_bps }
                 }
                 other => Exclusion::Unreadable(other),
             })
             .collect();
-        if let (Some(price), Some(max)) = (self.price, query.max_price)
+        if let (Some(price), Some(max)) = (self.price, filter.max_price)
             && price > max
         {
             reasons.push(Exclusion::PriceAbove { price, max });
@@ -235,8 +277,8 @@ impl Policy {
 /// The result of a discovery query.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Discovery {
-    /// The canonical model id queried.
-    pub model: String,
+    /// The canonical model id queried (`None`: any model).
+    pub model: Option<String>,
     /// Servers that pass the query, best first by [`Policy::MostReliable`].
     pub eligible: Vec<ServerInfo>,
     /// Servers that do not, each with every reason.
@@ -250,7 +292,10 @@ impl Discovery {
     pub fn explain(&self) -> String {
         let mut out = String::new();
         if self.eligible.is_empty() && self.excluded.is_empty() {
-            out.push_str(&format!("no server offers {}\n", self.model));
+            match &self.model {
+                Some(model) => out.push_str(&format!("no server offers {model}\n")),
+                None => out.push_str("no server is registered\n"),
+            }
         }
         for server in &self.eligible {
             out.push_str(&format!("eligible  {}  {}\n", server.authority, summary(server)));

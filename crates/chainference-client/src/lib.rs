@@ -49,7 +49,7 @@ pub use chainference_chain::{self as chain, Address, Chain, ChainError, Keypair,
 pub use chainference_chain::{RpcChain, RpcConfig};
 pub use chainference_core as core;
 pub use chainference_core::prompt::{ChatMessage, PromptPayload, Role};
-pub use discovery::{Discovery, Exclusion, Policy, ServerInfo, ServerQuery};
+pub use discovery::{Discovery, Exclusion, Filtered, Policy, ServerFilter, ServerInfo, ServerQuery};
 pub use error::ClientError;
 pub use history::HistoryEntry;
 pub use request::{Answer, AnswerEvent, Ask, Estimate, PendingRequest, Receipt, RequestState, ServerChoice};
@@ -115,16 +115,16 @@ impl<C: Chain + 'static> Client<C> {
         Ok(self.inner.chain.balance(&self.address()).await?)
     }
 
-    /// Every server offering `query.model`, split into eligible (best first) and excluded (with
+    /// Every server offering `query.model` (every server, for [`ServerQuery::any_model`]), split into eligible (best first) and excluded (with
     /// every reason). Errors only if the chain cannot be read or the model id is invalid.
     pub async fn servers(&self, query: &ServerQuery) -> Result<Discovery, ClientError> {
-        let model = ModelId::parse(&query.model)?.canonical();
+        let model = query.model.as_deref().map(ModelId::parse).transpose()?.map(|model| model.canonical());
         let filters = [AccountFilter::Memcmp { offset: 0, bytes: vec![AccountKind::Server as u8] }];
         let accounts = self.inner.chain.program_accounts(&address(&self.inner.program.id), &filters).await?;
         let mut discovery =
             Discovery { model: model.clone(), eligible: Vec::new(), excluded: Vec::new(), unreadable: Vec::new() };
         for (account, data) in accounts {
-            match ServerInfo::decode(account, &data.data, &model) {
+            match ServerInfo::decode(account, &data.data, model.as_deref()) {
                 Ok(server) => {
                     let reasons = server.exclusions(query);
                     if reasons.is_empty() {
@@ -146,7 +146,7 @@ impl<C: Chain + 'static> Client<C> {
         let model = ModelId::parse(model)?.canonical();
         let account = address(&self.inner.program.server(&authority.to_bytes()));
         match self.inner.chain.account(&account).await? {
-            Some(data) => Ok(Some(ServerInfo::decode(account, &data.data, &model)?)),
+            Some(data) => Ok(Some(ServerInfo::decode(account, &data.data, Some(&model))?)),
             None => Ok(None),
         }
     }

@@ -10,7 +10,7 @@ use chainference_core::builders::{self, PromptUpload, RequestRefs};
 use chainference_core::envelope::{self, ResponseOpener};
 use chainference_core::instruction::OpenRequestArgs;
 use chainference_core::model::ModelId;
-use chainference_core::pricing::{Rounding, mul_div};
+use chainference_core::pricing;
 use chainference_core::prompt::{ChatMessage, PromptPayload};
 use chainference_core::state::{
     FLAG_COMPARED, FLAG_FLAGGED, RequestAccount, RequestHeader, RequestStatus, ResponseAccount, ResponseHeader,
@@ -19,11 +19,9 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
-use crate::discovery::{Exclusion, Policy, ServerInfo, ServerQuery};
+use crate::discovery::{Exclusion, Filtered, Policy, ServerFilter, ServerInfo, ServerQuery};
 use crate::{Client, ClientError};
 
-/// Bytes left free in the opening transaction for the signature, header and blockhash slack.
-const TRANSACTION_RESERVE: usize = 64;
 /// How often a pending request checks its deadline while nothing else happens.
 const DEADLINE_CHECK: Duration = Duration::from_millis(500);
 
@@ -67,12 +65,9 @@ pub struct Ask {
     pub stake: Stake,
     /// Seconds a server has from publication (0: the config's default).
     pub timeout_secs: u32,
-    /// Highest price to accept, lamports per million tokens.
-    pub max_price: Option<u64>,
-    /// Least completed requests a server needs (enforced on-chain).
-    pub min_completed: u64,
-    /// Least success ratio (bps) a server needs (enforced on-chain).
-    pub min_success_bps: u16,
+    /// Price cap and reputation filters (the filters are enforced on-chain too); set them with
+    /// the [`Filtered`] setters.
+    pub filter: ServerFilter,
 }
 
 impl Ask {
@@ -96,9 +91,7 @@ impl Ask {
             max_tokens: 512,
             stake: Stake::Auto,
             timeout_secs: 0,
-            max_price: None,
-            min_completed: 0,
-            min_success_bps: 0,
+            filter: ServerFilter::default(),
         }
     }
 
@@ -142,24 +135,6 @@ impl Ask {
         self
     }
 
-    /// Caps the price.
-    pub fn max_price(mut self, lamports_per_mtok: u64) -> Self {
-        self.max_price = Some(lamports_per_mtok);
-        self
-    }
-
-    /// Requires a track record.
-    pub fn min_completed(mut self, completed: u64) -> Self {
-        self.min_completed = completed;
-        self
-    }
-
-    /// Requires a success ratio.
-    pub fn min_success_bps(mut self, bps: u16) -> Self {
-        self.min_success_bps = bps;
-        self
-    }
-
     /// Sampling temperature (0 = greedy).
     pub fn temperature(mut self, temperature: f32) -> Self {
         let milli = (temperature.clamp(0.0, 65.0) * 1000.0).round();
@@ -177,13 +152,13 @@ impl Ask {
     }
 
     fn query(&self) -> ServerQuery {
-        ServerQuery {
-            model: self.model.clone(),
-            max_price: self.max_price,
-            min_completed: self.min_completed,
-            min_success_bps: self.min_success_bps,
-            include_inactive: false,
-        }
+        ServerQuery { model: Some(self.model.clone()), filter: self.filter, include_inactive: false }
+    }
+}
+
+impl Filtered for Ask {
+    fn filter_mut(&mut self) -> &mut ServerFilter {
+        &mut self.filter
     }
 }
 
@@ -240,7 +215,7 @@ impl Prepared {
             Stake::Lamports(lamports) => lamports,
             Stake::Auto => {
                 let price = servers.iter().filter_map(|s| s.price).max().unwrap_or(0);
-                mul_div(u64::from(ask.max_tokens), price, 1_000_000, Rounding::Up)
+                pricing::stake_for(u64::from(ask.max_tokens), price)
                     .ok_or(chainference_core::Error::ArithmeticOverflow)?
                     .max(1)
             }
@@ -263,8 +238,8 @@ impl Prepared {
             stake,
             max_tokens: ask.max_tokens,
             timeout: ask.timeout_secs,
-            min_completed: ask.min_completed,
-            min_success_bps: ask.min_success_bps,
+            min_completed: ask.filter.min_completed,
+            min_success_bps: ask.filter.min_success_bps,
             response_key: &keys.response_public_key(),
             commitment: &commitment,
             model: &model,
@@ -272,11 +247,7 @@ impl Prepared {
             prompt_len: 0,
             prompt_chunk: &[],
         };
-        let upload = PromptUpload {
-            envelope: &sealed,
-            first_chunk: builders::open_request_first_chunk_max(model.len(), allowed.len(), TRANSACTION_RESERVE),
-            chunk: builders::WRITE_PROMPT_CHUNK_MAX,
-        };
+        let upload = PromptUpload::with_reserve(&sealed, model.len(), allowed.len(), builders::TRANSACTION_RESERVE);
         let transactions: Vec<Instruction> = builders::open_request_upload(&inner.program, &wallet, &args, &upload)?
             .into_iter()
             .map(instruction)
@@ -377,18 +348,11 @@ async fn choose_servers<C: Chain + 'static>(
     let query = ask.query();
     match &ask.servers {
         ServerChoice::Explicit(authorities) => {
-            if authorities.is_empty() || authorities.len() > chainference_core::state::MAX_ALLOWED_SERVERS {
-                return Err(ClientError::Invalid(format!(
-                    "{} servers named; a request allows 1 to {}",
-                    authorities.len(),
-                    chainference_core::state::MAX_ALLOWED_SERVERS
-                )));
-            }
+            // The program's own allow-list rule (1 to 8 servers, none twice), before any lookup.
+            let allow_list: Vec<[u8; 32]> = authorities.iter().map(Address::to_bytes).collect();
+            chainference_core::lifecycle::check_allow_list(&allow_list)?;
             let mut chosen = Vec::with_capacity(authorities.len());
             for authority in authorities {
-                if chosen.iter().any(|s: &ServerInfo| s.authority == *authority) {
-                    return Err(ClientError::Invalid(format!("server {authority} named twice")));
-                }
                 let server = client
                     .server(authority, model)
                     .await?
@@ -461,7 +425,7 @@ impl RequestState {
     pub(crate) fn from_header(header: &RequestHeader) -> Self {
         RequestState {
             status: header.status,
-            locked_by: (header.locked_by != [0; 32]).then(|| Address::new_from_array(header.locked_by)),
+            locked_by: (header.locked_by != [0; 32]).then(|| address(&header.locked_by)),
             deadline: header.deadline,
             stake: header.stake,
             tokens: header.tokens,
@@ -848,7 +812,7 @@ impl<C: Chain + 'static> Watcher<C> {
             if let Some(old) = reader.take()
                 && old.wrote_text
             {
-                self.emit(AnswerEvent::Restarted { server: Address::new_from_array(old.server) })?;
+                self.emit(AnswerEvent::Restarted { server: address(&old.server) })?;
             }
             return Ok(());
         };
@@ -860,7 +824,7 @@ impl<C: Chain + 'static> Watcher<C> {
             && let Some(old) = reader.take()
             && old.wrote_text
         {
-            self.emit(AnswerEvent::Restarted { server: Address::new_from_array(old.server) })?;
+            self.emit(AnswerEvent::Restarted { server: address(&old.server) })?;
         }
         let reader = reader.get_or_insert_with(|| ChunkReader {
             server,
@@ -874,10 +838,10 @@ impl<C: Chain + 'static> Watcher<C> {
             pending_utf8: Vec::new(),
         });
         for chunk in response.chunks().skip(reader.next_index as usize) {
-            let (text, is_final) = reader.opener.open_chunk(chunk).map_err(|_| ClientError::TamperedChunk {
-                index: reader.next_index,
-                server: Address::new_from_array(server),
-            })?;
+            let (text, is_final) = reader
+                .opener
+                .open_chunk(chunk)
+                .map_err(|_| ClientError::TamperedChunk { index: reader.next_index, server: address(&server) })?;
             reader.next_index = reader.next_index.saturating_add(1);
             let mut piece = reader.text(&text);
             if is_final {
@@ -905,7 +869,7 @@ impl<C: Chain + 'static> Watcher<C> {
                 }
                 let receipt = Receipt {
                     request: self.request,
-                    server: Address::new_from_array(header.locked_by),
+                    server: address(&header.locked_by),
                     tokens: header.tokens,
                     price_per_mtok: header.price_per_mtok,
                     cost: header.cost,

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use chainference_client::chain::{Chain as _, EmbeddedChain, Signer};
 use chainference_client::{
-    AnswerEvent, Ask, ChatMessage, Client, ClientError, Exclusion, Policy, Role, ServerChoice, ServerQuery,
+    AnswerEvent, Ask, ChatMessage, Client, ClientError, Exclusion, Filtered as _, Policy, Role, ServerChoice,
+    ServerQuery,
 };
 use chainference_core::pricing;
 use chainference_core::state::{ConfigParams, RequestStatus};
@@ -39,7 +40,7 @@ async fn discover_estimate_ask_stream_settle_close() {
     let client = client(&chain).await;
 
     let found = client.servers(&ServerQuery::new("HuggingFaceTB/SmolLM2-135M-Instruct:q4_1")).await.unwrap();
-    assert_eq!(found.model, MODEL);
+    assert_eq!(found.model.as_deref(), Some(MODEL));
     assert_eq!(found.eligible.len(), 2, "{}", found.explain());
     assert!(found.eligible.iter().all(|s| s.success_bps == 10_000 && s.preference_bps.is_none()));
     let priced: Vec<u64> = found.eligible.iter().filter_map(|s| s.price).collect();

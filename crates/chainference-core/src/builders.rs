@@ -22,7 +22,6 @@ use crate::wire::Reader;
 
 /// One account reference of an instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct AccountMeta {
     /// The account's address.
     pub pubkey: Address,
@@ -45,7 +44,6 @@ impl AccountMeta {
 
 /// A ready instruction.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BuiltInstruction {
     /// The program to invoke.
     pub program_id: Address,
@@ -233,6 +231,11 @@ pub const fn open_request_first_chunk_max(model_len: usize, allowed: usize, rese
 /// The largest [`Instruction::WritePrompt`] chunk that fits a transaction alone.
 pub const WRITE_PROMPT_CHUNK_MAX: usize = MAX_TRANSACTION_LEN - (65 + 3 + 97 + 32 + 1 + 1 + 3 + 2) - (1 + 4 + 4);
 
+/// Bytes every transaction of a prompt upload leaves free by default, for instructions the
+/// sender or its wallet adds (a compute-budget price: 1 + 9 data bytes plus a 32-byte program key
+/// and its instruction header, about 45 bytes).
+pub const TRANSACTION_RESERVE: usize = 64;
+
 /// A prompt envelope and how to split it across transactions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PromptUpload<'a> {
@@ -242,6 +245,20 @@ pub struct PromptUpload<'a> {
     pub first_chunk: usize,
     /// Bytes per following WritePrompt (at most [`WRITE_PROMPT_CHUNK_MAX`]; at least 1).
     pub chunk: usize,
+}
+
+impl<'a> PromptUpload<'a> {
+    /// `envelope` split so that **every** transaction of the upload (the OpenRequest and each
+    /// WritePrompt) keeps `reserve` bytes free: the one sizing rule of the SDKs and the wasm
+    /// bindings (pass [`TRANSACTION_RESERVE`] unless you know what the wallet adds).
+    pub const fn with_reserve(envelope: &'a [u8], model_len: usize, allowed: usize, reserve: usize) -> Self {
+        let chunk = WRITE_PROMPT_CHUNK_MAX.saturating_sub(reserve);
+        PromptUpload {
+            envelope,
+            first_chunk: open_request_first_chunk_max(model_len, allowed, reserve),
+            chunk: if chunk == 0 { 1 } else { chunk },
+        }
+    }
 }
 
 /// The instructions that open a request with `upload`'s envelope: OpenRequest with the first

@@ -5,318 +5,193 @@
 //! bindings put the code on the JS `Error`. Codes are **append-only**: a variant is never
 //! renumbered or removed (a test pins every code), new ones take the next free number.
 
-/// Every way a Chainference rule, decoder or envelope can refuse its input.
-///
-/// The discriminant is the stable code carried on-chain as `ProgramError::Custom(code)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[non_exhaustive]
-#[repr(u32)]
-pub enum Error {
+/// Declares [`Error`] from one table (code, name, message, doc), so the enum, [`Error::ALL`] and
+/// [`Error::name`] cannot drift apart.
+macro_rules! errors {
+    ($($(#[doc = $doc:literal])* $name:ident = $code:literal => $msg:literal,)*) => {
+        /// Every way a Chainference rule, decoder or envelope can refuse its input.
+        ///
+        /// The discriminant is the stable code carried on-chain as `ProgramError::Custom(code)`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+        #[non_exhaustive]
+        #[repr(u32)]
+        pub enum Error {
+            $($(#[doc = $doc])* #[error($msg)] $name = $code,)*
+        }
+
+        impl Error {
+            /// Every variant, in code order; the code-pinning test walks this list.
+            pub const ALL: &'static [Error] = &[$(Error::$name,)*];
+
+            /// The variant's name, stable across releases (handy for JS and logs).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Error::$name => stringify!($name),)*
+                }
+            }
+        }
+    };
+}
+
+errors! {
     // ---- decoding (1..=19) ----
     /// The bytes end before the layout does.
-    #[error("data truncated: the layout needs more bytes than were given")]
-    Truncated = 1,
+    Truncated = 1 => "data truncated: the layout needs more bytes than were given",
     /// Bytes are left over after the layout ended.
-    #[error("trailing bytes after the end of the layout")]
-    TrailingBytes = 2,
+    TrailingBytes = 2 => "trailing bytes after the end of the layout",
     /// The kind byte names another account type (type confusion).
-    #[error("wrong account kind")]
-    WrongAccountKind = 3,
+    WrongAccountKind = 3 => "wrong account kind",
     /// The version byte is not one this build understands.
-    #[error("unsupported layout version")]
-    UnsupportedVersion = 4,
+    UnsupportedVersion = 4 => "unsupported layout version",
     /// An enum tag or boolean byte holds a value with no meaning.
-    #[error("invalid enum tag or boolean byte")]
-    InvalidTag = 5,
+    InvalidTag = 5 => "invalid enum tag or boolean byte",
     /// A string field is not UTF-8.
-    #[error("string field is not valid UTF-8")]
-    InvalidUtf8 = 6,
+    InvalidUtf8 = 6 => "string field is not valid UTF-8",
     /// A length prefix exceeds the field's documented bound.
-    #[error("length exceeds the field's bound")]
-    LengthOutOfRange = 7,
+    LengthOutOfRange = 7 => "length exceeds the field's bound",
     /// A model id does not match `org/name[@revision][:quant]`.
-    #[error("malformed model id: expected org/name[@revision][:quant]")]
-    InvalidModelId = 8,
+    InvalidModelId = 8 => "malformed model id: expected org/name[@revision][:quant]",
     /// The first byte of the instruction data names no instruction.
-    #[error("unknown instruction")]
-    UnknownInstruction = 9,
+    UnknownInstruction = 9 => "unknown instruction",
 
     // ---- accounts (20..=39) ----
     /// Fewer accounts were passed than the instruction expects.
-    #[error("not enough accounts for this instruction")]
-    NotEnoughAccounts = 20,
+    NotEnoughAccounts = 20 => "not enough accounts for this instruction",
     /// An account that must sign did not.
-    #[error("a required signature is missing")]
-    MissingSigner = 21,
+    MissingSigner = 21 => "a required signature is missing",
     /// An account that must be writable was passed read-only.
-    #[error("an account that must be writable is read-only")]
-    NotWritable = 22,
+    NotWritable = 22 => "an account that must be writable is read-only",
     /// An account is owned by the wrong program.
-    #[error("account owned by the wrong program")]
-    WrongOwner = 23,
+    WrongOwner = 23 => "account owned by the wrong program",
     /// An account is not at the address its role requires (PDA, config, treasury, sysvar).
-    #[error("account is not at the expected address")]
-    WrongAddress = 24,
+    WrongAddress = 24 => "account is not at the expected address",
     /// The system program account is not the system program.
-    #[error("the system program account is wrong")]
-    WrongSystemProgram = 25,
+    WrongSystemProgram = 25 => "the system program account is wrong",
     /// The same account was passed where two different ones are required.
-    #[error("the same account was passed twice where two are required")]
-    DuplicateAccount = 26,
+    DuplicateAccount = 26 => "the same account was passed twice where two are required",
     /// The account to create already exists.
-    #[error("account already initialized")]
-    AlreadyInitialized = 27,
+    AlreadyInitialized = 27 => "account already initialized",
     /// The signer is not the config admin (or the program's upgrade authority at init).
-    #[error("signer is not the admin")]
-    NotAdmin = 28,
+    NotAdmin = 28 => "signer is not the admin",
     /// The signer is not the request's client.
-    #[error("signer is not the request's client")]
-    NotClient = 29,
+    NotClient = 29 => "signer is not the request's client",
     /// The signer is not the server account's authority.
-    #[error("signer is not the server's authority")]
-    NotServerAuthority = 30,
+    NotServerAuthority = 30 => "signer is not the server's authority",
     /// The account does not exist (no lamports or no data).
-    #[error("account does not exist")]
-    AccountMissing = 31,
+    AccountMissing = 31 => "account does not exist",
 
     // ---- config (40..=49) ----
     /// `fee_bps` is above 10,000.
-    #[error("fee above 10000 basis points")]
-    InvalidFeeBps = 40,
+    InvalidFeeBps = 40 => "fee above 10000 basis points",
     /// Timeouts are zero, out of order (`min <= default <= max`), or the request's timeout is out of range.
-    #[error("timeout out of the configured range")]
-    InvalidTimeout = 41,
+    InvalidTimeout = 41 => "timeout out of the configured range",
     /// The treasury holds less than it must keep, or the withdrawal exceeds what it holds.
-    #[error("withdrawal exceeds the treasury's withdrawable balance")]
-    TreasuryInsufficient = 42,
+    TreasuryInsufficient = 42 => "withdrawal exceeds the treasury's withdrawable balance",
 
     // ---- servers (50..=69) ----
     /// More offers than [`crate::state::MAX_OFFERS`], or none.
-    #[error("offer count out of range")]
-    InvalidOfferCount = 50,
+    InvalidOfferCount = 50 => "offer count out of range",
     /// The same model is offered twice.
-    #[error("model offered twice")]
-    DuplicateOffer = 51,
+    DuplicateOffer = 51 => "model offered twice",
     /// The server is deactivated.
-    #[error("server is inactive")]
-    ServerInactive = 52,
+    ServerInactive = 52 => "server is inactive",
     /// The server does not offer the request's model.
-    #[error("server does not offer this model")]
-    ModelNotOffered = 53,
+    ModelNotOffered = 53 => "server does not offer this model",
     /// The server still holds locked requests.
-    #[error("server still holds locked requests")]
-    ServerBusy = 54,
+    ServerBusy = 54 => "server still holds locked requests",
     /// The endpoint is longer than [`crate::state::MAX_ENDPOINT_LEN`] or not printable ASCII.
-    #[error("endpoint too long or not printable ASCII")]
-    InvalidEndpoint = 55,
+    InvalidEndpoint = 55 => "endpoint too long or not printable ASCII",
     /// The HPKE public key is all zeros or otherwise unusable.
-    #[error("invalid HPKE public key")]
-    InvalidPublicKey = 56,
+    InvalidPublicKey = 56 => "invalid HPKE public key",
 
     // ---- requests (70..=109) ----
     /// The request is not in the state this step needs.
-    #[error("request is in the wrong state for this step")]
-    WrongState = 70,
+    WrongState = 70 => "request is in the wrong state for this step",
     /// The deadline has passed.
-    #[error("the request's deadline has passed")]
-    DeadlinePassed = 71,
+    DeadlinePassed = 71 => "the request's deadline has passed",
     /// The deadline has not passed yet.
-    #[error("the request's deadline has not passed yet")]
-    DeadlineNotReached = 72,
+    DeadlineNotReached = 72 => "the request's deadline has not passed yet",
     /// The server is not on the request's allow-list.
-    #[error("server is not on the request's allow-list")]
-    ServerNotAllowed = 73,
+    ServerNotAllowed = 73 => "server is not on the request's allow-list",
     /// The server has completed fewer requests than the request's filter asks.
-    #[error("server has too few completed requests for this request's filter")]
-    MinCompletedNotMet = 74,
+    MinCompletedNotMet = 74 => "server has too few completed requests for this request's filter",
     /// The server's success ratio is below the request's filter.
-    #[error("server's success ratio is below this request's filter")]
-    MinSuccessNotMet = 75,
+    MinSuccessNotMet = 75 => "server's success ratio is below this request's filter",
     /// The request is locked by another server.
-    #[error("request is locked by another server")]
-    NotLockedByServer = 76,
+    NotLockedByServer = 76 => "request is locked by another server",
     /// More tokens claimed than the request's `max_tokens`.
-    #[error("tokens claimed exceed the request's max_tokens")]
-    TokensExceedMax = 77,
+    TokensExceedMax = 77 => "tokens claimed exceed the request's max_tokens",
     /// The stake is zero.
-    #[error("stake must be above zero")]
-    ZeroStake = 78,
+    ZeroStake = 78 => "stake must be above zero",
     /// The allow-list is empty or longer than [`crate::state::MAX_ALLOWED_SERVERS`].
-    #[error("allow-list must hold 1 to 8 servers")]
-    InvalidAllowList = 79,
+    InvalidAllowList = 79 => "allow-list must hold 1 to 8 servers",
     /// A server appears twice on the allow-list.
-    #[error("server listed twice on the allow-list")]
-    DuplicateAllowedServer = 80,
+    DuplicateAllowedServer = 80 => "server listed twice on the allow-list",
     /// The prompt envelope is empty or above [`crate::state::MAX_PROMPT_LEN`].
-    #[error("prompt envelope empty or too large")]
-    InvalidPromptLength = 81,
+    InvalidPromptLength = 81 => "prompt envelope empty or too large",
     /// A prompt chunk does not start where the upload stands, or runs past the end.
-    #[error("prompt chunk out of place")]
-    PromptChunkOutOfPlace = 82,
+    PromptChunkOutOfPlace = 82 => "prompt chunk out of place",
     /// The response would exceed [`crate::state::MAX_RESPONSE_LEN`].
-    #[error("response too large")]
-    ResponseTooLarge = 83,
+    ResponseTooLarge = 83 => "response too large",
     /// A chunk was appended after the final one.
-    #[error("response already finished")]
-    ResponseFinished = 84,
+    ResponseFinished = 84 => "response already finished",
     /// The request cannot complete before its response's final chunk.
-    #[error("response not finished")]
-    ResponseNotFinished = 85,
+    ResponseNotFinished = 85 => "response not finished",
     /// The response account belongs to another request or server.
-    #[error("response account does not belong to this request")]
-    ResponseMismatch = 86,
+    ResponseMismatch = 86 => "response account does not belong to this request",
     /// The response was already flagged.
-    #[error("response already flagged")]
-    AlreadyFlagged = 87,
+    AlreadyFlagged = 87 => "response already flagged",
     /// The flag window has closed.
-    #[error("flag window has closed")]
-    FlagWindowClosed = 88,
+    FlagWindowClosed = 88 => "flag window has closed",
     /// One of the requests was already part of a comparison.
-    #[error("request already compared")]
-    AlreadyCompared = 89,
+    AlreadyCompared = 89 => "request already compared",
     /// A revealed salt and digest do not open a request's commitment.
-    #[error("commitment does not match the revealed salt and digest")]
-    CommitmentMismatch = 90,
+    CommitmentMismatch = 90 => "commitment does not match the revealed salt and digest",
     /// Both requests were served by the same server.
-    #[error("both requests were served by the same server")]
-    SameServer = 91,
+    SameServer = 91 => "both requests were served by the same server",
     /// The two requests ask for different models.
-    #[error("the two requests ask for different models")]
-    ModelMismatch = 92,
+    ModelMismatch = 92 => "the two requests ask for different models",
     /// The two requests belong to different clients.
-    #[error("the two requests belong to different clients")]
-    ClientMismatch = 93,
+    ClientMismatch = 93 => "the two requests belong to different clients",
     /// The retention period has not elapsed, so only the client may close.
-    #[error("retention period not elapsed; only the client may close")]
-    RetentionNotElapsed = 94,
+    RetentionNotElapsed = 94 => "retention period not elapsed; only the client may close",
     /// An empty response chunk.
-    #[error("empty response chunk")]
-    EmptyChunk = 95,
+    EmptyChunk = 95 => "empty response chunk",
     /// A comparison's preference byte is neither 0 (first) nor 1 (second).
-    #[error("preference must be 0 (first) or 1 (second)")]
-    InvalidPreference = 96,
+    InvalidPreference = 96 => "preference must be 0 (first) or 1 (second)",
     /// The server account passed is not the one the step concerns.
-    #[error("server account does not match the request")]
-    ServerMismatch = 97,
+    ServerMismatch = 97 => "server account does not match the request",
     /// The client account passed is not the request's client.
-    #[error("client account does not match the request")]
-    ClientAccountMismatch = 98,
+    ClientAccountMismatch = 98 => "client account does not match the request",
     /// A request filter is out of range (`min_success_bps` above 10,000).
-    #[error("request filter out of range")]
-    InvalidFilter = 99,
+    InvalidFilter = 99 => "request filter out of range",
 
     // ---- arithmetic and funds (110..=119) ----
     /// An arithmetic step would overflow.
-    #[error("arithmetic overflow")]
-    ArithmeticOverflow = 110,
+    ArithmeticOverflow = 110 => "arithmetic overflow",
     /// An account holds too few lamports for the step.
-    #[error("insufficient lamports")]
-    InsufficientFunds = 111,
+    InsufficientFunds = 111 => "insufficient lamports",
 
     // ---- envelope and stream (120..=139) ----
     /// Sealing failed (bad recipient key).
-    #[error("sealing failed")]
-    SealFailed = 120,
+    SealFailed = 120 => "sealing failed",
     /// Opening failed: wrong key, tampered bytes, or wrong context.
-    #[error("opening failed: wrong key or tampered data")]
-    OpenFailed = 121,
+    OpenFailed = 121 => "opening failed: wrong key or tampered data",
     /// The envelope bytes are malformed.
-    #[error("malformed envelope")]
-    MalformedEnvelope = 122,
+    MalformedEnvelope = 122 => "malformed envelope",
     /// A stream chunk arrived after the final one.
-    #[error("stream already finished")]
-    StreamFinished = 123,
+    StreamFinished = 123 => "stream already finished",
     /// The stream ended without its final chunk.
-    #[error("stream truncated before its final chunk")]
-    StreamTruncated = 124,
+    StreamTruncated = 124 => "stream truncated before its final chunk",
     /// The recipient slot asked for does not exist.
-    #[error("no such recipient slot in the envelope")]
-    NoSuchRecipient = 125,
+    NoSuchRecipient = 125 => "no such recipient slot in the envelope",
     /// The random number generator failed.
-    #[error("randomness unavailable")]
-    RandomnessUnavailable = 126,
+    RandomnessUnavailable = 126 => "randomness unavailable",
     /// A decrypted prompt payload is malformed (see [`crate::prompt`]).
-    #[error("malformed prompt payload")]
-    MalformedPrompt = 127,
+    MalformedPrompt = 127 => "malformed prompt payload",
 }
 
 impl Error {
-    /// Every variant, in code order; the code-pinning test walks this list.
-    pub const ALL: &'static [Error] = &[
-        Error::Truncated,
-        Error::TrailingBytes,
-        Error::WrongAccountKind,
-        Error::UnsupportedVersion,
-        Error::InvalidTag,
-        Error::InvalidUtf8,
-        Error::LengthOutOfRange,
-        Error::InvalidModelId,
-        Error::UnknownInstruction,
-        Error::NotEnoughAccounts,
-        Error::MissingSigner,
-        Error::NotWritable,
-        Error::WrongOwner,
-        Error::WrongAddress,
-        Error::WrongSystemProgram,
-        Error::DuplicateAccount,
-        Error::AlreadyInitialized,
-        Error::NotAdmin,
-        Error::NotClient,
-        Error::NotServerAuthority,
-        Error::AccountMissing,
-        Error::InvalidFeeBps,
-        Error::InvalidTimeout,
-        Error::TreasuryInsufficient,
-        Error::InvalidOfferCount,
-        Error::DuplicateOffer,
-        Error::ServerInactive,
-        Error::ModelNotOffered,
-        Error::ServerBusy,
-        Error::InvalidEndpoint,
-        Error::InvalidPublicKey,
-        Error::WrongState,
-        Error::DeadlinePassed,
-        Error::DeadlineNotReached,
-        Error::ServerNotAllowed,
-        Error::MinCompletedNotMet,
-        Error::MinSuccessNotMet,
-        Error::NotLockedByServer,
-        Error::TokensExceedMax,
-        Error::ZeroStake,
-        Error::InvalidAllowList,
-        Error::DuplicateAllowedServer,
-        Error::InvalidPromptLength,
-        Error::PromptChunkOutOfPlace,
-        Error::ResponseTooLarge,
-        Error::ResponseFinished,
-        Error::ResponseNotFinished,
-        Error::ResponseMismatch,
-        Error::AlreadyFlagged,
-        Error::FlagWindowClosed,
-        Error::AlreadyCompared,
-        Error::CommitmentMismatch,
-        Error::SameServer,
-        Error::ModelMismatch,
-        Error::ClientMismatch,
-        Error::RetentionNotElapsed,
-        Error::EmptyChunk,
-        Error::InvalidPreference,
-        Error::ServerMismatch,
-        Error::ClientAccountMismatch,
-        Error::InvalidFilter,
-        Error::ArithmeticOverflow,
-        Error::InsufficientFunds,
-        Error::SealFailed,
-        Error::OpenFailed,
-        Error::MalformedEnvelope,
-        Error::StreamFinished,
-        Error::StreamTruncated,
-        Error::NoSuchRecipient,
-        Error::RandomnessUnavailable,
-        Error::MalformedPrompt,
-    ];
-
     /// The stable numeric code (`ProgramError::Custom(code)` on-chain).
     #[inline(always)]
     pub const fn code(self) -> u32 {
@@ -326,87 +201,6 @@ impl Error {
     /// The variant with this code, if any.
     pub fn from_code(code: u32) -> Option<Error> {
         Error::ALL.iter().copied().find(|e| e.code() == code)
-    }
-
-    /// The variant's name, stable across releases (handy for JS and logs).
-    pub fn name(self) -> &'static str {
-        // Debug of a fieldless enum is its name; keep it allocation-free by matching.
-        macro_rules! names {
-            ($($v:ident),* $(,)?) => { match self { $(Error::$v => stringify!($v),)* } };
-        }
-        names!(
-            Truncated,
-            TrailingBytes,
-            WrongAccountKind,
-            UnsupportedVersion,
-            InvalidTag,
-            InvalidUtf8,
-            LengthOutOfRange,
-            InvalidModelId,
-            UnknownInstruction,
-            NotEnoughAccounts,
-            MissingSigner,
-            NotWritable,
-            WrongOwner,
-            WrongAddress,
-            WrongSystemProgram,
-            DuplicateAccount,
-            AlreadyInitialized,
-            NotAdmin,
-            NotClient,
-            NotServerAuthority,
-            AccountMissing,
-            InvalidFeeBps,
-            InvalidTimeout,
-            TreasuryInsufficient,
-            InvalidOfferCount,
-            DuplicateOffer,
-            ServerInactive,
-            ModelNotOffered,
-            ServerBusy,
-            InvalidEndpoint,
-            InvalidPublicKey,
-            WrongState,
-            DeadlinePassed,
-            DeadlineNotReached,
-            ServerNotAllowed,
-            MinCompletedNotMet,
-            MinSuccessNotMet,
-            NotLockedByServer,
-            TokensExceedMax,
-            ZeroStake,
-            InvalidAllowList,
-            DuplicateAllowedServer,
-            InvalidPromptLength,
-            PromptChunkOutOfPlace,
-            ResponseTooLarge,
-            ResponseFinished,
-            ResponseNotFinished,
-            ResponseMismatch,
-            AlreadyFlagged,
-            FlagWindowClosed,
-            AlreadyCompared,
-            CommitmentMismatch,
-            SameServer,
-            ModelMismatch,
-            ClientMismatch,
-            RetentionNotElapsed,
-            EmptyChunk,
-            InvalidPreference,
-            ServerMismatch,
-            ClientAccountMismatch,
-            InvalidFilter,
-            ArithmeticOverflow,
-            InsufficientFunds,
-            SealFailed,
-            OpenFailed,
-            MalformedEnvelope,
-            StreamFinished,
-            StreamTruncated,
-            NoSuchRecipient,
-            RandomnessUnavailable,
-            MalformedPrompt,
-        )
     }
 }
 

@@ -311,17 +311,6 @@ pub mod tag {
     pub const CLOSE_REQUEST: u8 = 17;
 }
 
-fn read_params(r: &mut Reader<'_>) -> Result<ConfigParams> {
-    Ok(ConfigParams {
-        fee_bps: r.u16()?,
-        default_timeout: r.u32()?,
-        min_timeout: r.u32()?,
-        max_timeout: r.u32()?,
-        flag_window: r.u32()?,
-        retention: r.u32()?,
-    })
-}
-
 fn read_server_args<'a>(r: &mut Reader<'a>) -> Result<ServerArgs<'a>> {
     let hpke_key = r.address()?;
     let endpoint = r.ascii(MAX_ENDPOINT_LEN, Error::InvalidEndpoint)?;
@@ -360,8 +349,8 @@ impl<'a> Instruction<'a> {
     pub fn decode(data: &'a [u8]) -> Result<Self> {
         let mut r = Reader::new(data);
         let ix = match r.u8().map_err(|_| Error::UnknownInstruction)? {
-            tag::INIT_CONFIG => Self::InitConfig { params: read_params(&mut r)? },
-            tag::UPDATE_CONFIG => Self::UpdateConfig { params: read_params(&mut r)?, new_admin: r.address()? },
+            tag::INIT_CONFIG => Self::InitConfig { params: ConfigParams::read(&mut r)? },
+            tag::UPDATE_CONFIG => Self::UpdateConfig { params: ConfigParams::read(&mut r)?, new_admin: r.address()? },
             tag::WITHDRAW_FEES => Self::WithdrawFees { amount: r.u64()? },
             tag::REGISTER_SERVER => Self::RegisterServer(read_server_args(&mut r)?),
             tag::UPDATE_SERVER => Self::UpdateServer(read_server_args(&mut r)?),
@@ -430,15 +419,12 @@ impl<'a> Instruction<'a> {
         use crate::wire::VecWriter;
         let mut w = VecWriter::default();
         w.u8(self.tag());
-        let params = |w: &mut VecWriter, p: &ConfigParams| {
-            w.u16(p.fee_bps).u32(p.default_timeout).u32(p.min_timeout).u32(p.max_timeout);
-            w.u32(p.flag_window).u32(p.retention);
-        };
         match self {
-            Self::InitConfig { params: p } => params(&mut w, p),
-            Self::UpdateConfig { params: p, new_admin } => {
-                params(&mut w, p);
-                w.put(*new_admin);
+            Self::InitConfig { params } => {
+                w.put(&params.to_bytes()?);
+            }
+            Self::UpdateConfig { params, new_admin } => {
+                w.put(&params.to_bytes()?).put(*new_admin);
             }
             Self::WithdrawFees { amount } => {
                 w.u64(*amount);

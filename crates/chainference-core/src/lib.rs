@@ -25,8 +25,7 @@
 //! ```
 //!
 //! Features: `std` (std::error::Error), `crypto` (envelope, keys, commitments), `getrandom`
-//! (OS randomness), `serde` (derives on host value types), `builders` (host-side instructions
-//! and PDA derivation).
+//! (OS randomness), `builders` (host-side instructions and PDA derivation).
 
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]

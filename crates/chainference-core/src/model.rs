@@ -26,21 +26,99 @@ pub struct ModelId<'a> {
     quant: Option<&'a str>,
 }
 
-/// `[A-Za-z0-9._-]`, not starting or ending with `-` or `.`, no `..`, 1..=`max` bytes: one pass.
-fn check_part(part: &[u8], max: usize) -> Result<()> {
-    let (Some(&first), Some(&last)) = (part.first(), part.last()) else { return Err(Error::InvalidModelId) };
-    if part.len() > max || matches!(first, b'-' | b'.') || matches!(last, b'-' | b'.') {
+/// Where a model id's separators are (byte offsets), as [`scan`] found them.
+#[derive(Clone, Copy)]
+struct Separators {
+    slash: usize,
+    at: Option<usize>,
+    colon: Option<usize>,
+}
+
+/// Which quantization spellings [`scan`] accepts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum QuantCase {
+    /// Any ASCII case (what users write).
+    Any,
+    /// Upper-case only (the canonical form the program stores and matches by bytes).
+    Upper,
+}
+
+/// The model-id grammar, the one definition both [`ModelId::parse`] and
+/// [`check_canonical_model`] use, in one pass over the bytes (the program runs it on every request
+/// and offer):
+///
+/// - `org` and `name`: 1..=96 of `[A-Za-z0-9._-]`, not starting or ending with `-` or `.`, no `..`;
+/// - `revision` (after `@`): 1..=64 of `[A-Za-z0-9._/-]`, not starting or ending with `/`;
+/// - `quant` (after `:`): 1..=16 of `[A-Za-z0-9_]` (upper-case letters only for [`QuantCase::Upper`]);
+/// - at most [`MAX_MODEL_ID_LEN`] bytes in all.
+fn scan(bytes: &[u8], quant_case: QuantCase) -> Result<Separators> {
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Part {
+        Org,
+        Name,
+        Revision,
+        Quant,
+    }
+    /// Whether a part of `len` bytes ending in `last` may end here.
+    fn may_end(part: Part, len: usize, last: u8) -> bool {
+        match part {
+            Part::Org | Part::Name => len > 0 && len <= MAX_MODEL_PART_LEN && !matches!(last, b'-' | b'.'),
+            Part::Revision => len > 0 && len <= MAX_REVISION_LEN && last != b'/',
+            Part::Quant => len > 0 && len <= MAX_QUANT_LEN,
+        }
+    }
+    if bytes.is_empty() || bytes.len() > MAX_MODEL_ID_LEN {
         return Err(Error::InvalidModelId);
     }
-    let mut prev = 0u8;
-    for &c in part {
-        let ok = c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || (c == b'.' && prev != b'.');
-        if !ok {
+    let mut seps = Separators { slash: 0, at: None, colon: None };
+    let (mut part, mut len, mut prev) = (Part::Org, 0usize, 0u8);
+    for (i, &c) in bytes.iter().enumerate() {
+        let next = match (c, part) {
+            (b'/', Part::Org) => Some(Part::Name),
+            (b'@', Part::Name) => Some(Part::Revision),
+            (b':', Part::Name | Part::Revision) => Some(Part::Quant),
+            _ => None,
+        };
+        if let Some(next) = next {
+            if !may_end(part, len, prev) {
+                return Err(Error::InvalidModelId);
+            }
+            match next {
+                Part::Name => seps.slash = i,
+                Part::Revision => seps.at = Some(i),
+                _ => seps.colon = Some(i),
+            }
+            (part, len, prev) = (next, 0, 0);
+            continue;
+        }
+        let allowed = match part {
+            Part::Org | Part::Name => {
+                c.is_ascii_alphanumeric()
+                    || c == b'_'
+                    || (matches!(c, b'-' | b'.') && len > 0 && !(c == b'.' && prev == b'.'))
+            }
+            Part::Revision => c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.') || (c == b'/' && len > 0),
+            Part::Quant => match quant_case {
+                QuantCase::Any => c.is_ascii_alphanumeric() || c == b'_',
+                QuantCase::Upper => c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_',
+            },
+        };
+        if !allowed {
             return Err(Error::InvalidModelId);
         }
+        len = len.saturating_add(1);
         prev = c;
     }
-    Ok(())
+    if part == Part::Org || !may_end(part, len, prev) {
+        return Err(Error::InvalidModelId);
+    }
+    Ok(seps)
+}
+
+/// Checks that `model` is a model id in canonical form (quantization upper-case): what the
+/// program requires of every request and offer, since it matches models by their bytes.
+pub fn check_canonical_model(model: &str) -> Result<()> {
+    scan(model.as_bytes(), QuantCase::Upper).map(|_| ())
 }
 
 fn sub(text: &str, start: usize, end: usize) -> Result<&str> {
@@ -48,66 +126,22 @@ fn sub(text: &str, start: usize, end: usize) -> Result<&str> {
 }
 
 impl<'a> ModelId<'a> {
-    /// Parses and validates `org/name[@revision][:quant]`.
-    ///
-    /// `org` and `name`: 1..=96 of `[A-Za-z0-9._-]`, not starting or ending with `-` or `.`,
-    /// no `..`. `revision`: 1..=64 of `[A-Za-z0-9._/-]`, not starting or ending with `/`.
-    /// `quant`: 1..=16 of `[A-Za-z0-9_]`. One pass to find the separators, one per part to check
-    /// it (the program runs this on every request it opens).
+    /// Parses and validates `org/name[@revision][:quant]` (the grammar is documented on the
+    /// crate's model-id rule: `org`/`name` 1..=96 of `[A-Za-z0-9._-]` not starting or ending with
+    /// `-` or `.` and without `..`; `revision` 1..=64 of `[A-Za-z0-9._/-]` not starting or ending
+    /// with `/`; `quant` 1..=16 of `[A-Za-z0-9_]`, any case).
     pub fn parse(text: &'a str) -> Result<Self> {
-        let bytes = text.as_bytes();
-        if bytes.is_empty() || bytes.len() > MAX_MODEL_ID_LEN {
-            return Err(Error::InvalidModelId);
-        }
-        let (mut slash, mut at, mut colon) = (None, None, None);
-        for (i, &c) in bytes.iter().enumerate() {
-            match c {
-                b'/' if slash.is_none() => slash = Some(i),
-                b'@' if at.is_none() => at = Some(i),
-                b':' => colon = Some(i),
-                _ => {}
-            }
-        }
-        // The quant follows the last ':'; the revision the first '@' before it.
-        let end = colon.unwrap_or(bytes.len());
-        let at = at.filter(|&a| a < end);
+        let Separators { slash, at, colon } = scan(text.as_bytes(), QuantCase::Any)?;
+        let after = |i: usize| i.saturating_add(1);
+        let end = colon.unwrap_or(text.len());
         let repo_end = at.unwrap_or(end);
-        let slash = slash.filter(|&s| s < repo_end).ok_or(Error::InvalidModelId)?;
-        let org = sub(text, 0, slash)?;
-        let name = sub(text, slash.saturating_add(1), repo_end)?;
-        check_part(org.as_bytes(), MAX_MODEL_PART_LEN)?;
-        check_part(name.as_bytes(), MAX_MODEL_PART_LEN)?;
-        let revision = match at {
-            Some(a) => {
-                let rev = sub(text, a.saturating_add(1), end)?;
-                let b = rev.as_bytes();
-                let ok = !b.is_empty()
-                    && b.len() <= MAX_REVISION_LEN
-                    && b.first() != Some(&b'/')
-                    && b.last() != Some(&b'/')
-                    && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'/'));
-                if !ok {
-                    return Err(Error::InvalidModelId);
-                }
-                Some(rev)
-            }
-            None => None,
-        };
-        let quant = match colon {
-            Some(c) => {
-                let q = sub(text, c.saturating_add(1), bytes.len())?;
-                let b = q.as_bytes();
-                let ok = !b.is_empty()
-                    && b.len() <= MAX_QUANT_LEN
-                    && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_');
-                if !ok {
-                    return Err(Error::InvalidModelId);
-                }
-                Some(q)
-            }
-            None => None,
-        };
-        Ok(ModelId { text, org, name, revision, quant })
+        Ok(ModelId {
+            text,
+            org: sub(text, 0, slash)?,
+            name: sub(text, after(slash), repo_end)?,
+            revision: at.map(|a| sub(text, after(a), end)).transpose()?,
+            quant: colon.map(|c| sub(text, after(c), text.len())).transpose()?,
+        })
     }
 
     /// The text as given.

@@ -82,7 +82,6 @@ pub const fn mul_div(a: u64, b: u64, d: u32, rounding: Rounding) -> Option<u64> 
 /// What a completed request pays: the cost to the client, split into the protocol fee and the
 /// server's share, and the client's refund. `cost == fee + server` and `cost + refund == stake`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Settlement {
     /// What the client pays, `min(ceil(tokens * price / 1e6), stake)`.
     pub cost: u64,
@@ -119,6 +118,13 @@ pub fn affordable_tokens(stake: u64, price_per_mtok: u64) -> u64 {
         .checked_div(u128::from(price_per_mtok))
         .unwrap_or(u128::MAX);
     u64::try_from(tokens).unwrap_or(u64::MAX)
+}
+
+/// The stake that pays for `tokens` in full at `price_per_mtok`: `ceil(tokens * price / 1e6)`,
+/// the inverse of [`affordable_tokens`]; `None` past `u64`. What a client escrows for a budget.
+#[inline]
+pub const fn stake_for(tokens: u64, price_per_mtok: u64) -> Option<u64> {
+    mul_div(tokens, price_per_mtok, TOKENS_PER_PRICE_UNIT, Rounding::Up)
 }
 
 /// The protocol fee on `cost`: `floor(cost * fee_bps / 10_000)`. `fee_bps` above 10,000 is an error.
@@ -170,7 +176,6 @@ pub const fn ratio_bps(numerator: u64, denominator: u64) -> Option<u16> {
 
 /// A server's reputation counters, as stored in its account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ServerStats {
     /// Requests completed (and paid).
     pub completed: u64,
@@ -238,6 +243,22 @@ mod tests {
         assert_eq!(affordable_tokens(600, 2_000_000), 300);
         assert_eq!(affordable_tokens(0, 1), 0);
         assert_eq!(affordable_tokens(10, 0), u64::MAX);
+    }
+
+    #[test]
+    fn stake_for_pays_for_the_budget_and_no_more() {
+        for (tokens, price) in [(512u64, 2_000_000u64), (1, 1), (3, 7_000_001), (u64::from(u32::MAX), 999), (7, 0)] {
+            let stake = stake_for(tokens, price).unwrap();
+            assert!(affordable_tokens(stake, price) >= tokens, "{tokens} at {price}");
+            assert_eq!(cost(tokens, price, u64::MAX), stake, "{tokens} at {price}: the charge for the budget");
+            if stake > 0 {
+                assert!(
+                    affordable_tokens(stake - 1, price) < tokens,
+                    "{tokens} at {price}: one lamport less falls short"
+                );
+            }
+        }
+        assert_eq!(stake_for(u64::MAX, u64::MAX), None);
     }
 
     #[test]

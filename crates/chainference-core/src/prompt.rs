@@ -35,8 +35,6 @@ pub const MAX_MESSAGES: usize = 256;
 
 /// Who wrote a chat message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum Role {
     /// Instructions for the model.
     System = 0,
@@ -79,7 +77,6 @@ impl Role {
 
 /// One chat message.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ChatMessage {
     /// Who wrote it.
     pub role: Role,
@@ -96,7 +93,6 @@ impl ChatMessage {
 
 /// The plaintext of a prompt envelope.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PromptPayload {
     /// The conversation, oldest first; the model answers the last message.
     pub messages: Vec<ChatMessage>,

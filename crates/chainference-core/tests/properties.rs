@@ -358,8 +358,65 @@ proptest! {
     #[test]
     fn canonical_check_agrees_with_the_parser(text in "[a-cA-C0-2._/@:-]{0,24}") {
         let by_parser = ModelId::parse(&text).is_ok_and(|m| m.quant().is_none_or(|q| !q.bytes().any(|c| c.is_ascii_lowercase())));
-        prop_assert_eq!(chainference_core::state::check_canonical_model(&text).is_ok(), by_parser, "{}", text);
+        prop_assert_eq!(chainference_core::model::check_canonical_model(&text).is_ok(), by_parser, "{}", text);
     }
+
+    /// Both share one scanner, so check that scanner against the grammar written the obvious way
+    /// (split at the separators, check each part): same verdict, same parts.
+    #[test]
+    fn the_model_id_grammar_matches_a_split_based_reference(text in "[a-cA-C0-2._/@:-]{0,24}") {
+        let parsed = ModelId::parse(&text).ok().map(|m| (m.org(), m.name(), m.revision(), m.quant()));
+        prop_assert_eq!(parsed, reference_model_id(&text), "{}", text);
+    }
+}
+
+/// `org/name[@revision][:quant]` by splitting: the quant after the first `:`, the revision after
+/// the first `@` before it, the org before the first `/` before that.
+fn reference_model_id(text: &str) -> Option<(&str, &str, Option<&str>, Option<&str>)> {
+    fn part_ok(part: &str, max: usize) -> bool {
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        !part.is_empty()
+            && part.len() <= max
+            && part.chars().all(ok_char)
+            && !part.starts_with(['-', '.'])
+            && !part.ends_with(['-', '.'])
+            && !part.contains("..")
+    }
+    if text.is_empty() || text.len() > chainference_core::model::MAX_MODEL_ID_LEN {
+        return None;
+    }
+    let (rest, quant) = match text.split_once(':') {
+        Some((rest, q)) => (rest, Some(q)),
+        None => (text, None),
+    };
+    let (repo, revision) = match rest.split_once('@') {
+        Some((repo, r)) => (repo, Some(r)),
+        None => (rest, None),
+    };
+    let (org, name) = repo.split_once('/')?;
+    let max_part = chainference_core::model::MAX_MODEL_PART_LEN;
+    if !part_ok(org, max_part) || !part_ok(name, max_part) {
+        return None;
+    }
+    if let Some(r) = revision {
+        let ok = !r.is_empty()
+            && r.len() <= chainference_core::model::MAX_REVISION_LEN
+            && r.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+            && !r.starts_with('/')
+            && !r.ends_with('/');
+        if !ok {
+            return None;
+        }
+    }
+    if let Some(q) = quant {
+        let ok = !q.is_empty()
+            && q.len() <= chainference_core::model::MAX_QUANT_LEN
+            && q.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return None;
+        }
+    }
+    Some((org, name, revision, quant))
 }
 
 #[test]
@@ -367,6 +424,6 @@ fn model_ids_with_every_part_parse() {
     for ok in ["a/b", "HuggingFaceTB/SmolLM2-135M-Instruct@refs/pr/1:Q4_K_M", "a.b/c_d@v1.0", "a/b:Q8_0", "A-1/b.c-d_e"]
     {
         assert!(ModelId::parse(ok).is_ok(), "{ok}");
-        assert!(chainference_core::state::check_canonical_model(ok).is_ok(), "{ok}");
+        assert!(chainference_core::model::check_canonical_model(ok).is_ok(), "{ok}");
     }
 }

@@ -1,15 +1,16 @@
 //! # chainference-program-tests
 //!
 //! A test bench for the Chainference program: LiteSVM with the **built SBF `.so`** loaded
-//! (`cargo xtask build-sbf` makes it; `CHAINFERENCE_PROGRAM_SO` points at it), an admin who is
+//! (`cargo xtask build-sbf` makes it; [`chainference_host::program_so`] finds it), an admin who is
 //! the program's upgrade authority, a controllable clock, transactions built from core's
-//! builders, and lamport accounting so every test can assert conservation.
+//! builders (turned into Solana instructions by [`chainference_chain::instruction`], as the SDKs
+//! do), and lamport accounting so every test can assert conservation.
 //!
 //! ```no_run
 //! use chainference_program_tests::Bench;
 //! let mut bench = Bench::new();
 //! bench.init_config();
-//! assert!(bench.svm.get_account(&bench.addr(&bench.program.config)).is_some());
+//! assert!(bench.svm.get_account(&chainference_chain::address(&bench.program.config)).is_some());
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -17,8 +18,7 @@
 // LiteSVM's own result type; boxing it would only hide what tests inspect.
 #![allow(clippy::result_large_err)]
 
-use std::path::PathBuf;
-
+use chainference_chain::{Address, address};
 use chainference_core::builders::{self, BuiltInstruction, Program, RequestRefs, ServerProfile};
 use chainference_core::envelope::{self, ClientSecret, ServerKeyPair};
 use chainference_core::instruction::OpenRequestArgs;
@@ -29,9 +29,7 @@ use chainference_core::state::{
 use litesvm::LiteSVM;
 use litesvm::types::{FailedTransactionMetadata, TransactionMetadata};
 use solana_account::Account;
-use solana_address::Address;
 use solana_clock::Clock;
-use solana_instruction::{AccountMeta, Instruction};
 use solana_instruction_error::InstructionError;
 use solana_keypair::Keypair;
 use solana_message::Message;
@@ -46,39 +44,9 @@ pub const T0: i64 = 1_800_000_000;
 /// Lamports every funded wallet starts with.
 pub const FUNDS: u64 = 100_000_000_000;
 
-/// Path of the program `.so` under test.
-pub fn program_so() -> PathBuf {
-    // CARGO_MANIFEST_DIR at run time, not compile time: checkouts sharing a target dir share
-    // test binaries, and each must test its own build.
-    std::env::var_os("CHAINFERENCE_PROGRAM_SO").map(PathBuf::from).unwrap_or_else(|| {
-        let dir = std::env::var_os("CARGO_MANIFEST_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
-        dir.join("../../target/deploy/chainference_program.so")
-    })
-}
-
-/// A core address as a LiteSVM address.
-pub fn addr(a: &[u8; 32]) -> Address {
-    Address::new_from_array(*a)
-}
-
 /// A keypair's address as core bytes.
 pub fn key(k: &Keypair) -> [u8; 32] {
     k.pubkey().to_bytes()
-}
-
-/// A core instruction as a Solana instruction.
-pub fn to_ix(ix: BuiltInstruction) -> Instruction {
-    Instruction {
-        program_id: addr(&ix.program_id),
-        accounts: ix
-            .accounts
-            .iter()
-            .map(|m| AccountMeta { pubkey: addr(&m.pubkey), is_signer: m.is_signer, is_writable: m.is_writable })
-            .collect(),
-        data: ix.data,
-    }
 }
 
 /// The custom error code of a failed transaction, if it failed with one.
@@ -170,16 +138,16 @@ impl Bench {
     /// A VM with the program `.so` deployed at core's program id (upgradeable loader, with
     /// `admin` as upgrade authority), the clock at [`T0`], and a funded admin and client.
     pub fn new() -> Self {
-        let so = program_so();
+        let so = chainference_host::program_so();
         let bytes = std::fs::read(&so)
             .unwrap_or_else(|e| panic!("{}: {e}; build it with `cargo xtask build-sbf`", so.display()));
         let mut svm = LiteSVM::new();
         let program = Program::default();
-        svm.add_program(addr(&program.id), &bytes).unwrap();
+        svm.add_program(address(&program.id), &bytes).unwrap();
         let admin = Keypair::new();
         // LiteSVM deploys with no upgrade authority; make `admin` the authority, as a real
         // deploy would, so InitConfig's check runs against real ProgramData.
-        let program_data = addr(&pda::program_data_address(&program.id).0);
+        let program_data = address(&pda::program_data_address(&program.id).0);
         let mut account = svm.get_account(&program_data).expect("ProgramData");
         account.data[12] = 1;
         account.data[13..45].copy_from_slice(&key(&admin));
@@ -200,11 +168,6 @@ impl Bench {
         let signature = bench.client.sign_message(envelope::CLIENT_KEY_MESSAGE);
         bench.secret = ClientSecret::from_wallet_signature(signature.as_array());
         bench
-    }
-
-    /// `a` as a LiteSVM address.
-    pub fn addr(&self, a: &[u8; 32]) -> Address {
-        addr(a)
     }
 
     /// Sets the clock's unix time.
@@ -234,7 +197,7 @@ impl Bench {
 
     /// Lamports of an account (0 if it does not exist).
     pub fn lamports(&self, a: &[u8; 32]) -> u64 {
-        self.svm.get_balance(&addr(a)).unwrap_or(0)
+        self.svm.get_balance(&address(a)).unwrap_or(0)
     }
 
     /// Sum of lamports over accounts.
@@ -253,17 +216,17 @@ impl Bench {
 
     /// Account data (empty if the account does not exist).
     pub fn data(&self, a: &[u8; 32]) -> Vec<u8> {
-        self.svm.get_account(&addr(a)).map(|acc| acc.data).unwrap_or_default()
+        self.svm.get_account(&address(a)).map(|acc| acc.data).unwrap_or_default()
     }
 
     /// Whether an account exists.
     pub fn exists(&self, a: &[u8; 32]) -> bool {
-        self.svm.get_account(&addr(a)).is_some_and(|acc| acc.lamports > 0)
+        self.svm.get_account(&address(a)).is_some_and(|acc| acc.lamports > 0)
     }
 
     /// Replaces an account (to forge fakes in rejection tests).
     pub fn set_account(&mut self, a: &[u8; 32], account: Account) {
-        self.svm.set_account(addr(a), account).unwrap();
+        self.svm.set_account(address(a), account).unwrap();
     }
 
     /// Sends instructions signed by `signers` (the first pays). Fees are tallied.
@@ -272,7 +235,7 @@ impl Bench {
         ixs: Vec<BuiltInstruction>,
         signers: &[&Keypair],
     ) -> Result<TransactionMetadata, FailedTransactionMetadata> {
-        let ixs: Vec<Instruction> = ixs.into_iter().map(to_ix).collect();
+        let ixs = chainference_chain::instructions(ixs);
         let payer = signers[0].pubkey();
         let tx = Transaction::new(signers, Message::new(&ixs, Some(&payer)), self.svm.latest_blockhash());
         let result = self.svm.send_transaction(tx);

@@ -149,7 +149,7 @@ fn every_instruction_stays_within_its_ceiling() {
     m.record("CloseServer", b.ok(vec![builders::close_server(&b.program, &idle.authority())], &[&iw]));
 
     let end_to_end = end_to_end_cost();
-    let so_size = std::fs::metadata(program_so()).map(|m| m.len()).unwrap_or(0);
+    let so_size = std::fs::metadata(chainference_host::program_so()).map(|m| m.len()).unwrap_or(0);
     let mut table = String::from(
         "# Compute units\n\nWritten by `cargo xtask cu` from the built `.so` running in LiteSVM 0.16 \
          (`crates/chainference-program-tests/tests/compute_units.rs`); the test fails when an \

@@ -100,9 +100,9 @@ fn wrong_owners_fakes_and_type_confusion_are_rejected() {
     w.b.rejects(vec![builders::cancel_request(&w.b.program, &c, &[5; 32])], &[&client], Error::AccountMissing, &acc);
 
     // A fake config: the real config's bytes in an account some other program owns.
-    let real = w.b.svm.get_account(&addr(&w.b.program.config)).unwrap();
+    let real = w.b.svm.get_account(&chainference_chain::address(&w.b.program.config)).unwrap();
     let fake_config = [66u8; 32];
-    w.b.set_account(&fake_config, Account { owner: solana_address::Address::new_from_array([8; 32]), ..real.clone() });
+    w.b.set_account(&fake_config, Account { owner: chainference_chain::address(&[8; 32]), ..real.clone() });
     let mut open = w.b.open_ixs(&client, &spec, usize::MAX).1.remove(0);
     open.accounts[2].pubkey = fake_config;
     w.b.rejects(vec![open], &[&client], Error::WrongOwner, &acc);
@@ -616,7 +616,7 @@ fn arithmetic_extremes_settle_exactly() {
     assert_eq!((h.cost, h.fee), (0, 0));
     // The largest stake a funded client can post.
     let rich = solana_keypair::Keypair::new();
-    let system = solana_address::Address::new_from_array([0; 32]);
+    let system = chainference_chain::address(&[0; 32]);
     b.set_account(
         &key(&rich),
         Account { lamports: u64::MAX / 4, data: vec![], owner: system, executable: false, rent_epoch: 0 },

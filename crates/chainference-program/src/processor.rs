@@ -8,10 +8,11 @@ use chainference_core::instruction::{Instruction, OpenRequestArgs, ServerArgs};
 use chainference_core::lifecycle::{
     CompareReveal, CompareSides, Effects, Event, NewRequest, ServerView, check_allow_list, compare,
 };
+use chainference_core::model::check_canonical_model;
 use chainference_core::pda::{self, BPF_LOADER_UPGRADEABLE_ID};
 use chainference_core::state::{
     Config, ConfigParams, RequestAccount, RequestHeader, ResponseHeader, ServerAccount, ServerHeader, Treasury,
-    allowed_slice, check_canonical_model, read_array,
+    allowed_slice, read_array,
 };
 use chainference_core::wire::{Reader, Writer};
 use pinocchio::cpi::Seed;

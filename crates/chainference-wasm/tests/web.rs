@@ -247,11 +247,18 @@ fn open_request_instructions_chunk_a_large_prompt() {
     put("commitment", keys.commitment(&request, "m/x", &prompt).unwrap().into());
     put("envelope", sealed.into());
     let ixs = open_request_instructions(params.clone().into()).unwrap();
-    // 2,178 envelope bytes: the first transaction carries what fits, WritePrompt the rest.
-    let first_len = chainference_core::builders::open_request_first_chunk_max(40, 1, TRANSACTION_RESERVE);
-    let rest = 2_178 - first_len;
-    let chunk = chainference_core::builders::WRITE_PROMPT_CHUNK_MAX - TRANSACTION_RESERVE;
-    assert_eq!(ixs.length() as usize, 1 + rest.div_ceil(chunk));
+    // 2,178 envelope bytes: the first transaction carries what fits, WritePrompt the rest, split
+    // by core's one sizing rule (the Rust client's too), each transaction keeping the reserve free.
+    let sizes = chainference_core::builders::PromptUpload::with_reserve(
+        &[],
+        40,
+        1,
+        chainference_core::builders::TRANSACTION_RESERVE,
+    );
+    assert!(sizes.chunk < chainference_core::builders::WRITE_PROMPT_CHUNK_MAX);
+    let rest = 2_178 - sizes.first_chunk;
+    assert_eq!(ixs.length() as usize, 1 + rest.div_ceil(sizes.chunk));
+    assert_eq!(u8s(&field(&ixs.get(1), "data")).len(), 1 + 4 + 4 + sizes.chunk, "a full WritePrompt chunk");
     let first = u8s(&field(&ixs.get(0), "data"));
     assert_eq!(first[0], 7);
     assert_eq!(u8s(&field(&ixs.get(1), "data"))[0], 8);

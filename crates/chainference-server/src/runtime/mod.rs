@@ -381,7 +381,7 @@ where
             return Err(ServerError::Invalid("flush and poll intervals must be above zero".into()));
         }
         let model = self.backend.model_id().to_string();
-        chainference_core::state::check_canonical_model(&model)?;
+        chainference_core::model::check_canonical_model(&model)?;
         let authority = self.wallet.pubkey();
         let server_address = address(&self.program.server(&authority.to_bytes()));
         let published = match self.chain.account(&server_address).await? {

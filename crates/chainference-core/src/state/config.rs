@@ -1,0 +1,199 @@
+//! The config account (the protocol's parameters) and the fee treasury.
+
+use crate::Address;
+use crate::error::{Error, Result};
+use crate::wire::{Reader, Writer};
+
+use super::{AccountKind, fixed_head, read_prefix, write_prefix};
+
+/// Tunable protocol parameters, set at init and by the admin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigParams {
+    /// Protocol fee, in basis points of the server's charge (default 1,000 = 10%).
+    pub fee_bps: u16,
+    /// Timeout a request gets when it asks for 0, in seconds (default 300).
+    pub default_timeout: u32,
+    /// Shortest timeout a request may ask for, in seconds.
+    pub min_timeout: u32,
+    /// Longest timeout a request may ask for, in seconds.
+    pub max_timeout: u32,
+    /// How long after completion the client may flag, in seconds.
+    pub flag_window: u32,
+    /// How long after a request ends only its client may close it; after that anyone may.
+    pub retention: u32,
+}
+
+impl Default for ConfigParams {
+    fn default() -> Self {
+        ConfigParams {
+            fee_bps: 1_000,
+            default_timeout: 300,
+            min_timeout: 10,
+            max_timeout: 3_600,
+            flag_window: 7 * 24 * 3_600,
+            retention: 30 * 24 * 3_600,
+        }
+    }
+}
+
+impl ConfigParams {
+    /// Checks `fee_bps <= 10_000`, `0 < min_timeout <= default_timeout <= max_timeout` and
+    /// `retention >= flag_window`.
+    pub const fn validate(&self) -> Result<()> {
+        if self.fee_bps > 10_000 {
+            return Err(Error::InvalidFeeBps);
+        }
+        // retention >= flag_window: nobody but the client may close a request it can still flag.
+        if self.min_timeout == 0
+            || self.min_timeout > self.default_timeout
+            || self.default_timeout > self.max_timeout
+            || self.retention < self.flag_window
+        {
+            return Err(Error::InvalidTimeout);
+        }
+        Ok(())
+    }
+
+    /// The timeout a request asking for `requested` seconds gets (0 = default), or
+    /// [`Error::InvalidTimeout`] when outside `min_timeout..=max_timeout`.
+    pub const fn effective_timeout(&self, requested: u32) -> Result<u32> {
+        let t = if requested == 0 { self.default_timeout } else { requested };
+        if t < self.min_timeout || t > self.max_timeout {
+            return Err(Error::InvalidTimeout);
+        }
+        Ok(t)
+    }
+
+    /// Decodes the parameters (22 bytes: `fee_bps` u16, then the five u32 durations): the one
+    /// decoder of both the config account and the InitConfig/UpdateConfig instruction data.
+    pub fn read(r: &mut Reader<'_>) -> Result<Self> {
+        Ok(ConfigParams {
+            fee_bps: r.u16()?,
+            default_timeout: r.u32()?,
+            min_timeout: r.u32()?,
+            max_timeout: r.u32()?,
+            flag_window: r.u32()?,
+            retention: r.u32()?,
+        })
+    }
+
+    /// Encodes the parameters (the inverse of [`ConfigParams::read`]).
+    pub fn write(&self, w: &mut Writer<'_>) -> Result<()> {
+        w.u16(self.fee_bps)?;
+        w.u32(self.default_timeout)?;
+        w.u32(self.min_timeout)?;
+        w.u32(self.max_timeout)?;
+        w.u32(self.flag_window)?;
+        w.u32(self.retention)
+    }
+
+    /// Size of the encoded parameters.
+    pub const LEN: usize = 2 + 4 * 5;
+
+    /// The encoded parameters.
+    pub fn to_bytes(&self) -> Result<[u8; Self::LEN]> {
+        let mut out = [0u8; Self::LEN];
+        let mut w = Writer::new(&mut out);
+        self.write(&mut w)?;
+        w.finish()?;
+        Ok(out)
+    }
+}
+
+/// The config account, seeds `["config"]`.
+///
+/// | offset | field | type |
+/// | --- | --- | --- |
+/// | 0 | kind = 1 | u8 |
+/// | 1 | version | u8 |
+/// | 2 | bump | u8 |
+/// | 3 | treasury_bump | u8 |
+/// | 4 | params ([`ConfigParams`], 22 bytes) | |
+/// | 26 | admin | [u8; 32] |
+/// | 58 | treasury | [u8; 32] |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Bump of the config PDA.
+    pub bump: u8,
+    /// Bump of the treasury PDA.
+    pub treasury_bump: u8,
+    /// The tunable parameters.
+    pub params: ConfigParams,
+    /// Who may update the config and withdraw fees.
+    pub admin: Address,
+    /// The treasury PDA that receives fees.
+    pub treasury: Address,
+}
+
+impl Config {
+    /// Encoded size.
+    pub const LEN: usize = 4 + ConfigParams::LEN + 32 + 32;
+
+    /// Only the parameters, checking kind, version and size (what most instructions need).
+    pub fn params_of(data: &[u8]) -> Result<ConfigParams> {
+        if data.len() > Self::LEN {
+            return Err(Error::TrailingBytes);
+        }
+        let head = fixed_head::<{ Self::LEN }>(data, AccountKind::Config)?;
+        ConfigParams::read(&mut Reader::new(head.get(4..).ok_or(Error::Truncated)?))
+    }
+
+    /// Decodes the exact account data.
+    pub fn decode(data: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(fixed_head::<{ Self::LEN }>(data, AccountKind::Config)?);
+        let bump = read_prefix(&mut r, AccountKind::Config)?;
+        let cfg = Config {
+            bump,
+            treasury_bump: r.u8()?,
+            params: ConfigParams::read(&mut r)?,
+            admin: *r.address()?,
+            treasury: *r.address()?,
+        };
+        if data.len() > Self::LEN {
+            return Err(Error::TrailingBytes);
+        }
+        Ok(cfg)
+    }
+
+    /// Encodes into exactly [`Config::LEN`] bytes.
+    pub fn encode_into(&self, out: &mut [u8]) -> Result<()> {
+        if out.len() != Self::LEN {
+            return Err(if out.len() < Self::LEN { Error::Truncated } else { Error::TrailingBytes });
+        }
+        let mut w = Writer::new(out);
+        write_prefix(&mut w, AccountKind::Config, self.bump)?;
+        w.u8(self.treasury_bump)?;
+        self.params.write(&mut w)?;
+        w.put(&self.admin)?;
+        w.put(&self.treasury)?;
+        w.finish()
+    }
+}
+
+/// The treasury account, seeds `["treasury"]`: only the 3-byte prefix; its lamports above rent
+/// are the collected fees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Treasury {
+    /// Bump of the treasury PDA.
+    pub bump: u8,
+}
+
+impl Treasury {
+    /// Encoded size.
+    pub const LEN: usize = 3;
+
+    /// Decodes the exact account data.
+    pub fn decode(data: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(data);
+        let bump = read_prefix(&mut r, AccountKind::Treasury)?;
+        r.finish()?;
+        Ok(Treasury { bump })
+    }
+
+    /// Encodes into exactly [`Treasury::LEN`] bytes.
+    pub fn encode_into(&self, out: &mut [u8]) -> Result<()> {
+        let mut w = Writer::new(out);
+        write_prefix(&mut w, AccountKind::Treasury, self.bump)?;
+        w.finish()
+    }
+}

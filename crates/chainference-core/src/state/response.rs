@@ -1,0 +1,111 @@
+//! The response account: the sealed answer stream of one request.
+
+use crate::Address;
+use crate::error::{Error, Result};
+use crate::wire::{Reader, Writer};
+
+use super::MAX_RESPONSE_LEN;
+use super::{AccountKind, fixed_head, read_prefix, write_prefix};
+
+/// The fixed header of a response account, seeds `["response", request]`.
+///
+/// | offset | field | type |
+/// | --- | --- | --- |
+/// | 0 | kind = 4, version, bump | u8 ×3 |
+/// | 3 | finished | bool |
+/// | 4 | chunk_count | u32 |
+/// | 8 | data_len (bytes of the tail) | u32 |
+/// | 12 | request | [u8; 32] |
+/// | 44 | server (authority; paid the rent) | [u8; 32] |
+/// | 76 | tail: `chunk_count` × (u32 len, sealed bytes) | |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseHeader {
+    /// Bump of the response PDA.
+    pub bump: u8,
+    /// Whether the final chunk is in.
+    pub finished: bool,
+    /// Chunks appended.
+    pub chunk_count: u32,
+    /// Bytes of chunk data (prefixes included).
+    pub data_len: u32,
+    /// The request this answers.
+    pub request: Address,
+    /// The server authority that streamed it and paid its rent.
+    pub server: Address,
+}
+
+impl ResponseHeader {
+    /// Size of the fixed header.
+    pub const LEN: usize = 76;
+
+    /// Decodes the fixed header from the start of the account data.
+    pub fn decode(data: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(fixed_head::<{ Self::LEN }>(data, AccountKind::Response)?);
+        let bump = read_prefix(&mut r, AccountKind::Response)?;
+        Ok(ResponseHeader {
+            bump,
+            finished: r.bool()?,
+            chunk_count: r.u32()?,
+            data_len: r.u32()?,
+            request: *r.address()?,
+            server: *r.address()?,
+        })
+    }
+
+    /// Encodes the fixed header into the first [`ResponseHeader::LEN`] bytes of `out`.
+    pub fn encode_into(&self, out: &mut [u8]) -> Result<()> {
+        let head = out.first_chunk_mut::<{ Self::LEN }>().ok_or(Error::Truncated)?;
+        let mut w = Writer::new(head);
+        write_prefix(&mut w, AccountKind::Response, self.bump)?;
+        w.bool(self.finished)?;
+        w.u32(self.chunk_count)?;
+        w.u32(self.data_len)?;
+        w.put(&self.request)?;
+        w.put(&self.server)?;
+        w.finish()
+    }
+
+    /// The account size after appending a chunk of `chunk_len` bytes, or
+    /// [`Error::ResponseTooLarge`] past [`MAX_RESPONSE_LEN`].
+    pub fn size_after_append(&self, chunk_len: usize) -> Result<usize> {
+        let data = (self.data_len as usize)
+            .checked_add(4)
+            .and_then(|v| v.checked_add(chunk_len))
+            .ok_or(Error::ResponseTooLarge)?;
+        if data > MAX_RESPONSE_LEN {
+            return Err(Error::ResponseTooLarge);
+        }
+        Self::LEN.checked_add(data).ok_or(Error::ResponseTooLarge)
+    }
+}
+
+/// A decoded response account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseAccount<'a> {
+    /// The fixed header.
+    pub header: ResponseHeader,
+    tail: &'a [u8],
+}
+
+impl<'a> ResponseAccount<'a> {
+    /// Decodes the exact account data, checking every chunk prefix.
+    pub fn decode(data: &'a [u8]) -> Result<Self> {
+        let header = ResponseHeader::decode(data)?;
+        let tail = data.get(ResponseHeader::LEN..).ok_or(Error::Truncated)?;
+        if tail.len() != header.data_len as usize {
+            return Err(if tail.len() < header.data_len as usize { Error::Truncated } else { Error::TrailingBytes });
+        }
+        let mut r = Reader::new(tail);
+        for _ in 0..header.chunk_count {
+            r.bytes(MAX_RESPONSE_LEN)?;
+        }
+        r.finish()?;
+        Ok(ResponseAccount { header, tail })
+    }
+
+    /// The sealed chunks in order.
+    pub fn chunks(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let mut r = Reader::new(self.tail);
+        (0..self.header.chunk_count).map_while(move |_| r.bytes(MAX_RESPONSE_LEN).ok())
+    }
+}

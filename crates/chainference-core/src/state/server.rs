@@ -1,0 +1,229 @@
+//! The server account: reputation header, endpoint and model offers.
+
+use crate::Address;
+use crate::error::{Error, Result};
+use crate::wire::{Reader, Writer};
+
+use super::{AccountKind, fixed_head, read_prefix, write_prefix};
+use super::{MAX_ENDPOINT_LEN, MAX_OFFERS};
+use crate::model::check_canonical_model;
+use crate::pricing::ServerStats;
+
+/// The fixed header of a server account, seeds `["server", authority]`.
+///
+/// | offset | field | type |
+/// | --- | --- | --- |
+/// | 0 | kind = 2, version, bump | u8 ×3 |
+/// | 3 | active | bool |
+/// | 4 | locked_count | u32 |
+/// | 8 | registered_at | i64 |
+/// | 16 | completed, flagged, timed_out, released, comparisons, preferred | u64 ×6 |
+/// | 64 | authority | [u8; 32] |
+/// | 96 | hpke_key | [u8; 32] |
+/// | 128 | tail: endpoint (string ≤ 128), offers (u32 count ≤ 8, each model string + price u64) | |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerHeader {
+    /// Bump of the server PDA.
+    pub bump: u8,
+    /// Whether the server accepts new requests.
+    pub active: bool,
+    /// Requests this server holds locked now (it cannot close while any are).
+    pub locked_count: u32,
+    /// When the server registered (unix seconds).
+    pub registered_at: i64,
+    /// Reputation counters.
+    pub stats: ServerStats,
+    /// The wallet that signs for this server.
+    pub authority: Address,
+    /// The server's X25519 HPKE public key.
+    pub hpke_key: [u8; 32],
+}
+
+impl ServerHeader {
+    /// Size of the fixed header.
+    pub const LEN: usize = 128;
+    /// Offset of the tail.
+    pub const TAIL_OFFSET: usize = Self::LEN;
+    /// Offset of `active` (a filter for discovery).
+    pub const ACTIVE_OFFSET: usize = 3;
+    /// Offset of `authority` (a filter for one operator's servers).
+    pub const AUTHORITY_OFFSET: usize = 64;
+
+    /// Decodes the fixed header from the start of the account data.
+    pub fn decode(data: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(fixed_head::<{ Self::LEN }>(data, AccountKind::Server)?);
+        let bump = read_prefix(&mut r, AccountKind::Server)?;
+        Ok(ServerHeader {
+            bump,
+            active: r.bool()?,
+            locked_count: r.u32()?,
+            registered_at: r.i64()?,
+            stats: ServerStats {
+                completed: r.u64()?,
+                flagged: r.u64()?,
+                timed_out: r.u64()?,
+                released: r.u64()?,
+                comparisons: r.u64()?,
+                preferred: r.u64()?,
+            },
+            authority: *r.address()?,
+            hpke_key: *r.address()?,
+        })
+    }
+
+    /// Encodes the fixed header into the first [`ServerHeader::LEN`] bytes of `out`.
+    pub fn encode_into(&self, out: &mut [u8]) -> Result<()> {
+        let head = out.first_chunk_mut::<{ Self::LEN }>().ok_or(Error::Truncated)?;
+        let mut w = Writer::new(head);
+        write_prefix(&mut w, AccountKind::Server, self.bump)?;
+        w.bool(self.active)?;
+        w.u32(self.locked_count)?;
+        w.i64(self.registered_at)?;
+        let s = &self.stats;
+        for v in [s.completed, s.flagged, s.timed_out, s.released, s.comparisons, s.preferred] {
+            w.u64(v)?;
+        }
+        w.put(&self.authority)?;
+        w.put(&self.hpke_key)?;
+        w.finish()
+    }
+}
+
+/// One model offer: a canonical model id and its price.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offer<'a> {
+    /// The model id, canonical (quantization upper-case).
+    pub model: &'a str,
+    /// Lamports per million tokens.
+    pub price_per_mtok: u64,
+}
+
+/// A server's validated offer list, borrowed from instruction or account bytes
+/// (`u32 count`, then `count` × (`string model`, `u64 price`)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offers<'a> {
+    bytes: &'a [u8],
+    count: u32,
+}
+
+impl<'a> Offers<'a> {
+    /// Reads and validates an offer list from `r`: 1..=8 offers, canonical model ids, no model
+    /// offered twice.
+    pub fn read(r: &mut Reader<'a>) -> Result<Self> {
+        let start = r.rest();
+        let count = r.u32()?;
+        if count == 0 || count as usize > MAX_OFFERS {
+            return Err(Error::InvalidOfferCount);
+        }
+        let mut seen: [&str; MAX_OFFERS] = [""; MAX_OFFERS];
+        for slot in seen.iter_mut().take(count as usize) {
+            let model = r.ascii(crate::model::MAX_MODEL_ID_LEN, Error::InvalidModelId)?;
+            check_canonical_model(model)?;
+            r.u64()?;
+            *slot = model;
+        }
+        for (i, a) in seen.iter().enumerate().take(count as usize) {
+            if seen.iter().take(i).any(|b| b == a) {
+                return Err(Error::DuplicateOffer);
+            }
+        }
+        let used = start.len().checked_sub(r.remaining()).ok_or(Error::Truncated)?;
+        let bytes = start.get(..used).ok_or(Error::Truncated)?;
+        Ok(Offers { bytes, count })
+    }
+
+    /// The encoded bytes, count prefix included.
+    pub const fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Number of offers.
+    pub const fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether there are none (never true for a validated list).
+    pub const fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The offers in order.
+    pub fn iter(&self) -> impl Iterator<Item = Offer<'a>> + 'a {
+        let mut r = Reader::new(self.bytes.get(4..).unwrap_or(&[]));
+        (0..self.count).map_while(move |_| {
+            let model = r.str(crate::model::MAX_MODEL_ID_LEN).ok()?;
+            let price_per_mtok = r.u64().ok()?;
+            Some(Offer { model, price_per_mtok })
+        })
+    }
+
+    /// The price offered for `model` (canonical), if any.
+    pub fn price_of(&self, model: &str) -> Option<u64> {
+        self.iter().find(|o| o.model == model).map(|o| o.price_per_mtok)
+    }
+}
+
+/// Checks an endpoint: at most [`MAX_ENDPOINT_LEN`] bytes of printable ASCII (empty = none).
+pub fn check_endpoint(endpoint: &str) -> Result<()> {
+    if endpoint.len() > MAX_ENDPOINT_LEN || !endpoint.bytes().all(|c| (0x21..=0x7e).contains(&c)) {
+        return Err(Error::InvalidEndpoint);
+    }
+    Ok(())
+}
+
+/// A decoded server account: header plus tail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerAccount<'a> {
+    /// The fixed header.
+    pub header: ServerHeader,
+    /// The off-chain endpoint URL, empty for none.
+    pub endpoint: &'a str,
+    /// The model offers.
+    pub offers: Offers<'a>,
+}
+
+impl<'a> ServerAccount<'a> {
+    /// Decodes the exact account data.
+    pub fn decode(data: &'a [u8]) -> Result<Self> {
+        let header = ServerHeader::decode(data)?;
+        let mut r = Reader::new(data.get(ServerHeader::TAIL_OFFSET..).ok_or(Error::Truncated)?);
+        let endpoint = r.ascii(MAX_ENDPOINT_LEN, Error::InvalidEndpoint)?;
+        check_endpoint(endpoint)?;
+        let offers = Offers::read(&mut r)?;
+        r.finish()?;
+        Ok(ServerAccount { header, endpoint, offers })
+    }
+
+    /// The price `data` (a server account written by the program, so its offers are already
+    /// validated) offers for `model`, walking the tail with bounds checks but without re-validating
+    /// each model id: the cheap path the program's lock takes.
+    pub fn price_of_model(data: &[u8], model: &[u8]) -> Result<Option<u64>> {
+        let mut r = Reader::new(data.get(ServerHeader::TAIL_OFFSET..).ok_or(Error::Truncated)?);
+        r.bytes(MAX_ENDPOINT_LEN)?;
+        let count = r.u32()?;
+        for _ in 0..(count as usize).min(MAX_OFFERS) {
+            let offered = r.bytes(crate::model::MAX_MODEL_ID_LEN)?;
+            let price = r.u64()?;
+            if offered == model {
+                return Ok(Some(price));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Account size for a tail of this endpoint and offer bytes.
+    #[allow(clippy::arithmetic_side_effects)] // sizes of bounded fields; callers check the bounds
+    pub const fn size(endpoint_len: usize, offers_len: usize) -> usize {
+        ServerHeader::LEN + 4 + endpoint_len + offers_len
+    }
+
+    /// Writes header and tail into `out`, which must be exactly [`ServerAccount::size`] long.
+    pub fn encode_into(header: &ServerHeader, endpoint: &str, offers: &Offers<'_>, out: &mut [u8]) -> Result<()> {
+        header.encode_into(out)?;
+        let tail = out.get_mut(ServerHeader::TAIL_OFFSET..).ok_or(Error::Truncated)?;
+        let mut w = Writer::new(tail);
+        w.bytes(endpoint.as_bytes())?;
+        w.put(offers.as_bytes())?;
+        w.finish()
+    }
+}

@@ -1,0 +1,328 @@
+//! The routes: the model list, chat completions (whole or streamed), and settlement in the
+//! background.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chainference_client::{
+    AnswerEvent, Ask, Chain, ChatMessage, ClientError, PendingRequest, Policy, Receipt, Role, ServerQuery,
+};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::{ApiError, Gateway, MAX_BODY};
+
+impl Gateway {
+    /// Checks `Authorization: Bearer <key>` when the gateway has a key.
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(key) = &self.config.api_key else { return Ok(()) };
+        let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if given == Some(key.as_str()) { Ok(()) } else { Err(ApiError::invalid_api_key()) }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `GET /v1/models`: each model an active server offers, once, sorted.
+pub(crate) async fn models(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, ApiError> {
+    gateway.authorize(&headers)?;
+    let discovery = gateway.client.servers(&ServerQuery::any_model()).await?;
+    let mut offered: Vec<&str> = discovery
+        .eligible
+        .iter()
+        .flat_map(|server| server.offers.iter().map(|(model, _price)| model.as_str()))
+        .collect();
+    offered.sort_unstable();
+    offered.dedup();
+    let data: Vec<Value> = offered
+        .iter()
+        .map(|id| json!({ "id": id, "object": "model", "created": 0, "owned_by": "chainference" }))
+        .collect();
+    Ok(axum::Json(json!({ "object": "list", "data": data })))
+}
+
+/// A parsed chat completion request.
+struct ChatRequest {
+    model: String,
+    messages: Vec<ChatMessage>,
+    max_tokens: u32,
+    temperature: f32,
+    seed: Option<u64>,
+    stream: bool,
+    include_usage: bool,
+    /// The billable budget: `max_tokens` plus the gateway's prompt allowance.
+    budget: u32,
+}
+
+fn parse_request(body: &[u8], default_max_tokens: u32) -> Result<ChatRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|err| {
+        ApiError::invalid_request(format!("We could not parse the JSON body of your request: {err}"), None)
+    })?;
+    let model = value
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::invalid_request("you must provide a model parameter", Some("model")))?
+        .to_string();
+    let raw = value
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::invalid_request("'messages' must be a non-empty array", Some("messages")))?;
+    let mut messages = Vec::with_capacity(raw.len());
+    for (i, message) in raw.iter().enumerate() {
+        let role = match message.get("role").and_then(Value::as_str) {
+            Some("system" | "developer") => Role::System,
+            Some("user") => Role::User,
+            Some("assistant") => Role::Assistant,
+            other => {
+                return Err(ApiError::invalid_request(
+                    format!("messages[{i}].role: unsupported role {other:?}"),
+                    Some("messages"),
+                ));
+            }
+        };
+        let content = match message.get("content") {
+            Some(Value::String(text)) => text.clone(),
+            // Content parts: the text ones, joined.
+            Some(Value::Array(parts)) => {
+                parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("")
+            }
+            _ => {
+                return Err(ApiError::invalid_request(
+                    format!("messages[{i}].content must be a string"),
+                    Some("messages"),
+                ));
+            }
+        };
+        messages.push(ChatMessage::new(role, content));
+    }
+    let max_tokens =
+        match value.get("max_completion_tokens").or_else(|| value.get("max_tokens")) {
+            None | Some(Value::Null) => default_max_tokens,
+            Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()).filter(|n| *n > 0).ok_or_else(|| {
+                ApiError::invalid_request("max_tokens must be a positive integer", Some("max_tokens"))
+            })?,
+        };
+    let temperature = match value.get("temperature") {
+        None | Some(Value::Null) => 1.0,
+        Some(v) => {
+            let t = v.as_f64().filter(|t| (0.0..=2.0).contains(t)).ok_or_else(|| {
+                ApiError::invalid_request("temperature must be a number between 0 and 2", Some("temperature"))
+            })?;
+            #[allow(clippy::cast_possible_truncation)] // in 0..=2
+            let t = t as f32;
+            t
+        }
+    };
+    let seed = match value.get("seed") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| ApiError::invalid_request("seed must be an integer", Some("seed")))?),
+    };
+    let stream = value.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = value.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+    Ok(ChatRequest { model, messages, max_tokens, temperature, seed, stream, include_usage, budget: max_tokens })
+}
+
+/// `POST /v1/chat/completions`: one sealed request, answered whole or as server-sent events.
+pub(crate) async fn chat_completions(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    gateway.authorize(&headers)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(MAX_BODY)
+        } else {
+            ApiError::invalid_request(rejection.body_text(), None)
+        }
+    })?;
+    let mut request = parse_request(&body, gateway.config.default_max_tokens)?;
+    request.budget = request.max_tokens.saturating_add(gateway.config.prompt_allowance);
+    let budget = request.budget;
+    let mut ask = Ask::chat(request.model.clone(), request.messages.clone())
+        .max_tokens(budget)
+        .max_completion_tokens(request.max_tokens)
+        .temperature(request.temperature)
+        .best(1, Policy::MostReliable);
+    if let Some(seed) = request.seed {
+        ask = ask.seed(seed);
+    }
+    let pending = gateway.client.ask(ask).await?;
+    let id = format!("chatcmpl-{}", pending.address());
+    let created = now();
+    if request.stream {
+        return Ok(stream_response(gateway, pending, request, id, created).into_response());
+    }
+    // In its own task, so a caller who hangs up does not strand the request: it still settles
+    // and closes.
+    let chain = Arc::clone(gateway.client.chain());
+    let waited = tokio::spawn(async move {
+        let answer = pending.wait().await;
+        settle_later(chain, pending);
+        answer
+    });
+    let answer = waited
+        .await
+        .map_err(|err| ApiError::upstream(ClientError::Invalid(format!("the request task failed: {err}"))))?
+        .map_err(ApiError::upstream)?;
+    let usage = usage(&gateway, &request.messages, answer.receipt.tokens).await;
+    let finish = finish_reason(&gateway, usage, request.max_tokens, budget);
+    let body = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": request.model,
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": answer.text }, "finish_reason": finish }],
+        "usage": usage_json(usage),
+        "chainference": receipt_json(&answer.receipt),
+    });
+    Ok(axum::Json(body).into_response())
+}
+
+/// `(prompt, completion, total)`: the billed total, split by the token counter when the
+/// gateway has one.
+async fn usage(gateway: &Gateway, messages: &[ChatMessage], billed: u64) -> (u64, u64, u64) {
+    let prompt = match &gateway.token_counter {
+        Some(counter) => counter.prompt_tokens(messages).await.map_or(0, u64::from).min(billed),
+        None => 0,
+    };
+    (prompt, billed.saturating_sub(prompt), billed)
+}
+
+/// "length" when the answer used its whole allowance: the completion tokens when the gateway
+/// can split the bill, else the whole budget.
+fn finish_reason(
+    gateway: &Gateway,
+    (_, completion, total): (u64, u64, u64),
+    max_tokens: u32,
+    budget: u32,
+) -> &'static str {
+    let used_up =
+        if gateway.token_counter.is_some() { completion >= u64::from(max_tokens) } else { total >= u64::from(budget) };
+    if used_up { "length" } else { "stop" }
+}
+
+fn usage_json((prompt, completion, total): (u64, u64, u64)) -> Value {
+    json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total })
+}
+
+fn receipt_json(receipt: &Receipt) -> Value {
+    json!({
+        "request": receipt.request.to_string(),
+        "server": receipt.server.to_string(),
+        "billed_tokens": receipt.tokens,
+        "price_per_mtok": receipt.price_per_mtok,
+        "cost_lamports": receipt.cost,
+        "fee_lamports": receipt.fee,
+        "refund_lamports": receipt.refund,
+    })
+}
+
+/// The gateway's wallet is the client: once a request is settled, close it to get its rent
+/// back; one nobody answered by its deadline is reclaimed first.
+fn settle_later(chain: Arc<dyn Chain>, pending: PendingRequest<Arc<dyn Chain>>) {
+    tokio::spawn(async move {
+        loop {
+            let Ok(state) = pending.state().await else { return };
+            if state.status.is_terminal() {
+                if let Err(err) = pending.close().await {
+                    tracing::warn!(error = %err, "closing a settled request failed");
+                }
+                return;
+            }
+            let now = chain.clock().await.map_or(0, |clock| clock.unix_timestamp);
+            if state.deadline > 0 && now >= state.deadline {
+                if let Err(err) = pending.reclaim().await {
+                    tracing::warn!(error = %err, "reclaiming an unanswered request failed");
+                    return;
+                }
+                continue;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+}
+
+fn stream_response(
+    gateway: Arc<Gateway>,
+    pending: PendingRequest<Arc<dyn Chain>>,
+    request: ChatRequest,
+    id: String,
+    created: u64,
+) -> Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    tokio::spawn(async move {
+        let chunk = |delta: Value, finish: Option<&str>| {
+            json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": request.model,
+                "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+            })
+        };
+        let send = |value: Value| sender.send(Event::default().data(value.to_string())).is_ok();
+        let error_event = |error: ApiError| json!({ "error": { "message": error.message(), "type": error.kind(), "code": error.code() } });
+        // A caller who hangs up stops the forwarding, not the request: it settles below.
+        let mut connected = send(chunk(json!({ "role": "assistant", "content": "" }), None));
+        let mut sent_text = false;
+        let mut events = pending.events();
+        while connected {
+            let Some(event) = events.next().await else { break };
+            match event {
+                Ok(AnswerEvent::Text(text)) => {
+                    sent_text = true;
+                    connected = send(chunk(json!({ "content": text }), None));
+                }
+                Ok(AnswerEvent::Restarted { .. }) if sent_text => {
+                    // The text already streamed is void and cannot be taken back: say so and stop.
+                    let error = ApiError::upstream(ClientError::Invalid(
+                        "the server released the request mid-answer; the text so far is void".into(),
+                    ));
+                    send(error_event(error));
+                    break;
+                }
+                Ok(AnswerEvent::Completed(receipt)) => {
+                    let usage = usage(&gateway, &request.messages, receipt.tokens).await;
+                    let finish = finish_reason(&gateway, usage, request.max_tokens, request.budget);
+                    let mut last = chunk(json!({}), Some(finish));
+                    if let Some(object) = last.as_object_mut() {
+                        object.insert("chainference".into(), receipt_json(&receipt));
+                    }
+                    send(last);
+                    if request.include_usage {
+                        let mut usage_chunk = chunk(json!({}), None);
+                        if let Some(object) = usage_chunk.as_object_mut() {
+                            object.insert("choices".into(), json!([]));
+                            object.insert("usage".into(), usage_json(usage));
+                        }
+                        send(usage_chunk);
+                    }
+                    break;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    send(error_event(ApiError::upstream(err)));
+                    break;
+                }
+            }
+        }
+        let _ = sender.send(Event::default().data("[DONE]"));
+        drop(events);
+        settle_later(Arc::clone(gateway.client.chain()), pending);
+    });
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|event| (Ok(event), receiver))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}

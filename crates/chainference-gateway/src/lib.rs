@@ -1,0 +1,194 @@
+//! # chainference-gateway
+//!
+//! The Chainference network behind OpenAI's chat completions API, as a library: an
+//! [`axum::Router`] that any Rust app mounts in its own router, so existing apps and OpenAI SDKs
+//! use the network without changing code.
+//!
+//! - `GET /v1/models` lists the models active servers offer on chain
+//!   ([`Client::servers`](chainference_client::Client::servers) with
+//!   [`ServerQuery::any_model`](chainference_client::ServerQuery::any_model)).
+//! - `POST /v1/chat/completions` (streaming or not) becomes a sealed request, paid from the
+//!   gateway's wallet; the answer comes back decrypted, with `usage` from the billed tokens and
+//!   the on-chain settlement under `chainference`. Settled requests are closed (and unanswered
+//!   ones reclaimed) in the background, even when the caller hangs up.
+//! - Errors use OpenAI's JSON shape and status codes ([`ApiError`]).
+//!
+//! The gateway runs over any [`Chain`]: the app picks the transport (`EmbeddedChain`, or
+//! `RpcChain` for a real cluster) and the wallet that pays.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use axum::Router;
+//! use axum::routing::get;
+//! use chainference_client::{Chain, Client, Keypair};
+//! use chainference_gateway::{Gateway, GatewayConfig};
+//!
+//! /// The app's own routes, with the gateway under `/openai`: OpenAI SDKs use
+//! /// `base_url = "http://127.0.0.1:8080/openai/v1"`.
+//! async fn serve(chain: Arc<dyn Chain>, wallet: Keypair) -> std::io::Result<()> {
+//!     let gateway = Gateway::new(Client::new(chain, wallet), GatewayConfig::default().api_key("sk-local"));
+//!     let app: Router = Router::new()
+//!         .route("/health", get(|| async { "ok" }))
+//!         .nest("/openai", gateway.router());
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//!     axum::serve(listener, app).await
+//! }
+//! ```
+//!
+//! [`Gateway::serve`] serves the gateway alone on a listener until a shutdown signal.
+
+#![deny(unsafe_code)]
+
+mod error;
+mod handlers;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use chainference_client::{Chain, Client};
+use chainference_server::InferenceBackend;
+
+pub use error::ApiError;
+
+/// The largest request body the gateway accepts, in bytes; larger ones get a 413 in OpenAI's
+/// error shape (`request_too_large`).
+pub const MAX_BODY: usize = 256 * 1024;
+
+/// How a [`Gateway`] treats requests.
+///
+/// ```
+/// use chainference_gateway::GatewayConfig;
+/// let config = GatewayConfig::default().api_key("sk-local").default_max_tokens(256);
+/// assert_eq!(config.prompt_allowance, 1024);
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GatewayConfig {
+    /// When set, every route requires `Authorization: Bearer <key>` (default: none).
+    pub api_key: Option<String>,
+    /// Tokens allowed for the prompt on top of `max_tokens` in a request's billable budget
+    /// (default 1024).
+    pub prompt_allowance: u32,
+    /// Completion tokens when a request names none (default 512).
+    pub default_max_tokens: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig { api_key: None, prompt_allowance: 1024, default_max_tokens: 512 }
+    }
+}
+
+impl GatewayConfig {
+    /// The defaults: no API key, a prompt allowance of 1024 tokens, 512 completion tokens.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requires `Authorization: Bearer <key>` on every route.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// Tokens allowed for the prompt on top of `max_tokens` in a request's billable budget.
+    pub fn prompt_allowance(mut self, tokens: u32) -> Self {
+        self.prompt_allowance = tokens;
+        self
+    }
+
+    /// Completion tokens when a request names none.
+    pub fn default_max_tokens(mut self, tokens: u32) -> Self {
+        self.default_max_tokens = tokens;
+        self
+    }
+}
+
+impl fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayConfig")
+            // The key is a secret: say whether there is one, never what it is.
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("prompt_allowance", &self.prompt_allowance)
+            .field("default_max_tokens", &self.default_max_tokens)
+            .finish()
+    }
+}
+
+/// An OpenAI-compatible gateway paying from one client's wallet.
+///
+/// Build it with [`Gateway::new`], then mount [`Gateway::router`] in an app or run
+/// [`Gateway::serve`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    client: Client<Arc<dyn Chain>>,
+    config: GatewayConfig,
+    /// Splits billed tokens into prompt and completion for `usage`.
+    token_counter: Option<Arc<dyn InferenceBackend>>,
+}
+
+impl fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gateway")
+            .field("wallet", &self.client.address())
+            .field("config", &self.config)
+            .field("token_counter", &self.token_counter.as_ref().map(|counter| counter.model_id()))
+            .finish()
+    }
+}
+
+impl Gateway {
+    /// A gateway sending requests with `client` (its chain, wallet and deployment): every
+    /// request is paid from the client's wallet.
+    pub fn new(client: Client<Arc<dyn Chain>>, config: GatewayConfig) -> Self {
+        Gateway { client, config, token_counter: None }
+    }
+
+    /// Counts prompt tokens with `counter` (the model the servers run, e.g. a `CandleBackend`),
+    /// so `usage` splits the billed tokens into `prompt_tokens` and `completion_tokens`, and
+    /// `finish_reason` is `"length"` exactly when the completion used all of `max_tokens`.
+    /// Without one, `prompt_tokens` is 0 and every billed token counts as completion.
+    pub fn token_counter(mut self, counter: Arc<dyn InferenceBackend>) -> Self {
+        self.token_counter = Some(counter);
+        self
+    }
+
+    /// The client requests are sent with.
+    pub fn client(&self) -> &Client<Arc<dyn Chain>> {
+        &self.client
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// The routes `GET /v1/models` and `POST /v1/chat/completions` (bodies up to
+    /// [`MAX_BODY`]), for any app state `S`: merge them into an app, or nest them under a
+    /// prefix (`.nest("/openai", gateway.router())` serves `/openai/v1/models`).
+    pub fn router<S>(self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        Router::new()
+            .route("/v1/models", get(handlers::models))
+            .route("/v1/chat/completions", post(handlers::chat_completions))
+            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .with_state(Arc::new(self))
+    }
+
+    /// Serves [`Gateway::router`] alone on `listener` until `shutdown` resolves, then finishes
+    /// the requests in progress. Requests already sent on chain still settle in the background
+    /// while the runtime runs.
+    pub async fn serve<F>(self, listener: tokio::net::TcpListener, shutdown: F) -> std::io::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        axum::serve(listener, self.router::<()>()).with_graceful_shutdown(shutdown).await
+    }
+}

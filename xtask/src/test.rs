@@ -1,0 +1,132 @@
+//! `cargo xtask test`, `cu` and `demo`.
+
+use std::time::Instant;
+
+use chainference_host::DEPLOYED_PROGRAM_SO;
+
+use crate::llama::{LLAMA_MODEL_ALIAS, setup_llama_server, start_llama_server};
+use crate::localnet::{localnet_manifest_dir, setup_localnet, start_test_validator};
+use crate::sbf::{build_sbf, core_no_std, program_manifest, sbf_program_crate};
+use crate::setup::{setup, setup_model, setup_sbf};
+use crate::wasm::wasm_tests;
+use crate::{Result, cargo, root, run, stage};
+
+/// Features the RPC tests need, on top of the workspace defaults.
+const RPC_FEATURES: &str = "chainference-chain/rpc,chainference-client/rpc,chainference-server/hub";
+
+/// `cargo xtask test [ARGS]`: every stage in order, stopping at the first failure; `ARGS` go to
+/// the workspace's `cargo test`.
+pub(crate) fn test(rest: &[String]) -> Result {
+    let start = Instant::now();
+    setup()?;
+    stage("fmt", || {
+        run(cargo().args(["fmt", "--all", "--check"]))?;
+        run(cargo().args(["fmt", "--check", "--manifest-path"]).arg(program_manifest()))?;
+        run(cargo().args(["fmt", "--check", "--manifest-path"]).arg(localnet_manifest_dir().join("Cargo.toml")))
+    })?;
+    stage("clippy", || {
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--features",
+            RPC_FEATURES,
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        // The program's own workspace, built for the host (lints only; it runs as the SBF .so).
+        run(cargo()
+            .args(["clippy", "--all-targets", "--manifest-path"])
+            .arg(program_manifest())
+            .args(["--", "-D", "warnings"]))
+    })?;
+    stage("core no_std for bpfel-unknown-none", core_no_std)?;
+    if sbf_program_crate().is_some() {
+        build_sbf()?;
+    }
+    stage("tests", || {
+        let mut c = cargo();
+        // With the RPC features, so the RPC stage below reuses these test binaries.
+        c.args(["test", "--workspace", "--features", RPC_FEATURES]).args(rest);
+        if let Some(so) = sbf_program_crate().map(|_| root().join(DEPLOYED_PROGRAM_SO)) {
+            c.env("CHAINFERENCE_PROGRAM_SO", so);
+        }
+        run(&mut c)
+    })?;
+    real_server_tests()?;
+    wasm_tests()?;
+    // The README's main job must keep working (and conserving lamports).
+    demo(&[])?;
+    println!("==> all stages ok in {:.1}s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `cargo xtask cu`: measures every instruction's compute units into `docs/compute-units.md`.
+pub(crate) fn compute_units() -> Result {
+    stage("cu", || {
+        run(cargo()
+            .args(["test", "-p", "chainference-program-tests", "--test", "compute_units", "--", "--nocapture"])
+            .env("CHAINFERENCE_PROGRAM_SO", root().join(DEPLOYED_PROGRAM_SO))
+            .env("CHAINFERENCE_WRITE_CU", root().join("docs/compute-units.md")))
+    })
+}
+
+/// `cargo xtask demo [ARGS]`: the CLI's demo on the freshly built program; `ARGS` go to it.
+pub(crate) fn demo(rest: &[String]) -> Result {
+    setup_sbf()?;
+    let so = build_sbf()?;
+    setup_model()?;
+    stage("demo", || {
+        // The dev profile builds dependencies at opt-level 2 (see the root Cargo.toml), so the
+        // model runs at speed while the demo shares the test build.
+        run(cargo()
+            .args(["run", "-q", "-p", "chainference-cli", "--bin", "chainference", "--", "demo"])
+            .args(rest)
+            .env("CHAINFERENCE_PROGRAM_SO", &so))
+    })
+}
+
+/// The suites that need real servers, in one cargo selection (one build): the transport
+/// conformance suite, the client flow and the CLI over RPC against a real validator, and the
+/// HTTP backend against a real llama.cpp server on the same GGUF. Both servers run only for these
+/// tests (the validator keeps ~1.8 cores busy even when idle).
+fn real_server_tests() -> Result {
+    setup_localnet()?;
+    setup_llama_server()?;
+    let so = root().join(DEPLOYED_PROGRAM_SO);
+    stage("tests against a real validator and a real llama.cpp server", || {
+        let selection = [
+            "test",
+            "--workspace",
+            "--features",
+            RPC_FEATURES,
+            "--test",
+            "conformance",
+            "--test",
+            "rpc",
+            "--test",
+            "cli",
+            "--test",
+            "openai",
+        ];
+        // Build first: a validator left idle while cargo compiles on the same 2 cores falls
+        // behind and can crash (agave's broadcast stage panicked on a frozen bank here).
+        run(cargo().args(selection).arg("--no-run").env("CHAINFERENCE_PROGRAM_SO", &so))?;
+        let llama = start_llama_server(2)?;
+        let validator = start_test_validator(&so)?;
+        let result = run(cargo()
+            .args(selection)
+            .args(["--", "--nocapture", "--test-threads", "1"])
+            .env("CHAINFERENCE_PROGRAM_SO", &so)
+            .env("CHAINFERENCE_RPC_URL", &validator.ready.rpc_url)
+            .env("CHAINFERENCE_LOCALNET_ADMIN", &validator.ready.admin_keypair)
+            .env("CHAINFERENCE_REQUIRE_RPC", "1")
+            .env("CHAINFERENCE_OPENAI_URL", &llama.url)
+            .env("CHAINFERENCE_OPENAI_MODEL", LLAMA_MODEL_ALIAS)
+            .env("CHAINFERENCE_REQUIRE_OPENAI", "1"));
+        drop(validator);
+        drop(llama);
+        result
+    })
+}

@@ -1,0 +1,153 @@
+//! The wasm package (`pkg/`, for node and the web) and its tests: wasm-bindgen-test in node and
+//! headless Chromium, the web example with Playwright, and node's tests of the package.
+
+use std::env;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use chainference_host::{cache_dir, tools_dir};
+
+use crate::setup::{DEBIAN_RUSTC, wasm_bindgen};
+use crate::{Result, cargo, root, run, stage, target_dir};
+
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+/// Debian's cargo-web, next to its rustc.
+const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+const PLAYWRIGHT_CORE_VERSION: &str = "1.64.1";
+
+/// Debian's cargo and rustc (which ship the wasm32 std sources), in their own target dir.
+fn wasm_cargo() -> Command {
+    let mut c = Command::new(DEBIAN_CARGO);
+    let path = format!("{}:{}", tools_dir().join("bin").display(), env::var("PATH").unwrap_or_default());
+    c.current_dir(root())
+        .env("RUSTC", DEBIAN_RUSTC)
+        .env("RUSTDOC", "/usr/bin/rustdoc")
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_TARGET_DIR", cache_dir().join("target-wasm"))
+        .env("PATH", path)
+        .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", tools_dir().join("bin/wasm-bindgen-test-runner"));
+    c
+}
+
+/// `path`'s size in bytes (0 if it cannot be read).
+fn file_size(path: &Path) -> u64 {
+    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// `path`'s size after `gzip -9`.
+fn gzip_size(path: &Path) -> Result<u64> {
+    let out = Command::new("gzip").args(["-9", "-c"]).arg(path).output().map_err(|e| format!("gzip: {e}"))?;
+    Ok(out.stdout.len() as u64)
+}
+
+/// Builds `pkg/` (node and web targets, one package.json) and shows the `.wasm`'s size.
+pub(crate) fn build_wasm_package() -> Result {
+    stage("wasm package", || {
+        run(wasm_cargo()
+            .args(["build", "--profile", "release-wasm", "--target", WASM_TARGET, "-Zbuild-std=std,panic_abort"])
+            .args(["-p", "chainference-wasm"]))?;
+        let wasm = cache_dir().join("target-wasm").join(WASM_TARGET).join("release-wasm/chainference_wasm.wasm");
+        let pkg = root().join("pkg");
+        for target in ["nodejs", "web"] {
+            let dir = pkg.join(if target == "nodejs" { "node" } else { "web" });
+            run(Command::new(wasm_bindgen())
+                .args(["--target", target, "--remove-name-section", "--remove-producers-section", "--out-dir"])
+                .arg(&dir)
+                .arg(&wasm))?;
+        }
+        let package = r#"{
+  "name": "@chainference/wasm",
+  "version": "0.1.0",
+  "description": "Chainference for web apps and browser wallets: build requests, seal and open envelopes, decode accounts.",
+  "license": "Apache-2.0",
+  "main": "node/chainference_wasm.js",
+  "module": "web/chainference_wasm.js",
+  "types": "web/chainference_wasm.d.ts",
+  "exports": {
+    ".": {
+      "node": "./node/chainference_wasm.js",
+      "types": "./web/chainference_wasm.d.ts",
+      "default": "./web/chainference_wasm.js"
+    },
+    "./web": "./web/chainference_wasm.js",
+    "./node": "./node/chainference_wasm.js"
+  },
+  "files": ["node", "web"]
+}
+"#;
+        fs::write(pkg.join("package.json"), package).map_err(|e| format!("write package.json: {e}"))?;
+        let built = pkg.join("web/chainference_wasm_bg.wasm");
+        println!(
+            "wasm: {} bytes raw, {} bytes gzipped ({:.1} KiB / {:.1} KiB) at {}",
+            file_size(&built),
+            gzip_size(&built)?,
+            file_size(&built) as f64 / 1024.0,
+            gzip_size(&built)? as f64 / 1024.0,
+            pkg.display()
+        );
+        Ok(())
+    })
+}
+
+/// Builds the package, then wasm-bindgen-test under node and in headless Chromium, the web
+/// example with Playwright, and node --test on the package.
+pub(crate) fn wasm_tests() -> Result {
+    build_wasm_package()?;
+    stage("wasm tests (node)", || {
+        run(wasm_cargo().args([
+            "test",
+            "--target",
+            WASM_TARGET,
+            "-Zbuild-std=std,panic_abort",
+            "-p",
+            "chainference-wasm",
+            "--tests",
+        ]))
+    })?;
+    stage("wasm tests (headless Chromium)", || {
+        run(wasm_cargo()
+            .args([
+                "test",
+                "--target",
+                WASM_TARGET,
+                "-Zbuild-std=std,panic_abort",
+                "-p",
+                "chainference-wasm",
+                "--tests",
+            ])
+            .env("CHROMEDRIVER", "/usr/bin/chromedriver")
+            .env("WASM_BINDGEN_USE_BROWSER", "1"))
+    })?;
+    stage("web example (Playwright, headless Chromium)", || {
+        let dir = cache_dir().join("web-test");
+        let installed = fs::read_to_string(dir.join("node_modules/playwright-core/package.json")).unwrap_or_default();
+        if installed.contains(&format!("\"version\": \"{PLAYWRIGHT_CORE_VERSION}\"")) {
+            println!("playwright-core {PLAYWRIGHT_CORE_VERSION} already in {}", dir.display());
+        } else {
+            fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+            if !dir.join("package.json").exists() {
+                fs::write(dir.join("package.json"), "{\"private\": true}\n")
+                    .map_err(|e| format!("package.json: {e}"))?;
+            }
+            run(Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", &format!("playwright-core@{PLAYWRIGHT_CORE_VERSION}")])
+                .current_dir(&dir))?;
+        }
+        run(Command::new("node").arg("examples/web/test.mjs").current_dir(root()).env("PLAYWRIGHT_DIR", &dir))
+    })?;
+    stage("wasm package (node --test)", || {
+        // Core only: the client SDK (and LiteSVM) have no part in the interop check.
+        run(cargo().args(["build", "--release", "-q", "-p", "chainference", "--no-default-features"]).args([
+            "--features",
+            "crypto,builders",
+            "--example",
+            "envelope_interop",
+        ]))?;
+        let interop = target_dir().join("release/examples/envelope_interop");
+        run(Command::new("node")
+            .args(["--test", "crates/chainference-wasm/tests/node/"])
+            .current_dir(root())
+            .env("CHAINFERENCE_INTEROP", interop))
+    })
+}
