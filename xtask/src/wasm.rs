@@ -94,30 +94,14 @@ pub(crate) fn build_wasm_package() -> Result {
 /// example with Playwright, and node --test on the package.
 pub(crate) fn wasm_tests() -> Result {
     build_wasm_package()?;
-    stage("wasm tests (node)", || {
-        run(wasm_cargo().args([
-            "test",
-            "--target",
-            WASM_TARGET,
-            "-Zbuild-std=std,panic_abort",
-            "-p",
-            "chainference-wasm",
-            "--tests",
-        ]))
-    })?;
+    let wasm_test = || {
+        let mut c = wasm_cargo();
+        c.args(["test", "--target", WASM_TARGET, "-Zbuild-std=std,panic_abort", "-p", "chainference-wasm", "--tests"]);
+        c
+    };
+    stage("wasm tests (node)", || run(&mut wasm_test()))?;
     stage("wasm tests (headless Chromium)", || {
-        run(wasm_cargo()
-            .args([
-                "test",
-                "--target",
-                WASM_TARGET,
-                "-Zbuild-std=std,panic_abort",
-                "-p",
-                "chainference-wasm",
-                "--tests",
-            ])
-            .env("CHROMEDRIVER", "/usr/bin/chromedriver")
-            .env("WASM_BINDGEN_USE_BROWSER", "1"))
+        run(wasm_test().env("CHROMEDRIVER", "/usr/bin/chromedriver").env("WASM_BINDGEN_USE_BROWSER", "1"))
     })?;
     stage("web example (Playwright, headless Chromium)", || {
         let dir = cache_dir().join("web-test");

@@ -336,6 +336,7 @@ pub fn instructions(built: impl IntoIterator<Item = BuiltInstruction>) -> Vec<In
 
 /// Checks what every `send` needs before it touches the network: at least one signer, and every
 /// signer an instruction asks for present.
+#[cfg(any(feature = "embedded", feature = "rpc"))]
 pub(crate) fn check_signers(instructions: &[Instruction], signers: &[SignerRef<'_>]) -> Result<(), ChainError> {
     if signers.is_empty() {
         return Err(ChainError::Invalid("no signers: the first signer pays the fee".into()));
@@ -350,14 +351,17 @@ pub(crate) fn check_signers(instructions: &[Instruction], signers: &[SignerRef<'
 }
 
 /// A `Stream` over a tokio unbounded receiver (what `tokio-stream` provides, in a few lines).
+#[cfg(any(feature = "embedded", feature = "rpc"))]
 pub(crate) struct ReceiverStream<T>(tokio::sync::mpsc::UnboundedReceiver<T>);
 
+#[cfg(any(feature = "embedded", feature = "rpc"))]
 impl<T> ReceiverStream<T> {
     pub(crate) fn new(receiver: tokio::sync::mpsc::UnboundedReceiver<T>) -> Self {
         ReceiverStream(receiver)
     }
 }
 
+#[cfg(any(feature = "embedded", feature = "rpc"))]
 impl<T> Stream for ReceiverStream<T> {
     type Item = T;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {

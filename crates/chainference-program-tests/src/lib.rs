@@ -402,6 +402,29 @@ impl Bench {
         self.ok(ixs, &[&w])
     }
 
+    /// The bench client's CompareResponses of `first` (served by `first_server`) and `second`
+    /// (by `second_server`), revealing the real salts and prompt digest; `preferred` 0 or 1.
+    pub fn compare_ix(
+        &self,
+        [(first, first_server), (second, second_server)]: [(&TestRequest, &TestServer); 2],
+        preferred: u8,
+    ) -> BuiltInstruction {
+        let digest = self.secret.prompt_digest(MODEL, &first.prompt);
+        let (salt1, salt2) =
+            (self.secret.commitment_salt(&first.address), self.secret.commitment_salt(&second.address));
+        let (a1, a2) = (first_server.authority(), second_server.authority());
+        builders::compare_responses(
+            &self.program,
+            &key(&self.client),
+            [
+                builders::CompareSide { request: &first.address, served_by: &a1, salt: &salt1 },
+                builders::CompareSide { request: &second.address, served_by: &a2, salt: &salt2 },
+            ],
+            &digest,
+            preferred,
+        )
+    }
+
     /// The decoded request header.
     pub fn request(&self, a: &[u8; 32]) -> RequestHeader {
         RequestAccount::decode(&self.data(a)).unwrap().header

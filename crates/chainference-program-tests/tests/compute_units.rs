@@ -10,7 +10,7 @@
     clippy::cast_possible_truncation
 )]
 
-use chainference_core::builders::{self, CompareSide, ServerProfile};
+use chainference_core::builders::{self, ServerProfile};
 use chainference_core::state::ConfigParams;
 use chainference_program_tests::*;
 use litesvm::types::TransactionMetadata;
@@ -110,19 +110,7 @@ fn every_instruction_stays_within_its_ceiling() {
     let spec2 = b.spec(&[&other]);
     let req2 = b.open(&spec2);
     b.serve(&other, &req2, 300);
-    let digest = b.secret.prompt_digest(MODEL, &req.prompt);
-    let (s1, s2) = (b.secret.commitment_salt(&req.address), b.secret.commitment_salt(&req2.address));
-    let oa = other.authority();
-    let cmp = builders::compare_responses(
-        &b.program,
-        &c,
-        [
-            CompareSide { request: &req.address, served_by: &sa, salt: &s1 },
-            CompareSide { request: &req2.address, served_by: &oa, salt: &s2 },
-        ],
-        &digest,
-        0,
-    );
+    let cmp = b.compare_ix([(&req, &server), (&req2, &other)], 0);
     m.record("CompareResponses", b.ok(vec![cmp], &[&client]));
     m.record("CloseRequest", b.ok(vec![builders::close_request(&b.program, &c, &refs, &sa)], &[&client]));
 

@@ -9,7 +9,7 @@
     clippy::cast_possible_truncation
 )]
 
-use chainference_core::builders::{self, CompareSide, ServerProfile};
+use chainference_core::builders::{self, ServerProfile};
 use chainference_core::envelope::{self, ResponseSealer};
 use chainference_core::pricing;
 use chainference_core::state::{Config, ConfigParams, RequestStatus};
@@ -247,19 +247,8 @@ fn compare_counts_both_servers_and_the_preferred_one() {
     b.serve(&s1, &r1, 10);
     b.serve(&s2, &r2, 10);
     let client = key(&b.client);
-    let digest = b.secret.prompt_digest(MODEL, &r1.prompt);
-    let (salt1, salt2) = (b.secret.commitment_salt(&r1.address), b.secret.commitment_salt(&r2.address));
     let (a1, a2) = (s1.authority(), s2.authority());
-    let ix = builders::compare_responses(
-        &b.program,
-        &client,
-        [
-            CompareSide { request: &r1.address, served_by: &a1, salt: &salt1 },
-            CompareSide { request: &r2.address, served_by: &a2, salt: &salt2 },
-        ],
-        &digest,
-        1,
-    );
+    let ix = b.compare_ix([(&r1, &s1), (&r2, &s2)], 1);
     let accounts = vec![client, r1.address, r2.address, b.program.server(&a1), b.program.server(&a2)];
     let (before, fees0) = (b.total(&accounts), b.fees);
     b.ok(vec![ix], &[&b.client.insecure_clone()]);
