@@ -52,7 +52,7 @@ pub use chainference_core::prompt::{ChatMessage, PromptPayload, Role};
 pub use discovery::{Discovery, Exclusion, Filtered, Policy, ServerFilter, ServerInfo, ServerQuery};
 pub use error::ClientError;
 pub use history::HistoryEntry;
-pub use request::{Answer, AnswerEvent, Ask, Estimate, PendingRequest, Receipt, RequestState, ServerChoice};
+pub use request::{Answer, AnswerEvent, Ask, Estimate, PendingRequest, Receipt, RequestState, ServerChoice, Stake};
 
 use chainference_chain::{AccountFilter, address, instruction};
 use chainference_core::builders::{self, CompareSide, Program};
