@@ -15,7 +15,7 @@ use chainference_client::{
     AnswerEvent, Ask, ChatMessage, Client, ClientError, Exclusion, Filtered as _, Policy, Role, ServerChoice,
     ServerQuery,
 };
-use chainference_core::pricing;
+use chainference_core::{builders, pricing};
 use chainference_core::state::{ConfigParams, RequestStatus};
 use common::{FUNDS, MODEL, TestServer, chain, funded};
 use futures::StreamExt;
@@ -273,6 +273,11 @@ async fn a_large_prompt_is_uploaded_in_chunks_and_read_back() {
         estimate.transactions,
         estimate.envelope_len
     );
+    // Split by core's one sizing rule (the wasm bindings' default too): every transaction keeps
+    // the reserve free for a wallet's compute-budget instruction.
+    let sizes = builders::PromptUpload::with_reserve(&[], MODEL.len(), 1, builders::TRANSACTION_RESERVE);
+    let rest = estimate.envelope_len - sizes.first_chunk;
+    assert_eq!(estimate.transactions, 1 + rest.div_ceil(sizes.chunk), "{estimate:?}");
     let start = total(&chain);
     let before = client.balance().await.unwrap();
     let request = client.ask(ask).await.unwrap();
