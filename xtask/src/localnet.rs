@@ -3,10 +3,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
-use chainference_host::localnet::{Localnet, LocalnetOptions, installed_tool_path, tool_path};
+use chainference_host::localnet::{Localnet, LocalnetOptions, installed_tool_path};
 use chainference_host::{cache_dir, tools_dir};
 
 use crate::sbf::build_sbf;
@@ -76,12 +75,10 @@ pub(crate) fn localnet(rest: &[String]) -> Result {
     setup_sbf()?;
     let so = build_sbf()?;
     setup_localnet()?;
-    let mut c = Command::new(tool_path());
-    c.arg("--program").arg(&so);
-    if !rest.iter().any(|a| a == "--ledger") {
-        c.arg("--ledger").arg(cache_dir().join("localnet-ledger"));
-    }
-    run(c.args(rest))
+    let options =
+        LocalnetOptions { tool: installed_tool_path(), program: so, args: rest.to_vec(), ..LocalnetOptions::default() };
+    let (mut command, _) = options.command().map_err(|e| e.to_string())?;
+    run(&mut command)
 }
 
 /// Starts a validator for the tests with `so` deployed, on free ports, its output in
@@ -90,6 +87,7 @@ pub(crate) fn start_test_validator(so: &Path) -> Result<Localnet> {
     let dir = cache_dir().join("test-localnet");
     let started = Instant::now();
     let validator = Localnet::start(LocalnetOptions {
+        tool: installed_tool_path(),
         program: so.to_path_buf(),
         ledger: dir.join("ledger"),
         ready_file: dir.join("ready.json"),

@@ -44,7 +44,11 @@ fn main() -> ExitCode {
     let outcome = match cmd.as_str() {
         "setup" => setup::setup(),
         "build-sbf" => setup::setup().and_then(|()| sbf::build_sbf()).map(|so| println!("built {}", so.display())),
-        "test" => test::test(rest),
+        "test" => {
+            let outcome = test::test(rest);
+            print_stage_times();
+            outcome
+        }
         "cu" => setup::setup().and_then(|()| sbf::build_sbf()).and_then(|_| test::compute_units()),
         "wasm" => setup::setup().and_then(|()| wasm::build_wasm_package()),
         "demo" => test::demo(rest),
@@ -102,11 +106,29 @@ fn output(cmd: &mut Command) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Runs one named stage between a start line and an outcome line with its duration.
+/// Every stage run so far: name, whether it passed, seconds.
+static STAGES: std::sync::Mutex<Vec<(String, bool, f64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs one named stage between a start line and an outcome line with its duration, and records
+/// it for [`print_stage_times`].
 fn stage(name: &str, f: impl FnOnce() -> Result) -> Result {
     println!("==> {name}");
     let start = Instant::now();
     let r = f();
-    println!("==> {name}: {} in {:.1}s", if r.is_ok() { "ok" } else { "FAILED" }, start.elapsed().as_secs_f64());
+    let seconds = start.elapsed().as_secs_f64();
+    println!("==> {name}: {} in {seconds:.1}s", if r.is_ok() { "ok" } else { "FAILED" });
+    if let Ok(mut stages) = STAGES.lock() {
+        stages.push((name.to_string(), r.is_ok(), seconds));
+    }
     r
+}
+
+/// A table of every stage's outcome and time, longest first (where a run's time went).
+fn print_stage_times() {
+    let Ok(mut stages) = STAGES.lock().map(|s| s.clone()) else { return };
+    stages.sort_by(|a, b| b.2.total_cmp(&a.2));
+    println!("\n| stage | outcome | seconds |\n| --- | --- | --- |");
+    for (name, ok, seconds) in &stages {
+        println!("| {name} | {} | {seconds:.1} |", if *ok { "ok" } else { "FAILED" });
+    }
 }

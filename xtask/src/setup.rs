@@ -75,7 +75,7 @@ pub(crate) fn setup() -> Result {
 /// Where `cargo xtask setup` puts the model: the cache's copy, whatever `CHAINFERENCE_MODEL` says
 /// (that variable points the SDKs elsewhere; it does not move what setup installs).
 pub(crate) fn model_path() -> PathBuf {
-    cache_dir().join("models").join(DEFAULT_MODEL_FILE)
+    chainference_host::installed_model_path()
 }
 
 /// `path`'s SHA-256 in hex, if `sha256sum` can read it.

@@ -55,6 +55,13 @@ mod rpc;
 
 #[cfg(feature = "embedded")]
 pub use embedded::{EmbeddedChain, EmbeddedConfig};
+
+/// Moved to [`chainference_host::program_so`], the one rule for where the `.so` is.
+#[cfg(feature = "embedded")]
+#[deprecated(since = "0.1.0", note = "use chainference_host::program_so")]
+pub fn program_so_path() -> std::path::PathBuf {
+    chainference_host::program_so()
+}
 #[cfg(feature = "rpc")]
 pub use rpc::{RpcChain, RpcConfig};
 

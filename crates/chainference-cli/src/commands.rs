@@ -9,77 +9,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use chainference_chain::{Address, Chain, Keypair, RpcChain, RpcConfig, Signer};
 use chainference_client::{AnswerEvent, Ask, Client, ClientError, Filtered as _, Policy, ServerQuery};
-use chainference_server::candle::DEFAULT_MODEL_ID;
 use chainference_server::runtime::{Server, ServerEvent};
 use futures::StreamExt;
 use serde_json::json;
 
+use crate::args::{AskArgs, Cli, Command, ServerCommand, ServerRunArgs};
 use crate::output::{lamports, load_model};
-use crate::{Cli, Command, ServerCommand};
-
-/// `chainference ask`.
-#[derive(clap::Args, Debug)]
-pub struct AskArgs {
-    /// The prompt (read from stdin when absent or `-`).
-    pub prompt: Option<String>,
-    /// Model id.
-    #[arg(long, default_value = DEFAULT_MODEL_ID)]
-    pub model: String,
-    /// A system message.
-    #[arg(long)]
-    pub system: Option<String>,
-    /// Most lamports to pay (the stake; default: max tokens at the dearest allowed price).
-    #[arg(long)]
-    pub max_cost: Option<u64>,
-    /// Billable token budget (prompt + completion).
-    #[arg(long, default_value_t = 512)]
-    pub max_tokens: u32,
-    /// Servers to allow, by authority address (default: the most reliable eligible one).
-    #[arg(long, value_delimiter = ',')]
-    pub servers: Vec<String>,
-    /// Send the same prompt to the two --servers as two unlinkable requests, for
-    /// `chainference compare` (neither server can tell).
-    #[arg(long)]
-    pub pair: bool,
-    /// How many servers to allow when choosing automatically.
-    #[arg(long, default_value_t = 1)]
-    pub best: usize,
-    /// Choose the cheapest rather than the most reliable.
-    #[arg(long)]
-    pub cheapest: bool,
-    /// Sampling temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    /// Seconds before the request may be reclaimed (0 = the config's default).
-    #[arg(long, default_value_t = 0)]
-    pub timeout: u32,
-    /// Request this many SOL from the cluster's faucet first (local validators and devnet).
-    #[arg(long)]
-    pub airdrop: Option<f64>,
-}
-
-/// `chainference server run`.
-#[derive(clap::Args, Debug)]
-pub struct ServerRunArgs {
-    /// The GGUF to serve (default: the one `cargo xtask setup` installed).
-    #[arg(long)]
-    pub model_file: Option<PathBuf>,
-    /// Price, lamports per million tokens.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub price: u64,
-    /// Milliseconds between flushes of generated text to the chain.
-    #[arg(long, default_value_t = 400)]
-    pub flush_ms: u64,
-    /// Requests served at once.
-    #[arg(long, default_value_t = 1)]
-    pub concurrency: usize,
-    /// An endpoint URL to publish.
-    #[arg(long, default_value = "")]
-    pub endpoint: String,
-    /// Request this many SOL from the cluster's faucet first (local validators and devnet).
-    #[arg(long)]
-    pub airdrop: Option<f64>,
-}
 
 /// The default wallet path.
 pub fn default_keypair_path() -> PathBuf {
@@ -320,7 +255,12 @@ fn server_json(info: &chainference_client::ServerInfo) -> serde_json::Value {
 /// config (defaults, signed by the deploy's admin) once it is up, so clients and servers can use
 /// it at once.
 async fn localnet(args: &[String]) -> Result<()> {
-    let options = chainference_host::localnet::LocalnetOptions { args: args.to_vec(), ..Default::default() };
+    // No deadline: a first start on a slow machine takes as long as it takes (Ctrl-C stops it).
+    let options = chainference_host::localnet::LocalnetOptions {
+        args: args.to_vec(),
+        ready_timeout: Duration::MAX,
+        ..Default::default()
+    };
     let mut validator = tokio::task::spawn_blocking(move || chainference_host::localnet::Localnet::start(options))
         .await
         .context("waiting for the validator")??;

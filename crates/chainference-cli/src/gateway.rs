@@ -2,7 +2,6 @@
 //! the network) until Ctrl-C, paying from the wallet on the cluster, or with `--demo` on the
 //! embedded chain with two local servers and the real model, all in one process.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -13,27 +12,8 @@ use chainference_server::InferenceBackend;
 use chainference_server::runtime::{Server, ServerHandle};
 use serde_json::json;
 
+use crate::args::GatewayArgs;
 use crate::output::load_model;
-
-/// `chainference gateway`.
-#[derive(clap::Args, Debug)]
-pub struct GatewayArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// Run on the embedded chain with two local servers and the real model (no cluster).
-    #[arg(long)]
-    pub demo: bool,
-    /// Require `Authorization: Bearer <key>`.
-    #[arg(long, env = "CHAINFERENCE_GATEWAY_KEY")]
-    pub api_key: Option<String>,
-    /// Tokens allowed for the prompt on top of `max_tokens` in a request's billable budget.
-    #[arg(long, default_value_t = 1024)]
-    pub prompt_allowance: u32,
-    /// Completion tokens when a request names none.
-    #[arg(long, default_value_t = 512)]
-    pub default_max_tokens: u32,
-}
 
 /// Runs the gateway until Ctrl-C. `cluster` connects to the cluster and reads the wallet
 /// (`--rpc`, `--keypair`); it is not called with `--demo`.

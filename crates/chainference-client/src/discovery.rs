@@ -76,7 +76,9 @@ impl ServerQuery {
         ServerQuery { model: Some(model.into()), filter: ServerFilter::default(), include_inactive: false }
     }
 
-    /// Every active server, whatever it offers (what a model list shows).
+    /// Every active server, whatever it offers (what a model list shows). Without a model
+    /// there is no price to compare, so a `max_price` on this query excludes no one; the
+    /// reputation filters still apply.
     pub fn any_model() -> Self {
         ServerQuery { model: None, filter: ServerFilter::default(), include_inactive: false }
     }

@@ -15,8 +15,8 @@ use chainference_client::{
     AnswerEvent, Ask, ChatMessage, Client, ClientError, Exclusion, Filtered as _, Policy, Role, ServerChoice,
     ServerQuery,
 };
-use chainference_core::{builders, pricing};
 use chainference_core::state::{ConfigParams, RequestStatus};
+use chainference_core::{builders, pricing};
 use common::{FUNDS, MODEL, TestServer, chain, funded};
 use futures::StreamExt;
 
@@ -141,6 +141,15 @@ async fn exclusions_are_explained_and_refused() {
     let explicit =
         client.ask(Ask::new(MODEL, "hi").min_completed(1).to_servers([server.authority()])).await.unwrap_err();
     assert!(matches!(explicit, ClientError::ServerExcluded { .. }), "{explicit:?}");
+    // The program's allow-list rule, checked before anything is sent, naming what broke it.
+    let twice = client.ask(Ask::new(MODEL, "hi").to_servers([server.authority(), server.authority()])).await;
+    let twice = twice.unwrap_err().to_string();
+    assert!(twice.contains("listed twice") && twice.contains(&server.authority().to_string()), "{twice}");
+    let nine = (0..9).map(|_| chainference_client::Keypair::new().pubkey());
+    let too_many = client.ask(Ask::new(MODEL, "hi").to_servers(nine)).await.unwrap_err().to_string();
+    assert!(too_many.contains("1 to 8") && too_many.contains("9 servers named"), "{too_many}");
+    let none = client.ask(Ask::new(MODEL, "hi").to_servers([])).await.unwrap_err().to_string();
+    assert!(none.contains("0 servers named"), "{none}");
     let invalid = client.ask(Ask::new("not a model id", "hi")).await.unwrap_err();
     assert!(matches!(invalid, ClientError::Core(chainference_core::Error::InvalidModelId)), "{invalid:?}");
     assert_eq!(total(&chain), before, "refused requests sent nothing");

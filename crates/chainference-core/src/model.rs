@@ -26,14 +26,6 @@ pub struct ModelId<'a> {
     quant: Option<&'a str>,
 }
 
-/// Where a model id's separators are (byte offsets), as [`scan`] found them.
-#[derive(Clone, Copy)]
-struct Separators {
-    slash: usize,
-    at: Option<usize>,
-    colon: Option<usize>,
-}
-
 /// Which quantization spellings [`scan`] accepts.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum QuantCase {
@@ -51,7 +43,7 @@ enum QuantCase {
 /// - `revision` (after `@`): 1..=64 of `[A-Za-z0-9._/-]`, not starting or ending with `/`;
 /// - `quant` (after `:`): 1..=16 of `[A-Za-z0-9_]` (upper-case letters only for [`QuantCase::Upper`]);
 /// - at most [`MAX_MODEL_ID_LEN`] bytes in all.
-fn scan(bytes: &[u8], quant_case: QuantCase) -> Result<Separators> {
+fn scan(bytes: &[u8], quant_case: QuantCase) -> Result<()> {
     #[derive(Clone, Copy, PartialEq, Eq)]
     enum Part {
         Org,
@@ -70,9 +62,8 @@ fn scan(bytes: &[u8], quant_case: QuantCase) -> Result<Separators> {
     if bytes.is_empty() || bytes.len() > MAX_MODEL_ID_LEN {
         return Err(Error::InvalidModelId);
     }
-    let mut seps = Separators { slash: 0, at: None, colon: None };
     let (mut part, mut len, mut prev) = (Part::Org, 0usize, 0u8);
-    for (i, &c) in bytes.iter().enumerate() {
+    for &c in bytes {
         let next = match (c, part) {
             (b'/', Part::Org) => Some(Part::Name),
             (b'@', Part::Name) => Some(Part::Revision),
@@ -82,11 +73,6 @@ fn scan(bytes: &[u8], quant_case: QuantCase) -> Result<Separators> {
         if let Some(next) = next {
             if !may_end(part, len, prev) {
                 return Err(Error::InvalidModelId);
-            }
-            match next {
-                Part::Name => seps.slash = i,
-                Part::Revision => seps.at = Some(i),
-                _ => seps.colon = Some(i),
             }
             (part, len, prev) = (next, 0, 0);
             continue;
@@ -112,13 +98,13 @@ fn scan(bytes: &[u8], quant_case: QuantCase) -> Result<Separators> {
     if part == Part::Org || !may_end(part, len, prev) {
         return Err(Error::InvalidModelId);
     }
-    Ok(seps)
+    Ok(())
 }
 
 /// Checks that `model` is a model id in canonical form (quantization upper-case): what the
 /// program requires of every request and offer, since it matches models by their bytes.
 pub fn check_canonical_model(model: &str) -> Result<()> {
-    scan(model.as_bytes(), QuantCase::Upper).map(|_| ())
+    scan(model.as_bytes(), QuantCase::Upper)
 }
 
 fn sub(text: &str, start: usize, end: usize) -> Result<&str> {
@@ -131,7 +117,11 @@ impl<'a> ModelId<'a> {
     /// `-` or `.` and without `..`; `revision` 1..=64 of `[A-Za-z0-9._/-]` not starting or ending
     /// with `/`; `quant` 1..=16 of `[A-Za-z0-9_]`, any case).
     pub fn parse(text: &'a str) -> Result<Self> {
-        let Separators { slash, at, colon } = scan(text.as_bytes(), QuantCase::Any)?;
+        scan(text.as_bytes(), QuantCase::Any)?;
+        // A valid id has one `/` ending the org (the first: an org holds none), at most one `@`
+        // and at most one `:`, so the separators are where `find` puts them.
+        let slash = text.find('/').ok_or(Error::InvalidModelId)?;
+        let (at, colon) = (text.find('@'), text.find(':'));
         let after = |i: usize| i.saturating_add(1);
         let end = colon.unwrap_or(text.len());
         let repo_end = at.unwrap_or(end);

@@ -98,7 +98,7 @@ pub struct Settlement {
 /// quotient exceeds `u64` is above any cap.
 #[inline]
 pub const fn cost(tokens: u64, price_per_mtok: u64, max_cost: u64) -> u64 {
-    match mul_div(tokens, price_per_mtok, TOKENS_PER_PRICE_UNIT, Rounding::Up) {
+    match stake_for(tokens, price_per_mtok) {
         Some(c) if c < max_cost => c,
         _ => max_cost,
     }

@@ -21,9 +21,8 @@ use crate::{ApiError, Gateway, MAX_BODY};
 impl Gateway {
     /// Checks `Authorization: Bearer <key>` when the gateway has a key.
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(key) = &self.config.api_key else { return Ok(()) };
-        let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if given == Some(key.as_str()) { Ok(()) } else { Err(ApiError::invalid_api_key()) }
+        let given = headers.get("authorization").and_then(|v| v.to_str().ok());
+        if self.config.authorizes(given) { Ok(()) } else { Err(ApiError::invalid_api_key()) }
     }
 }
 

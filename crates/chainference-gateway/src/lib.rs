@@ -52,6 +52,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use chainference_client::{Chain, Client};
 use chainference_server::InferenceBackend;
+use zeroize::Zeroizing;
 
 pub use error::ApiError;
 
@@ -59,18 +60,34 @@ pub use error::ApiError;
 /// error shape (`request_too_large`).
 pub const MAX_BODY: usize = 256 * 1024;
 
+/// The key callers must present (`Authorization: Bearer <key>`): a secret, so it is zeroized
+/// when dropped, compared in constant time, never printed and never cloned.
+struct ApiKey(Zeroizing<String>);
+
+impl ApiKey {
+    /// Whether `given` is the key, in time that depends on the key's length only.
+    fn matches(&self, given: &str) -> bool {
+        let (key, given) = (self.0.as_bytes(), given.as_bytes());
+        let mut difference = u8::from(key.len() != given.len());
+        for (i, byte) in key.iter().enumerate() {
+            difference |= byte ^ given.get(i).copied().unwrap_or(0);
+        }
+        difference == 0
+    }
+}
+
 /// How a [`Gateway`] treats requests.
 ///
 /// ```
 /// use chainference_gateway::GatewayConfig;
 /// let config = GatewayConfig::default().api_key("sk-local").default_max_tokens(256);
 /// assert_eq!(config.prompt_allowance, 1024);
+/// assert!(config.requires_api_key());
 /// ```
-#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GatewayConfig {
     /// When set, every route requires `Authorization: Bearer <key>` (default: none).
-    pub api_key: Option<String>,
+    api_key: Option<ApiKey>,
     /// Tokens allowed for the prompt on top of `max_tokens` in a request's billable budget
     /// (default 1024).
     pub prompt_allowance: u32,
@@ -92,8 +109,13 @@ impl GatewayConfig {
 
     /// Requires `Authorization: Bearer <key>` on every route.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(key.into());
+        self.api_key = Some(ApiKey(Zeroizing::new(key.into())));
         self
+    }
+
+    /// Whether callers must present an API key.
+    pub fn requires_api_key(&self) -> bool {
+        self.api_key.is_some()
     }
 
     /// Tokens allowed for the prompt on top of `max_tokens` in a request's billable budget.
@@ -106,6 +128,14 @@ impl GatewayConfig {
     pub fn default_max_tokens(mut self, tokens: u32) -> Self {
         self.default_max_tokens = tokens;
         self
+    }
+
+    /// Whether `authorization` (the header's value) presents the key; true when none is set.
+    pub(crate) fn authorizes(&self, authorization: Option<&str>) -> bool {
+        match &self.api_key {
+            None => true,
+            Some(key) => authorization.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|given| key.matches(given)),
+        }
     }
 }
 
@@ -127,7 +157,7 @@ impl fmt::Debug for GatewayConfig {
 #[derive(Clone)]
 pub struct Gateway {
     client: Client<Arc<dyn Chain>>,
-    config: GatewayConfig,
+    config: Arc<GatewayConfig>,
     /// Splits billed tokens into prompt and completion for `usage`.
     token_counter: Option<Arc<dyn InferenceBackend>>,
 }
@@ -146,7 +176,7 @@ impl Gateway {
     /// A gateway sending requests with `client` (its chain, wallet and deployment): every
     /// request is paid from the client's wallet.
     pub fn new(client: Client<Arc<dyn Chain>>, config: GatewayConfig) -> Self {
-        Gateway { client, config, token_counter: None }
+        Gateway { client, config: Arc::new(config), token_counter: None }
     }
 
     /// Counts prompt tokens with `counter` (the model the servers run, e.g. a `CandleBackend`),
@@ -190,5 +220,22 @@ impl Gateway {
         F: Future<Output = ()> + Send + 'static,
     {
         axum::serve(listener, self.router::<()>()).with_graceful_shutdown(shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GatewayConfig;
+
+    #[test]
+    fn the_api_key_is_checked_exactly_and_never_shown() {
+        let open = GatewayConfig::new();
+        assert!(open.authorizes(None) && open.authorizes(Some("Bearer anything")));
+        let locked = GatewayConfig::new().api_key("sk-secret");
+        assert!(locked.authorizes(Some("Bearer sk-secret")));
+        for wrong in [None, Some("sk-secret"), Some("Bearer sk-secre"), Some("Bearer sk-secret2"), Some("Bearer ")] {
+            assert!(!locked.authorizes(wrong), "{wrong:?}");
+        }
+        assert!(!format!("{locked:?}").contains("sk-secret"));
     }
 }

@@ -54,13 +54,14 @@ pub fn tools_dir() -> PathBuf {
     cache_dir().join("tools")
 }
 
-/// The model `cargo xtask setup` installed: `$CHAINFERENCE_MODEL`, else
-/// `<cache>/models/`[`DEFAULT_MODEL_FILE`].
+/// Where `cargo xtask setup` installs the model: `<cache>/models/`[`DEFAULT_MODEL_FILE`].
+pub fn installed_model_path() -> PathBuf {
+    cache_dir().join("models").join(DEFAULT_MODEL_FILE)
+}
+
+/// The model to load by default: `$CHAINFERENCE_MODEL`, else [`installed_model_path`].
 pub fn default_model() -> PathBuf {
-    match env::var_os(MODEL_ENV).filter(|m| !m.is_empty()) {
-        Some(path) => PathBuf::from(path),
-        None => cache_dir().join("models").join(DEFAULT_MODEL_FILE),
-    }
+    env::var_os(MODEL_ENV).filter(|m| !m.is_empty()).map_or_else(installed_model_path, PathBuf::from)
 }
 
 /// The program's SBF `.so`: `$CHAINFERENCE_PROGRAM_SO`, else the first [`DEPLOYED_PROGRAM_SO`]

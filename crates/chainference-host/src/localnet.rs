@@ -48,6 +48,8 @@ pub enum LocalnetError {
     },
     /// The ready line lacks a field.
     BadReadyLine(String),
+    /// An argument that takes a value was given without one.
+    MissingValue(&'static str),
 }
 
 impl fmt::Display for LocalnetError {
@@ -67,6 +69,7 @@ impl fmt::Display for LocalnetError {
                 write!(f, "the validator was not ready after {:.0} s{}", waited.as_secs_f64(), see(log))
             }
             Self::BadReadyLine(line) => write!(f, "the validator's ready line lacks rpc_url or admin_keypair: {line}"),
+            Self::MissingValue(flag) => write!(f, "{flag} needs a value"),
         }
     }
 }
@@ -145,25 +148,38 @@ pub struct Localnet {
     pub ready: ReadyInfo,
 }
 
+impl LocalnetOptions {
+    /// The tool's command line: `--program`, then `--ledger` and `--ready-file` unless `args`
+    /// name them, then `args`; and the ready file it will write. The one rule both
+    /// [`Localnet::start`] and a foreground run (`cargo xtask localnet`) use.
+    pub fn command(&self) -> Result<(Command, PathBuf), LocalnetError> {
+        let named = |flag: &'static str| -> Result<Option<&String>, LocalnetError> {
+            match self.args.iter().position(|a| a == flag) {
+                None => Ok(None),
+                Some(i) => self.args.get(i.saturating_add(1)).map(Some).ok_or(LocalnetError::MissingValue(flag)),
+            }
+        };
+        let ready_file = named("--ready-file")?.map_or_else(|| self.ready_file.clone(), PathBuf::from);
+        let mut command = Command::new(&self.tool);
+        command.arg("--program").arg(&self.program);
+        if named("--ledger")?.is_none() {
+            command.arg("--ledger").arg(&self.ledger);
+        }
+        if named("--ready-file")?.is_none() {
+            command.arg("--ready-file").arg(&ready_file);
+        }
+        command.args(&self.args);
+        Ok((command, ready_file))
+    }
+}
+
 impl Localnet {
     /// Starts the tool and waits (blocking) until its ready line appears.
     pub fn start(options: LocalnetOptions) -> Result<Self, LocalnetError> {
         if !options.tool.is_file() {
             return Err(LocalnetError::NotBuilt(options.tool));
         }
-        let named = |flag: &str| {
-            options.args.iter().position(|a| a == flag).and_then(|i| options.args.get(i.saturating_add(1)))
-        };
-        let ready_file = named("--ready-file").map_or_else(|| options.ready_file.clone(), PathBuf::from);
-        let mut command = Command::new(&options.tool);
-        command.arg("--program").arg(&options.program);
-        if named("--ledger").is_none() {
-            command.arg("--ledger").arg(&options.ledger);
-        }
-        if named("--ready-file").is_none() {
-            command.arg("--ready-file").arg(&ready_file);
-        }
-        command.args(&options.args);
+        let (mut command, ready_file) = options.command()?;
         if let Some(parent) = ready_file.parent() {
             fs::create_dir_all(parent).map_err(|e| io_error(parent, &e))?;
         }
@@ -175,11 +191,13 @@ impl Localnet {
         }
         let child = command.spawn().map_err(|e| io_error(&options.tool, &e))?;
         let mut child = crate::process::KillOnDrop::new(child);
+        // The tool writes the line and its newline in one write; wait for the newline so a
+        // half-written file is never parsed.
         let line = crate::process::wait_until(options.ready_timeout, Duration::from_millis(200), || {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(LocalnetError::Exited { status, log: options.log.clone() });
             }
-            Ok(fs::read_to_string(&ready_file).ok().filter(|l| l.ends_with('\n') || l.trim_end().ends_with('}')))
+            Ok(fs::read_to_string(&ready_file).ok().filter(|l| l.ends_with('\n')))
         })?
         .ok_or_else(|| LocalnetError::NotReady { waited: options.ready_timeout, log: options.log.clone() })?;
         Ok(Localnet { ready: ReadyInfo::parse(&line)?, child })
@@ -200,18 +218,40 @@ fn io_error(path: &Path, err: &std::io::Error) -> LocalnetError {
     LocalnetError::Io(format!("{}: {err}", path.display()))
 }
 
-/// The string value of `"name": "…"` in one line of flat JSON (the tool's ready line), with `\"`
-/// and `\\` unescaped.
+/// The string value of the field `name` in one line of flat JSON (the tool's ready line): the
+/// key must start a field (after `{` or `,`), and JSON's escapes are decoded.
 fn json_string(line: &str, name: &str) -> Option<String> {
     let key = format!("\"{name}\"");
-    let (_, after) = line.split_once(&key)?;
-    let rest = after.trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    let mut search = line;
+    let after = loop {
+        let at = search.find(&key)?;
+        let (before, rest) = search.split_at(at);
+        let rest = rest.get(key.len()..)?;
+        let starts_field = matches!(before.trim_end().chars().last(), Some('{' | ','));
+        match rest.trim_start().strip_prefix(':') {
+            Some(value) if starts_field => break value,
+            _ => search = rest,
+        }
+    };
+    let mut chars = after.trim_start().strip_prefix('"')?.chars();
     let mut value = String::new();
-    let mut chars = rest.chars();
     while let Some(c) = chars.next() {
         match c {
             '"' => return Some(value),
-            '\\' => value.push(chars.next()?),
+            '\\' => match chars.next()? {
+                'n' => value.push('\n'),
+                't' => value.push('\t'),
+                'r' => value.push('\r'),
+                'b' => value.push('\u{8}'),
+                'f' => value.push('\u{c}'),
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    let code = u32::from_str_radix(&hex, 16).ok()?;
+                    // A surrogate pair's halves are not chars; the tool never writes them.
+                    value.push(char::from_u32(code)?);
+                }
+                other => value.push(other), // `"`, `\\` and `/` stand for themselves
+            },
             c => value.push(c),
         }
     }
@@ -230,6 +270,29 @@ mod tests {
         assert_eq!(info.ws_url.as_deref(), Some("ws://127.0.0.1:8900"));
         assert_eq!(info.admin_keypair, PathBuf::from("/tmp/a \"b\"/admin.json"));
         assert!(matches!(ReadyInfo::parse(r#"{"rpc_url":"x"}"#), Err(LocalnetError::BadReadyLine(_))));
+        // Escapes decoded; a key inside another field's value is not a field.
+        let tricky = r#"{"ledger":"\"rpc_url\": \"fake\"","rpc_url":"http://h\u0041\/x","admin_keypair":"a\nb"}"#;
+        let info = ReadyInfo::parse(tricky).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(info.rpc_url, "http://hA/x");
+        assert_eq!(info.admin_keypair, PathBuf::from("a\nb"));
+    }
+
+    #[test]
+    fn the_command_line_keeps_what_the_caller_named() {
+        let options = LocalnetOptions {
+            tool: PathBuf::from("/bin/tool"),
+            program: PathBuf::from("p.so"),
+            ledger: PathBuf::from("L"),
+            ready_file: PathBuf::from("R"),
+            args: vec!["--ready-file".into(), "mine.json".into(), "--quiet".into()],
+            ..LocalnetOptions::default()
+        };
+        let (command, ready) = options.command().unwrap_or_else(|e| panic!("{e}"));
+        let args: Vec<String> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(args, ["--program", "p.so", "--ledger", "L", "--ready-file", "mine.json", "--quiet"]);
+        assert_eq!(ready, PathBuf::from("mine.json"));
+        let dangling = LocalnetOptions { args: vec!["--ledger".into()], ..options };
+        assert!(matches!(dangling.command(), Err(LocalnetError::MissingValue("--ledger"))));
     }
 
     #[test]

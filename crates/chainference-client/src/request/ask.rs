@@ -340,9 +340,17 @@ async fn choose_servers<C: Chain + 'static>(
     let query = ask.query();
     match &ask.servers {
         ServerChoice::Explicit(authorities) => {
-            // The program's own allow-list rule (1 to 8 servers, none twice), before any lookup.
+            // The program's own allow-list rule (1 to 8 servers, none twice), before any lookup,
+            // with the count or the server it tripped on.
             let allow_list: Vec<[u8; 32]> = authorities.iter().map(Address::to_bytes).collect();
-            chainference_core::lifecycle::check_allow_list(&allow_list)?;
+            if let Err(err) = chainference_core::lifecycle::check_allow_list(&allow_list) {
+                let repeated =
+                    authorities.iter().enumerate().find(|(i, a)| authorities.iter().take(*i).any(|b| b == *a));
+                return Err(ClientError::Invalid(match repeated {
+                    Some((_, server)) => format!("{err}: server {server} named twice"),
+                    None => format!("{err}: {} servers named", authorities.len()),
+                }));
+            }
             let mut chosen = Vec::with_capacity(authorities.len());
             for authority in authorities {
                 let server = client

@@ -24,6 +24,12 @@ pub use request::{
 pub use response::{ResponseAccount, ResponseHeader};
 pub use server::{Offer, Offers, ServerAccount, ServerHeader, check_endpoint};
 
+/// Moved to [`crate::model::check_canonical_model`], next to the grammar it checks.
+#[deprecated(since = "0.1.0", note = "use chainference_core::model::check_canonical_model")]
+pub fn check_canonical_model(model: &str) -> Result<()> {
+    crate::model::check_canonical_model(model)
+}
+
 use crate::error::{Error, Result};
 use crate::wire::{Reader, Writer};
 

@@ -1,0 +1,200 @@
+//! The command line: every subcommand and its arguments (clap), in one place the command
+//! modules read from.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Decentralized AI inference on Solana.
+#[derive(Parser, Debug)]
+#[command(name = "chainference", version, about, long_about = None, after_help = EXAMPLES)]
+pub struct Cli {
+    /// JSON-RPC URL of the cluster (default: the local validator of `chainference localnet`).
+    #[arg(long, global = true, env = "CHAINFERENCE_RPC", default_value = "http://127.0.0.1:8899")]
+    pub rpc: String,
+    /// Websocket URL (default: derived from --rpc, port + 1).
+    #[arg(long, global = true, env = "CHAINFERENCE_WS")]
+    pub ws: Option<String>,
+    /// Wallet keypair file (Solana CLI format).
+    #[arg(long, global = true, env = "CHAINFERENCE_KEYPAIR")]
+    pub keypair: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXAMPLES: &str = "Examples:
+  chainference demo
+  chainference localnet &
+  chainference keygen && chainference ask \"What is the capital of France?\" --airdrop 1
+  chainference server run --price 2000000 --airdrop 10
+  chainference servers --json
+  chainference gateway --demo --listen 127.0.0.1:8080";
+
+/// What to do.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Runs the whole network in one process on the embedded chain with the real model.
+    Demo,
+    /// Starts a real local validator with the program deployed and a funded faucet.
+    Localnet {
+        /// Arguments passed to the validator tool (e.g. --rpc-port 8899 --ledger DIR).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Writes a new wallet keypair.
+    Keygen {
+        /// Where (default: ~/.config/chainference/id.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Server commands.
+    Server {
+        /// The server subcommand.
+        #[command(subcommand)]
+        command: ServerCommand,
+    },
+    /// Lists the servers offering a model, with reputation, and why others are excluded.
+    Servers {
+        /// Model id.
+        #[arg(long, default_value = chainference_server::candle::DEFAULT_MODEL_ID)]
+        model: String,
+        /// Only servers at or below this price (lamports per million tokens).
+        #[arg(long)]
+        max_price: Option<u64>,
+    },
+    /// Sends a sealed prompt and streams the answer.
+    Ask(AskArgs),
+    /// Your requests on chain, decrypted.
+    History,
+    /// Flags a completed answer as bad.
+    Flag {
+        /// The request address.
+        request: String,
+    },
+    /// Compares two completed answers to the same prompt.
+    Compare {
+        /// First request.
+        a: String,
+        /// Second request.
+        b: String,
+        /// The better one (a or b's address).
+        #[arg(long)]
+        preferred: String,
+    },
+    /// Takes the stake back from a request whose deadline passed.
+    Reclaim {
+        /// The request address.
+        request: String,
+    },
+    /// Closes a settled request and returns its rent.
+    Close {
+        /// The request address.
+        request: String,
+    },
+    /// An OpenAI-compatible HTTP API over the network.
+    Gateway(GatewayArgs),
+    /// Prints shell completions.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `chainference server …`.
+#[derive(Subcommand, Debug)]
+pub enum ServerCommand {
+    /// Serves the model until Ctrl-C, then finishes or releases what is in flight.
+    Run(ServerRunArgs),
+}
+
+/// `chainference ask`.
+#[derive(clap::Args, Debug)]
+pub struct AskArgs {
+    /// The prompt (read from stdin when absent or `-`).
+    pub prompt: Option<String>,
+    /// Model id.
+    #[arg(long, default_value = chainference_server::candle::DEFAULT_MODEL_ID)]
+    pub model: String,
+    /// A system message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Most lamports to pay (the stake; default: max tokens at the dearest allowed price).
+    #[arg(long)]
+    pub max_cost: Option<u64>,
+    /// Billable token budget (prompt + completion).
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: u32,
+    /// Servers to allow, by authority address (default: the most reliable eligible one).
+    #[arg(long, value_delimiter = ',')]
+    pub servers: Vec<String>,
+    /// Send the same prompt to the two --servers as two unlinkable requests, for
+    /// `chainference compare` (neither server can tell).
+    #[arg(long)]
+    pub pair: bool,
+    /// How many servers to allow when choosing automatically.
+    #[arg(long, default_value_t = 1)]
+    pub best: usize,
+    /// Choose the cheapest rather than the most reliable.
+    #[arg(long)]
+    pub cheapest: bool,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Seconds before the request may be reclaimed (0 = the config's default).
+    #[arg(long, default_value_t = 0)]
+    pub timeout: u32,
+    /// Request this many SOL from the cluster's faucet first (local validators and devnet).
+    #[arg(long)]
+    pub airdrop: Option<f64>,
+}
+
+/// `chainference server run`.
+#[derive(clap::Args, Debug)]
+pub struct ServerRunArgs {
+    /// The GGUF to serve (default: the one `cargo xtask setup` installed).
+    #[arg(long)]
+    pub model_file: Option<PathBuf>,
+    /// Price, lamports per million tokens.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub price: u64,
+    /// Milliseconds between flushes of generated text to the chain.
+    #[arg(long, default_value_t = 400)]
+    pub flush_ms: u64,
+    /// Requests served at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// An endpoint URL to publish.
+    #[arg(long, default_value = "")]
+    pub endpoint: String,
+    /// Request this many SOL from the cluster's faucet first (local validators and devnet).
+    #[arg(long)]
+    pub airdrop: Option<f64>,
+}
+
+/// `chainference gateway`.
+#[derive(clap::Args, Debug)]
+pub struct GatewayArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Run on the embedded chain with two local servers and the real model (no cluster).
+    #[arg(long)]
+    pub demo: bool,
+    /// Require `Authorization: Bearer <key>`.
+    #[arg(long, env = "CHAINFERENCE_GATEWAY_KEY")]
+    pub api_key: Option<String>,
+    /// Tokens allowed for the prompt on top of `max_tokens` in a request's billable budget.
+    #[arg(long, default_value_t = 1024)]
+    pub prompt_allowance: u32,
+    /// Completion tokens when a request names none.
+    #[arg(long, default_value_t = 512)]
+    pub default_max_tokens: u32,
+}
