@@ -5,9 +5,10 @@
 #![allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chainference_host::process::KillOnDrop;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -15,15 +16,8 @@ const MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1";
 
 /// A running gateway, killed when dropped.
 struct Gateway {
-    child: Child,
+    _child: KillOnDrop,
     url: String,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn gateway(extra: &[&str]) -> Gateway {
@@ -38,7 +32,7 @@ fn gateway(extra: &[&str]) -> Gateway {
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
     let ready: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not a ready line: {line:?}"));
-    Gateway { child, url: ready["listening"].as_str().unwrap().to_string() }
+    Gateway { _child: KillOnDrop::new(child), url: ready["listening"].as_str().unwrap().to_string() }
 }
 
 fn france(stream: bool) -> Value {

@@ -35,6 +35,35 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+/// Declares a fieldless enum stored as one byte, with `from_u8` (the variant for a byte, if any)
+/// and `name` (its name, stable across releases) generated from the one list of variants.
+macro_rules! byte_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[doc = $doc:literal])* $variant:ident = $value:literal,)* }) => {
+        $(#[$meta])*
+        #[repr(u8)]
+        pub enum $name {
+            $($(#[doc = $doc])* $variant = $value,)*
+        }
+
+        impl $name {
+            /// The variant for a byte, if any.
+            pub const fn from_u8(byte: u8) -> Option<Self> {
+                match byte {
+                    $($value => Some(Self::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// The variant's name, stable across releases (what JSON output and the JS bindings show).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => stringify!($variant),)*
+                }
+            }
+        }
+    };
+}
+
 pub mod error;
 pub mod instruction;
 pub mod lifecycle;

@@ -33,28 +33,20 @@ pub const PROMPT_VERSION: u8 = 1;
 /// Most messages in one prompt.
 pub const MAX_MESSAGES: usize = 256;
 
-/// Who wrote a chat message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// Instructions for the model.
-    System = 0,
-    /// The person asking.
-    User = 1,
-    /// The model's earlier turns.
-    Assistant = 2,
+byte_enum! {
+    /// Who wrote a chat message.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Role {
+        /// Instructions for the model.
+        System = 0,
+        /// The person asking.
+        User = 1,
+        /// The model's earlier turns.
+        Assistant = 2,
+    }
 }
 
 impl Role {
-    /// The role for a tag byte.
-    pub const fn from_u8(tag: u8) -> Option<Role> {
-        match tag {
-            0 => Some(Role::System),
-            1 => Some(Role::User),
-            2 => Some(Role::Assistant),
-            _ => None,
-        }
-    }
-
     /// The name chat templates use (`system`, `user`, `assistant`).
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -47,33 +47,20 @@ pub const MAX_PROMPT_LEN: usize = 32 * 1024;
 /// Largest response (sealed chunks with their length prefixes), in bytes.
 pub const MAX_RESPONSE_LEN: usize = 64 * 1024;
 
-/// The kind byte at offset 0 of every account.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum AccountKind {
-    /// The protocol's configuration (one per deployment).
-    Config = 1,
-    /// A server's published offers, key and reputation.
-    Server = 2,
-    /// One inference request and its escrow.
-    Request = 3,
-    /// The sealed response stream of one request.
-    Response = 4,
-    /// The fee treasury (one per deployment).
-    Treasury = 5,
-}
-
-impl AccountKind {
-    /// The kind for a byte, if any.
-    pub const fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            1 => Some(Self::Config),
-            2 => Some(Self::Server),
-            3 => Some(Self::Request),
-            4 => Some(Self::Response),
-            5 => Some(Self::Treasury),
-            _ => None,
-        }
+byte_enum! {
+    /// The kind byte at offset 0 of every account.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum AccountKind {
+        /// The protocol's configuration (one per deployment).
+        Config = 1,
+        /// A server's published offers, key and reputation.
+        Server = 2,
+        /// One inference request and its escrow.
+        Request = 3,
+        /// The sealed response stream of one request.
+        Response = 4,
+        /// The fee treasury (one per deployment).
+        Treasury = 5,
     }
 }
 

@@ -7,50 +7,26 @@ use crate::wire::{Reader, Writer};
 use super::MAX_ALLOWED_SERVERS;
 use super::{AccountKind, fixed_head, read_prefix, write_prefix};
 
-/// Where a request is in its life. See [`crate::lifecycle`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum RequestStatus {
-    /// Created; the prompt is still being uploaded. No server may lock it.
-    Draft = 0,
-    /// Published: allowed servers may lock it until the deadline.
-    Open = 1,
-    /// A server holds it and is streaming the answer.
-    Locked = 2,
-    /// Answered and settled.
-    Completed = 3,
-    /// Withdrawn by the client before any server locked it; stake refunded.
-    Cancelled = 4,
-    /// Reclaimed after the deadline; stake refunded.
-    Expired = 5,
+byte_enum! {
+    /// Where a request is in its life. See [`crate::lifecycle`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum RequestStatus {
+        /// Created; the prompt is still being uploaded. No server may lock it.
+        Draft = 0,
+        /// Published: allowed servers may lock it until the deadline.
+        Open = 1,
+        /// A server holds it and is streaming the answer.
+        Locked = 2,
+        /// Answered and settled.
+        Completed = 3,
+        /// Withdrawn by the client before any server locked it; stake refunded.
+        Cancelled = 4,
+        /// Reclaimed after the deadline; stake refunded.
+        Expired = 5,
+    }
 }
 
 impl RequestStatus {
-    /// The status for a byte.
-    pub const fn from_u8(v: u8) -> Result<Self> {
-        match v {
-            0 => Ok(Self::Draft),
-            1 => Ok(Self::Open),
-            2 => Ok(Self::Locked),
-            3 => Ok(Self::Completed),
-            4 => Ok(Self::Cancelled),
-            5 => Ok(Self::Expired),
-            _ => Err(Error::InvalidTag),
-        }
-    }
-
-    /// The status's name, stable across releases (what JSON output and the JS bindings show).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Draft => "Draft",
-            Self::Open => "Open",
-            Self::Locked => "Locked",
-            Self::Completed => "Completed",
-            Self::Cancelled => "Cancelled",
-            Self::Expired => "Expired",
-        }
-    }
-
     /// Whether no further transition but flag, compare and close can happen.
     pub const fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Cancelled | Self::Expired)
@@ -187,7 +163,7 @@ impl RequestHeader {
         let bump = read_prefix(&mut r, AccountKind::Request)?;
         let h = RequestHeader {
             bump,
-            status: RequestStatus::from_u8(r.u8()?)?,
+            status: RequestStatus::from_u8(r.u8()?).ok_or(Error::InvalidTag)?,
             flags: r.u8()?,
             allowed_count: r.u8()?,
             response_bump: r.u8()?,
