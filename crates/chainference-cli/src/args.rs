@@ -197,4 +197,8 @@ pub struct GatewayArgs {
     /// Completion tokens when a request names none.
     #[arg(long, default_value_t = 512)]
     pub default_max_tokens: u32,
+    /// Seconds a request may wait for an answer before the caller gets a 504 (and the stake is
+    /// reclaimed).
+    #[arg(long, default_value_t = chainference_gateway::DEFAULT_REQUEST_TIMEOUT_SECS)]
+    pub request_timeout: u32,
 }

@@ -18,8 +18,10 @@ use crate::output::load_model;
 /// Runs the gateway until Ctrl-C. `cluster` connects to the cluster and reads the wallet
 /// (`--rpc`, `--keypair`); it is not called with `--demo`.
 pub async fn run(args: &GatewayArgs, cluster: impl FnOnce() -> Result<(Arc<dyn Chain>, Keypair)>) -> Result<()> {
-    let mut config =
-        GatewayConfig::new().prompt_allowance(args.prompt_allowance).default_max_tokens(args.default_max_tokens);
+    let mut config = GatewayConfig::new()
+        .prompt_allowance(args.prompt_allowance)
+        .default_max_tokens(args.default_max_tokens)
+        .request_timeout_secs(args.request_timeout);
     if let Some(key) = &args.api_key {
         config = config.api_key(key.clone());
     }

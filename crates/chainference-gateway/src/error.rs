@@ -72,6 +72,12 @@ impl ApiError {
         ApiError { status, message: err.to_string(), kind: "server_error", param: None, code: Some(code) }
     }
 
+    /// The same error with another message.
+    pub(crate) fn with_message(mut self, message: String) -> Self {
+        self.message = message;
+        self
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status

@@ -94,18 +94,23 @@ fn parse_request(body: &[u8], default_max_tokens: u32) -> Result<ChatRequest, Ap
         };
         let content = match message.get("content") {
             Some(Value::String(text)) => text.clone(),
-            // Content parts: the text ones, joined.
-            Some(Value::Array(parts)) => {
-                parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("")
-            }
+            Some(Value::Array(parts)) => text_of_parts(i, parts)?,
             _ => {
                 return Err(ApiError::invalid_request(
-                    format!("messages[{i}].content must be a string"),
+                    format!("messages[{i}].content must be a string or an array of text content parts"),
                     Some("messages"),
                 ));
             }
         };
         messages.push(ChatMessage::new(role, content));
+    }
+    // A prompt with no text at all gives a server nothing to answer: refuse it now rather than
+    // let the request wait for a server that will not take it.
+    if messages.iter().all(|m| m.content.trim().is_empty()) {
+        return Err(ApiError::invalid_request(
+            "the messages hold no text: at least one message needs non-empty content",
+            Some("messages"),
+        ));
     }
     let max_tokens =
         match value.get("max_completion_tokens").or_else(|| value.get("max_tokens")) {
@@ -134,6 +139,41 @@ fn parse_request(body: &[u8], default_max_tokens: u32) -> Result<ChatRequest, Ap
     Ok(ChatRequest { model, messages, max_tokens, temperature, seed, stream, include_usage, budget: max_tokens })
 }
 
+/// The text of `messages[i]`'s content parts, joined. The models on this network read text
+/// only, so an image, audio or file part is refused by name rather than silently dropped.
+fn text_of_parts(i: usize, parts: &[Value]) -> Result<String, ApiError> {
+    let mut text = String::new();
+    for (j, part) in parts.iter().enumerate() {
+        match part.get("type").and_then(Value::as_str) {
+            Some("text") => match part.get("text") {
+                Some(Value::String(piece)) => text.push_str(piece),
+                _ => {
+                    return Err(ApiError::invalid_request(
+                        format!("messages[{i}].content[{j}].text must be a string"),
+                        Some("messages"),
+                    ));
+                }
+            },
+            Some(other) => {
+                return Err(ApiError::invalid_request(
+                    format!(
+                        "messages[{i}].content[{j}].type: '{other}' content is not supported; the models on this \
+                         network read text only"
+                    ),
+                    Some("messages"),
+                ));
+            }
+            None => {
+                return Err(ApiError::invalid_request(
+                    format!("messages[{i}].content[{j}] must be an object with a 'type'"),
+                    Some("messages"),
+                ));
+            }
+        }
+    }
+    Ok(text)
+}
+
 /// `POST /v1/chat/completions`: one sealed request, answered whole or as server-sent events.
 pub(crate) async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
@@ -155,6 +195,7 @@ pub(crate) async fn chat_completions(
         .max_tokens(budget)
         .max_completion_tokens(request.max_tokens)
         .temperature(request.temperature)
+        .timeout_secs(gateway.config.request_timeout_secs)
         .best(1, Policy::MostReliable);
     if let Some(seed) = request.seed {
         ask = ask.seed(seed);
@@ -169,14 +210,16 @@ pub(crate) async fn chat_completions(
     // and closes.
     let chain = Arc::clone(gateway.client.chain());
     let waited = tokio::spawn(async move {
-        let answer = pending.wait().await;
+        let answer = match pending.wait().await {
+            Err(err @ ClientError::DeadlinePassed { .. }) => Err(timed_out(&pending, err).await),
+            other => other.map_err(ApiError::upstream),
+        };
         settle_later(chain, pending);
         answer
     });
     let answer = waited
         .await
-        .map_err(|err| ApiError::upstream(ClientError::Invalid(format!("the request task failed: {err}"))))?
-        .map_err(ApiError::upstream)?;
+        .map_err(|err| ApiError::upstream(ClientError::Invalid(format!("the request task failed: {err}"))))??;
     let usage = usage(&gateway, &request.messages, answer.receipt.tokens).await;
     let finish = finish_reason(&gateway, usage, request.max_tokens, budget);
     let body = json!({
@@ -189,6 +232,19 @@ pub(crate) async fn chat_completions(
         "chainference": receipt_json(&answer.receipt),
     });
     Ok(axum::Json(body).into_response())
+}
+
+/// The 504 for a request whose deadline passed, saying what happened: no server locked it, or
+/// which one did and went silent. The stake comes back by the reclaim in [`settle_later`].
+async fn timed_out(pending: &PendingRequest<Arc<dyn Chain>>, err: ClientError) -> ApiError {
+    let what = match pending.state().await {
+        Ok(state) => match state.locked_by {
+            None => "no server took the request".to_string(),
+            Some(server) => format!("server {server} took the request and did not finish it"),
+        },
+        Err(_) => err.to_string(),
+    };
+    ApiError::upstream(err).with_message(format!("{what} before its deadline; the stake is reclaimed"))
 }
 
 /// `(prompt, completion, total)`: the billed total, split by the token counter when the
@@ -310,6 +366,10 @@ fn stream_response(
                     break;
                 }
                 Ok(_) => {}
+                Err(err @ ClientError::DeadlinePassed { .. }) => {
+                    send(error_event(timed_out(&pending, err).await));
+                    break;
+                }
                 Err(err) => {
                     send(error_event(ApiError::upstream(err)));
                     break;

@@ -93,11 +93,23 @@ pub struct GatewayConfig {
     pub prompt_allowance: u32,
     /// Completion tokens when a request names none (default 512).
     pub default_max_tokens: u32,
+    /// Seconds a request may wait for a server to answer it (the on-chain timeout, default 60):
+    /// the ceiling on every wait. Past it the caller gets a 504 saying what happened, and the
+    /// stake is reclaimed in the background. Must lie within the deployment's timeout range.
+    pub request_timeout_secs: u32,
 }
+
+/// The default of [`GatewayConfig::request_timeout_secs`].
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u32 = 60;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        GatewayConfig { api_key: None, prompt_allowance: 1024, default_max_tokens: 512 }
+        GatewayConfig {
+            api_key: None,
+            prompt_allowance: 1024,
+            default_max_tokens: 512,
+            request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
+        }
     }
 }
 
@@ -130,6 +142,12 @@ impl GatewayConfig {
         self
     }
 
+    /// Seconds a request may wait for an answer before the caller gets a 504.
+    pub fn request_timeout_secs(mut self, seconds: u32) -> Self {
+        self.request_timeout_secs = seconds;
+        self
+    }
+
     /// Whether `authorization` (the header's value) presents the key; true when none is set.
     pub(crate) fn authorizes(&self, authorization: Option<&str>) -> bool {
         match &self.api_key {
@@ -146,6 +164,7 @@ impl fmt::Debug for GatewayConfig {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("prompt_allowance", &self.prompt_allowance)
             .field("default_max_tokens", &self.default_max_tokens)
+            .field("request_timeout_secs", &self.request_timeout_secs)
             .finish()
     }
 }

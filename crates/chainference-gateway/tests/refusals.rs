@@ -1,0 +1,112 @@
+//! No silent waits: input the model cannot use is refused up front, and a request nobody answers
+//! ends in a 504 that says what happened, with the stake reclaimed and the account closed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use chainference_client::{Chain, Client, EmbeddedChain, Keypair, Signer};
+use chainference_gateway::{Gateway, GatewayConfig};
+use chainference_server::candle::{CandleBackend, ModelSource};
+use chainference_server::runtime::Server;
+use serde_json::{Value, json};
+
+const MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1";
+
+/// Serves `gateway` on a free port; returns its base URL.
+async fn serve(gateway: Gateway) -> String {
+    let app: Router = gateway.router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+async fn post(http: &reqwest::Client, base: &str, body: &Value) -> (u16, Value, Duration) {
+    let started = Instant::now();
+    let response = http.post(format!("{base}/chat/completions")).json(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null), started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_input_is_refused_at_once_and_silence_ends_in_a_504() {
+    let chain = Arc::new(EmbeddedChain::start().expect("embedded chain (build the .so with `cargo xtask build-sbf`)"));
+    // A server that registers and then goes away: its account says it is active, nobody answers.
+    let model = Arc::new(CandleBackend::load(&ModelSource::default_model()).expect("the model (`cargo xtask setup`)"));
+    let operator = Keypair::new();
+    chain.airdrop(&operator.pubkey(), 10_000_000_000).await.unwrap();
+    let silent = Server::builder(Arc::clone(&chain), operator, model).program(*chain.program()).start().await.unwrap();
+    drop(silent);
+
+    let wallet = Keypair::new();
+    let payer = wallet.pubkey();
+    chain.airdrop(&payer, 10_000_000_000).await.unwrap();
+    let before = chain.balance(&payer).await.unwrap();
+    let program = *chain.program();
+    let shared: Arc<dyn Chain> = Arc::clone(&chain) as Arc<dyn Chain>;
+    let config = GatewayConfig::new().request_timeout_secs(10);
+    let base = serve(Gateway::new(Client::with_program(shared, wallet, program), config)).await;
+    let http = reqwest::Client::new();
+
+    // Content the model cannot read, named in the error; nothing is sent on chain.
+    for (part, kind) in [
+        (json!({ "type": "image_url", "image_url": { "url": "https://example.com/a.png" } }), "image_url"),
+        (json!({ "type": "input_audio", "input_audio": { "data": "", "format": "wav" } }), "input_audio"),
+        (json!({ "type": "file", "file": { "file_id": "f" } }), "file"),
+    ] {
+        let body = json!({ "model": MODEL, "messages": [{ "role": "user", "content": [part] }] });
+        let (status, error, took) = post(&http, &base, &body).await;
+        assert_eq!(status, 400, "{error}");
+        assert!(took < Duration::from_secs(1), "{kind}: {took:?}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains("messages[0].content[0].type") && message.contains(kind), "{message}");
+        assert_eq!(error["error"]["param"], "messages");
+    }
+    // No text at all: empty strings, whitespace, empty part lists.
+    for messages in [
+        json!([{ "role": "user", "content": "" }]),
+        json!([{ "role": "system", "content": " " }, { "role": "user", "content": "\n" }]),
+        json!([{ "role": "user", "content": [] }]),
+        json!([{ "role": "user", "content": [{ "type": "text", "text": "" }] }]),
+    ] {
+        let (status, error, took) = post(&http, &base, &json!({ "model": MODEL, "messages": messages })).await;
+        assert_eq!(status, 400, "{messages}: {error}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        assert!(error["error"]["message"].as_str().unwrap().contains("no text"), "{error}");
+    }
+    assert_eq!(chain.balance(&payer).await.unwrap(), before, "refused requests cost nothing");
+
+    // A request nobody takes: a 504 at the gateway's ceiling, saying no server took it.
+    let body = json!({ "model": MODEL, "messages": [{ "role": "user", "content": "Hello?" }], "max_tokens": 8 });
+    let (status, error, took) = post(&http, &base, &body).await;
+    assert_eq!(status, 504, "{error}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no server took the request") && message.contains("reclaimed"), "{message}");
+
+    // Settled in the background: reclaimed and closed, only fees spent.
+    let settled = Instant::now();
+    loop {
+        let accounts = chain
+            .program_accounts(
+                &chainference_client::chain::address(&program.id),
+                &[chainference_client::chain::AccountFilter::Memcmp {
+                    offset: chainference_client::core::state::RequestHeader::CLIENT_OFFSET,
+                    bytes: payer.to_bytes().to_vec(),
+                }],
+            )
+            .await
+            .unwrap();
+        if accounts.is_empty() {
+            break;
+        }
+        assert!(settled.elapsed() < Duration::from_secs(30), "the request was not closed: {accounts:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let spent = before - chain.balance(&payer).await.unwrap();
+    assert!(spent > 0 && spent <= 50_000, "only transaction fees are spent: {spent}");
+}
