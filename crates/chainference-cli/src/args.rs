@@ -180,7 +180,7 @@ pub struct ServerRunArgs {
 }
 
 /// `chainference gateway`.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args)]
 pub struct GatewayArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -192,13 +192,27 @@ pub struct GatewayArgs {
     #[arg(long, env = "CHAINFERENCE_GATEWAY_KEY")]
     pub api_key: Option<String>,
     /// Tokens allowed for the prompt on top of `max_tokens` in a request's billable budget.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = chainference_gateway::DEFAULT_PROMPT_ALLOWANCE)]
     pub prompt_allowance: u32,
     /// Completion tokens when a request names none.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = chainference_gateway::DEFAULT_MAX_TOKENS)]
     pub default_max_tokens: u32,
-    /// Seconds a request may wait for an answer before the caller gets a 504 (and the stake is
-    /// reclaimed).
+    /// Each request's on-chain timeout in seconds (0: the deployment's default): past it the
+    /// caller gets a 504 saying whether any server took the request, and the stake is reclaimed.
     #[arg(long, default_value_t = chainference_gateway::DEFAULT_REQUEST_TIMEOUT_SECS)]
     pub request_timeout: u32,
+}
+
+impl std::fmt::Debug for GatewayArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayArgs")
+            .field("listen", &self.listen)
+            .field("demo", &self.demo)
+            // A secret: say whether there is one, never what it is.
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("prompt_allowance", &self.prompt_allowance)
+            .field("default_max_tokens", &self.default_max_tokens)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }

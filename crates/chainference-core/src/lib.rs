@@ -54,7 +54,7 @@ macro_rules! byte_enum {
                 }
             }
 
-            /// The variant's name, stable across releases (what JSON output and the JS bindings show).
+            /// The variant's name as declared, stable across releases (for logs, JSON and JS).
             pub const fn name(self) -> &'static str {
                 match self {
                     $(Self::$variant => stringify!($variant),)*

@@ -10,6 +10,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use chainference_client::core::state::RequestStatus;
 use chainference_client::{
     AnswerEvent, Ask, Chain, ChatMessage, ClientError, PendingRequest, Policy, Receipt, Role, ServerQuery,
 };
@@ -104,8 +105,9 @@ fn parse_request(body: &[u8], default_max_tokens: u32) -> Result<ChatRequest, Ap
         };
         messages.push(ChatMessage::new(role, content));
     }
-    // A prompt with no text at all gives a server nothing to answer: refuse it now rather than
-    // let the request wait for a server that will not take it.
+    // The gateway's policy: a prompt with no text at all has nothing to answer, so it is refused
+    // here, before the caller pays for a request (OpenAI would answer it; an empty user message
+    // beside a system message still goes through).
     if messages.iter().all(|m| m.content.trim().is_empty()) {
         return Err(ApiError::invalid_request(
             "the messages hold no text: at least one message needs non-empty content",
@@ -154,6 +156,12 @@ fn text_of_parts(i: usize, parts: &[Value]) -> Result<String, ApiError> {
                     ));
                 }
             },
+            // An assistant's earlier refusal is text the model wrote.
+            Some("refusal") => {
+                if let Some(piece) = part.get("refusal").and_then(Value::as_str) {
+                    text.push_str(piece);
+                }
+            }
             Some(other) => {
                 return Err(ApiError::invalid_request(
                     format!(
@@ -234,17 +242,20 @@ pub(crate) async fn chat_completions(
     Ok(axum::Json(body).into_response())
 }
 
-/// The 504 for a request whose deadline passed, saying what happened: no server locked it, or
+/// The 504 for a request whose deadline passed, saying what happened: no server took it, or
 /// which one did and went silent. The stake comes back by the reclaim in [`settle_later`].
 async fn timed_out(pending: &PendingRequest<Arc<dyn Chain>>, err: ClientError) -> ApiError {
     let what = match pending.state().await {
+        Ok(state) if state.status == RequestStatus::Completed => {
+            "the request was answered just as its deadline passed; send it again to read the answer".to_string()
+        }
         Ok(state) => match state.locked_by {
-            None => "no server took the request".to_string(),
-            Some(server) => format!("server {server} took the request and did not finish it"),
+            None => "no server took the request before its deadline".to_string(),
+            Some(server) => format!("server {server} took the request and did not finish it before its deadline"),
         },
-        Err(_) => err.to_string(),
+        Err(_) => "the request's deadline passed before it was answered".to_string(),
     };
-    ApiError::upstream(err).with_message(format!("{what} before its deadline; the stake is reclaimed"))
+    ApiError::upstream(err).with_message(format!("{what}; the stake will be reclaimed"))
 }
 
 /// `(prompt, completion, total)`: the billed total, split by the token counter when the
@@ -384,4 +395,45 @@ fn stream_response(
         receiver.recv().await.map(|event| (Ok(event), receiver))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_request;
+    use serde_json::json;
+
+    fn parse(messages: serde_json::Value) -> Result<Vec<String>, String> {
+        let body = json!({ "model": "a/b", "messages": messages }).to_string();
+        parse_request(body.as_bytes(), 16)
+            .map(|r| r.messages.into_iter().map(|m| m.content).collect())
+            .map_err(|e| e.message().to_string())
+    }
+
+    #[test]
+    fn text_parts_are_joined_and_other_parts_named() {
+        let parts = json!([{ "role": "user", "content": [
+            { "type": "text", "text": "Hello, " },
+            { "type": "text", "text": "world", "cache_control": { "type": "ephemeral" } }
+        ] }]);
+        assert_eq!(parse(parts), Ok(vec!["Hello, world".to_string()]));
+        let refusal = json!([
+            { "role": "user", "content": "Do it" },
+            { "role": "assistant", "content": [{ "type": "refusal", "refusal": "I can't." }] },
+            { "role": "user", "content": "Please" }
+        ]);
+        assert_eq!(parse(refusal), Ok(vec!["Do it".into(), "I can't.".into(), "Please".into()]));
+        let image = json!([{ "role": "user", "content": [{ "type": "text", "text": "see" }, { "type": "image_url", "image_url": { "url": "x" } }] }]);
+        assert!(parse(image).is_err_and(|e| e.contains("messages[0].content[1].type") && e.contains("image_url")));
+        let untyped = json!([{ "role": "user", "content": [{ "text": "x" }] }]);
+        assert!(parse(untyped).is_err_and(|e| e.contains("must be an object with a 'type'")));
+        let bad_text = json!([{ "role": "user", "content": [{ "type": "text", "text": 3 }] }]);
+        assert!(parse(bad_text).is_err_and(|e| e.contains("content[0].text must be a string")));
+    }
+
+    #[test]
+    fn an_empty_user_message_beside_a_system_message_goes_through() {
+        let messages = json!([{ "role": "system", "content": "Be brief." }, { "role": "user", "content": "" }]);
+        assert_eq!(parse(messages), Ok(vec!["Be brief.".to_string(), String::new()]));
+        assert!(parse(json!([{ "role": "user", "content": "  " }])).is_err_and(|e| e.contains("no text")));
+    }
 }

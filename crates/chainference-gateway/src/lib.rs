@@ -65,12 +65,15 @@ pub const MAX_BODY: usize = 256 * 1024;
 struct ApiKey(Zeroizing<String>);
 
 impl ApiKey {
-    /// Whether `given` is the key, in time that depends on the key's length only.
+    /// Whether `given` is the key, in time that depends on the key's length only. An empty key
+    /// matches nothing (a gateway configured with one refuses every caller rather than none).
     fn matches(&self, given: &str) -> bool {
         let (key, given) = (self.0.as_bytes(), given.as_bytes());
-        let mut difference = u8::from(key.len() != given.len());
+        let mut difference = u8::from(key.len() != given.len() || key.is_empty());
         for (i, byte) in key.iter().enumerate() {
             difference |= byte ^ given.get(i).copied().unwrap_or(0);
+            // Keep the loop whole: no early exit the optimizer could introduce.
+            difference = std::hint::black_box(difference);
         }
         difference == 0
     }
@@ -93,21 +96,28 @@ pub struct GatewayConfig {
     pub prompt_allowance: u32,
     /// Completion tokens when a request names none (default 512).
     pub default_max_tokens: u32,
-    /// Seconds a request may wait for a server to answer it (the on-chain timeout, default 60):
-    /// the ceiling on every wait. Past it the caller gets a 504 saying what happened, and the
-    /// stake is reclaimed in the background. Must lie within the deployment's timeout range.
+    /// The on-chain timeout of each request, in seconds: how long servers have to take and
+    /// finish it, and so the ceiling on every wait. Past it the caller gets a 504 saying whether
+    /// any server took the request, and the stake is reclaimed in the background. 0 (the
+    /// default) uses the deployment's default (300 s on the defaults); other values must lie in
+    /// the deployment's timeout range (10 to 3,600 s on the defaults), and should leave a server
+    /// the time to generate `max_tokens`.
     pub request_timeout_secs: u32,
 }
 
-/// The default of [`GatewayConfig::request_timeout_secs`].
-pub const DEFAULT_REQUEST_TIMEOUT_SECS: u32 = 60;
+/// The default of [`GatewayConfig::request_timeout_secs`]: the deployment's own default.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u32 = 0;
+/// The default of [`GatewayConfig::prompt_allowance`].
+pub const DEFAULT_PROMPT_ALLOWANCE: u32 = 1024;
+/// The default of [`GatewayConfig::default_max_tokens`].
+pub const DEFAULT_MAX_TOKENS: u32 = 512;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             api_key: None,
-            prompt_allowance: 1024,
-            default_max_tokens: 512,
+            prompt_allowance: DEFAULT_PROMPT_ALLOWANCE,
+            default_max_tokens: DEFAULT_MAX_TOKENS,
             request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
         }
     }
@@ -152,7 +162,11 @@ impl GatewayConfig {
     pub(crate) fn authorizes(&self, authorization: Option<&str>) -> bool {
         match &self.api_key {
             None => true,
-            Some(key) => authorization.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|given| key.matches(given)),
+            // The scheme name is case-insensitive (RFC 7235); the key is not.
+            Some(key) => authorization
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .is_some_and(|(_, given)| key.matches(given.trim())),
         }
     }
 }
@@ -252,9 +266,12 @@ mod tests {
         assert!(open.authorizes(None) && open.authorizes(Some("Bearer anything")));
         let locked = GatewayConfig::new().api_key("sk-secret");
         assert!(locked.authorizes(Some("Bearer sk-secret")));
+        assert!(locked.authorizes(Some("bearer sk-secret")), "the scheme is case-insensitive");
         for wrong in [None, Some("sk-secret"), Some("Bearer sk-secre"), Some("Bearer sk-secret2"), Some("Bearer ")] {
             assert!(!locked.authorizes(wrong), "{wrong:?}");
         }
+        let empty = GatewayConfig::new().api_key("");
+        assert!(!empty.authorizes(Some("Bearer ")) && !empty.authorizes(None), "an empty key lets no one in");
         assert!(!format!("{locked:?}").contains("sk-secret"));
     }
 }

