@@ -80,6 +80,7 @@ fn parse_request(body: &[u8], default_max_tokens: u32) -> Result<ChatRequest, Ap
         .and_then(Value::as_array)
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::invalid_request("'messages' must be a non-empty array", Some("messages")))?;
+    refuse_unsupported(&value)?;
     let mut messages = Vec::with_capacity(raw.len());
     for (i, message) in raw.iter().enumerate() {
         let role = match message.get("role").and_then(Value::as_str) {
@@ -139,6 +140,37 @@ fn parse_request(body: &[u8], default_max_tokens: u32) -> Result<ChatRequest, Ap
     let stream = value.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let include_usage = value.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
     Ok(ChatRequest { model, messages, max_tokens, temperature, seed, stream, include_usage, budget: max_tokens })
+}
+
+/// Features of OpenAI's API the network does not offer, refused by name rather than silently
+/// ignored: several choices, tool calls, structured output.
+fn refuse_unsupported(value: &Value) -> Result<(), ApiError> {
+    let present = |field: &str| value.get(field).is_some_and(|v| !v.is_null());
+    match value.get("n") {
+        None | Some(Value::Null) => {}
+        Some(n) if n.as_u64() == Some(1) => {}
+        Some(_) => {
+            return Err(ApiError::invalid_request(
+                "n: only one choice per request is supported; send several requests for several answers",
+                Some("n"),
+            ));
+        }
+    }
+    for field in ["tools", "tool_choice", "functions", "function_call"] {
+        if present(field) {
+            return Err(ApiError::invalid_request(
+                format!("{field}: tool and function calling are not supported by the models on this network"),
+                Some(field),
+            ));
+        }
+    }
+    if present("response_format") && value.pointer("/response_format/type").and_then(Value::as_str) != Some("text") {
+        return Err(ApiError::invalid_request(
+            "response_format: only {\"type\": \"text\"} is supported (no JSON mode or schemas)",
+            Some("response_format"),
+        ));
+    }
+    Ok(())
 }
 
 /// The text of `messages[i]`'s content parts, joined. The models on this network read text
@@ -428,6 +460,25 @@ mod tests {
         assert!(parse(untyped).is_err_and(|e| e.contains("must be an object with a 'type'")));
         let bad_text = json!([{ "role": "user", "content": [{ "type": "text", "text": 3 }] }]);
         assert!(parse(bad_text).is_err_and(|e| e.contains("content[0].text must be a string")));
+    }
+
+    #[test]
+    fn unsupported_features_are_refused_by_name() {
+        let with = |field: &str, value: serde_json::Value| {
+            let mut body = json!({ "model": "a/b", "messages": [{ "role": "user", "content": "hi" }] });
+            body[field] = value;
+            parse_request(body.to_string().as_bytes(), 16).map(|_| ()).map_err(|e| e.param())
+        };
+        assert_eq!(with("n", json!(1)), Ok(()));
+        assert_eq!(with("n", json!(null)), Ok(()));
+        assert_eq!(with("n", json!(2)), Err(Some("n")));
+        assert_eq!(with("n", json!("1")), Err(Some("n")));
+        assert_eq!(with("tools", json!([{ "type": "function" }])), Err(Some("tools")));
+        assert_eq!(with("tool_choice", json!("auto")), Err(Some("tool_choice")));
+        assert_eq!(with("functions", json!([])), Err(Some("functions")));
+        assert_eq!(with("response_format", json!({ "type": "json_object" })), Err(Some("response_format")));
+        assert_eq!(with("response_format", json!({ "type": "text" })), Ok(()));
+        assert_eq!(with("tools", json!(null)), Ok(()));
     }
 
     #[test]
