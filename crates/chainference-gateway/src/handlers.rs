@@ -251,8 +251,8 @@ pub(crate) async fn chat_completions(
     let chain = Arc::clone(gateway.client.chain());
     let waited = tokio::spawn(async move {
         let answer = match pending.wait().await {
-            Err(err @ ClientError::DeadlinePassed { .. }) => Err(timed_out(&pending, err).await),
-            other => other.map_err(ApiError::upstream),
+            Ok(answer) => Ok(answer),
+            Err(err) => Err(wait_failed(&pending, err).await),
         };
         settle_later(chain, pending);
         answer
@@ -274,9 +274,13 @@ pub(crate) async fn chat_completions(
     Ok(axum::Json(body).into_response())
 }
 
-/// The 504 for a request whose deadline passed, saying what happened: no server took it, or
-/// which one did and went silent. The stake comes back by the reclaim in [`settle_later`].
-async fn timed_out(pending: &PendingRequest<Arc<dyn Chain>>, err: ClientError) -> ApiError {
+/// The caller's error when waiting for an answer failed, streamed or not. A passed deadline
+/// becomes a 504 saying what happened: no server took the request, or which one did and went
+/// silent; the stake comes back by the reclaim in [`settle_later`].
+async fn wait_failed(pending: &PendingRequest<Arc<dyn Chain>>, err: ClientError) -> ApiError {
+    if !matches!(err, ClientError::DeadlinePassed { .. }) {
+        return ApiError::upstream(err);
+    }
     let what = match pending.state().await {
         Ok(state) if state.status == RequestStatus::Completed => {
             "the request was answered just as its deadline passed; send it again to read the answer".to_string()
@@ -409,12 +413,8 @@ fn stream_response(
                     break;
                 }
                 Ok(_) => {}
-                Err(err @ ClientError::DeadlinePassed { .. }) => {
-                    send(error_event(timed_out(&pending, err).await));
-                    break;
-                }
                 Err(err) => {
-                    send(error_event(ApiError::upstream(err)));
+                    send(error_event(wait_failed(&pending, err).await));
                     break;
                 }
             }

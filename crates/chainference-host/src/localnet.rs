@@ -208,11 +208,6 @@ impl Localnet {
     pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
         self.child.try_wait()
     }
-
-    /// Stops it now (as dropping it does).
-    pub fn stop(self) {
-        drop(self);
-    }
 }
 
 fn io_error(path: &Path, err: &std::io::Error) -> LocalnetError {
