@@ -12,7 +12,8 @@ async function main() {
   // 1. A wallet signs the fixed message (here: the vectors' signature stands in for signMessage).
   const keys = cf.ClientKeys.fromWalletSignature(unhex(vectors.keys.wallet_signature));
   const client = crypto.getRandomValues(new Uint8Array(32));
-  const nonce = 1n;
+  // A nonce whose request and response addresses both use the canonical bump 255 (protocol v2).
+  const nonce = cf.usableNonce(client, 1n);
   const request = cf.requestAddress(client, nonce);
   const requestKeys = keys.requestKeys(request);
   const server = cf.ServerKeys.generate();
@@ -20,7 +21,7 @@ async function main() {
   const model = 'HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1';
   const envelope = cf.sealPrompt(request, [server.publicKey], requestKeys.promptPublicKey, prompt);
   const instructions = cf.openRequestInstructions({
-    client, nonce, stake: 10_000_000n, maxTokens: 512, model,
+    client, nonce, stake: 10_000_000n, maxPricePerMtok: 3_000_000n, maxTokens: 512, model,
     allowed: [crypto.getRandomValues(new Uint8Array(32))],
     responseKey: requestKeys.responsePublicKey,
     commitment: keys.commitment(request, model, prompt),

@@ -13,6 +13,8 @@
 //!   Playwright, and the demo.
 //! - `cu`: measures every instruction's compute units and writes `docs/compute-units.md`.
 //! - `wasm`: builds the npm package (node and web) into `pkg/`.
+//! - `wasm-test`: the wasm stages of `test` alone (node, headless Chromium, the web example,
+//!   envelope interop).
 //! - `localnet`: a real local validator with the program deployed and a faucet (the
 //!   `chainference-localnet` tool, built once into the tools cache; arguments pass through).
 //! - `bench-backend`: Candle next to llama.cpp on the same GGUF and thread counts, and the
@@ -38,7 +40,7 @@ type Result<T = ()> = std::result::Result<T, String>;
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
-        eprintln!("usage: cargo xtask <setup|build-sbf|test|cu|wasm|localnet|bench-backend|demo>");
+        eprintln!("usage: cargo xtask <setup|build-sbf|test|cu|wasm|wasm-test|localnet|bench-backend|demo>");
         return ExitCode::from(2);
     };
     let outcome = match cmd.as_str() {
@@ -51,11 +53,12 @@ fn main() -> ExitCode {
         }
         "cu" => setup::setup().and_then(|()| sbf::build_sbf()).and_then(|_| test::compute_units()),
         "wasm" => setup::setup().and_then(|()| wasm::build_wasm_package()),
+        "wasm-test" => setup::setup().and_then(|()| wasm::wasm_tests()),
         "demo" => test::demo(rest),
         "localnet" => localnet::localnet(rest),
         "bench-backend" => llama::bench_backend(),
         other => Err(format!(
-            "unknown subcommand `{other}`; expected setup, build-sbf, test, cu, wasm, localnet, bench-backend or demo"
+            "unknown subcommand `{other}`; expected setup, build-sbf, test, cu, wasm, wasm-test, localnet, bench-backend or demo"
         )),
     };
     match outcome {

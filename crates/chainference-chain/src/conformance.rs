@@ -254,10 +254,24 @@ async fn subscription_sees_changes_and_closure<C: Chain + ?Sized>(chain: &C, pro
             break;
         }
     }
+    // Closing retires a server (its header stays, smaller): a notification of the new size.
     let close = [instruction(builders::close_server(program, &authority.pubkey().to_bytes()))];
     chain.send(&close, &[&authority]).await.map_err(chain_err("close_server"))?;
     loop {
-        let state = next_state(&mut updates).await.map_err(|_| "no notification of the closure".to_string())?;
+        let state = next_state(&mut updates).await.map_err(|_| "no notification of the retirement".to_string())?;
+        let state = state.ok_or("stream ended")?.ok_or("a retired server's account is gone")?;
+        if state.data.len() == ServerHeader::LEN {
+            break;
+        }
+    }
+    // An account that goes away: a wallet drained to zero (another wallet pays the fee).
+    let drained = funded(chain).await?;
+    let mut gone = chain.subscribe(&drained.pubkey()).await.map_err(chain_err("subscribe"))?;
+    next_state(&mut gone).await.map_err(|_| "no first state".to_string())?.ok_or("stream ended")?;
+    let drain = [transfer(&drained, &authority.pubkey(), FUNDING)];
+    chain.send(&drain, &[&authority, &drained]).await.map_err(chain_err("drain"))?;
+    loop {
+        let state = next_state(&mut gone).await.map_err(|_| "no notification of the closure".to_string())?;
         if state.ok_or("stream ended")?.is_none() {
             return Ok(());
         }

@@ -428,8 +428,8 @@ mod tests {
             let args = chainference_core::instruction::OpenRequestArgs {
                 nonce: 1,
                 bump: 255,
-                response_bump: 255,
                 stake: 1,
+                max_price_per_mtok: 1,
                 max_tokens: 1,
                 timeout: 0,
                 min_completed: 0,

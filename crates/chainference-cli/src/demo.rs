@@ -1,8 +1,9 @@
 //! `chainference demo`: the whole network in one process, on the embedded chain (the real
 //! program `.so` in LiteSVM) with the real model, no cluster and no network.
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -25,11 +26,22 @@ struct Settled {
     tokens: u64,
     cost: u64,
     fee: u64,
+    /// The server's share held in the request until the flag window closes (or the close).
+    held: u64,
     refund: u64,
     rent_locked: u64,
-    rent_returned: u64,
-    transaction_fees: u64,
+    /// Signatures the client paid for this request (open, upload; its close rides in the next
+    /// open, or in the one shared close at the end).
+    client_signatures: u64,
+    /// Transactions (one signature each) the server sent to answer it.
+    server_signatures: u64,
 }
+
+/// The embedded chain's fee per signature (no priority fee).
+const LAMPORTS_PER_SIGNATURE: u64 = 5_000;
+
+/// Server transactions per request, from the servers' `Completed` events.
+type ServerTransactions = Arc<Mutex<HashMap<Address, u32>>>;
 
 /// The demo's servers.
 struct DemoServer {
@@ -52,8 +64,8 @@ async fn funded(chain: &EmbeddedChain) -> Result<Keypair> {
 async fn start_server(
     chain: &Arc<EmbeddedChain>,
     model: &Arc<CandleBackend>,
-    name: &'static str,
-    price: u64,
+    (name, price): (&'static str, u64),
+    transactions: &ServerTransactions,
 ) -> Result<DemoServer> {
     let handle = Server::builder(Arc::clone(chain), funded(chain).await?, Arc::clone(model))
         .program(*chain.program())
@@ -61,6 +73,17 @@ async fn start_server(
         .start()
         .await
         .with_context(|| format!("starting server {name}"))?;
+    let mut events = handle.events();
+    let transactions = Arc::clone(transactions);
+    tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            if let ServerEvent::Completed { request, transactions: sent, .. } = event
+                && let Ok(mut map) = transactions.lock()
+            {
+                map.insert(request, sent);
+            }
+        }
+    });
     Ok(DemoServer { name, handle })
 }
 
@@ -102,19 +125,32 @@ enum Ending<'a> {
     Reclaimed(u64),
 }
 
+/// The request's settlement row; the request is then queued to close inside the client's next
+/// open transaction (its rent and the server's held share go back then).
 async fn settle_row(
-    chain: &EmbeddedChain,
     (label, server): (&str, &str),
     request: &PendingRequest<Arc<EmbeddedChain>>,
     ending: Ending<'_>,
+    server_transactions: &ServerTransactions,
 ) -> Result<Settled> {
     let (receipt, reclaimed_refund) = match ending {
         Ending::Completed(receipt) => (Some(receipt), 0),
         Ending::Reclaimed(refund) => (None, refund),
     };
-    // Settled: the escrow is paid out, what the request account still holds is its rent.
-    let rent_locked = chain.balance(&request.address()).await?;
-    let returned = request.close().await?;
+    // The server reports its transactions once its own confirmation is in, a moment after the
+    // client saw the settlement.
+    let mut sent = 0;
+    for _ in 0..100 {
+        if let Some(count) = server_transactions.lock().ok().and_then(|map| map.get(&request.address()).copied()) {
+            sent = count;
+            break;
+        }
+        if receipt.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    request.close_later().await?;
     Ok(Settled {
         label: label.to_string(),
         server: server.to_string(),
@@ -122,10 +158,11 @@ async fn settle_row(
         tokens: receipt.map_or(0, |r| r.tokens),
         cost: receipt.map_or(0, |r| r.cost),
         fee: receipt.map_or(0, |r| r.fee),
+        held: receipt.map_or(0, |r| r.server_held),
         refund: receipt.map_or(reclaimed_refund, |r| r.refund),
-        rent_locked,
-        rent_returned: returned,
-        transaction_fees: request.transaction_fees(),
+        rent_locked: request.rent_locked(),
+        client_signatures: request.transaction_fees() / LAMPORTS_PER_SIGNATURE,
+        server_signatures: u64::from(sent),
     })
 }
 
@@ -149,10 +186,11 @@ pub async fn run() -> Result<()> {
     let model = Arc::new(load_model(None)?);
 
     // Servers: two good ones at different prices, a third that will stall.
+    let server_transactions = ServerTransactions::default();
     let servers = vec![
-        start_server(&chain, &model, "alpha", 2_000_000).await?,
-        start_server(&chain, &model, "beta", 3_000_000).await?,
-        start_server(&chain, &model, "gamma", 1_000_000).await?,
+        start_server(&chain, &model, ("alpha", 2_000_000), &server_transactions).await?,
+        start_server(&chain, &model, ("beta", 3_000_000), &server_transactions).await?,
+        start_server(&chain, &model, ("gamma", 1_000_000), &server_transactions).await?,
     ];
     let client_wallet = funded(&chain).await?;
     let total_before = chain.total_lamports();
@@ -195,7 +233,9 @@ pub async fn run() -> Result<()> {
         lamports(receipt.cost),
         sent.elapsed().as_secs_f64()
     );
-    table.push(settle_row(&chain, ("France → alpha", "alpha"), &request, Ending::Completed(&receipt)).await?);
+    table.push(
+        settle_row(("France → alpha", "alpha"), &request, Ending::Completed(&receipt), &server_transactions).await?,
+    );
 
     // 4. The same prompt to both good servers, as two unlinkable requests; compare and flag.
     let compared = "What is the largest planet in the solar system?";
@@ -209,6 +249,13 @@ pub async fn run() -> Result<()> {
     client.compare(&to_alpha.address(), &to_beta.address(), &to_alpha.address()).await?;
     client.flag(&to_beta.address()).await?;
     println!("      compared on chain (commitments checked): alpha preferred; beta's answer flagged");
+    table.push(
+        settle_row(("planet → alpha", "alpha"), &to_alpha, Ending::Completed(&alpha_receipt), &server_transactions)
+            .await?,
+    );
+    table.push(
+        settle_row(("planet → beta", "beta"), &to_beta, Ending::Completed(&beta_receipt), &server_transactions).await?,
+    );
 
     // 5. gamma locks a request and goes silent; the client reclaims after the deadline.
     println!("[6/6] a request to gamma, which locks it and then stalls (its process dies)");
@@ -242,30 +289,43 @@ pub async fn run() -> Result<()> {
         "      gamma locked it and went silent; {wait} s later (the clock advanced) the deadline passed and the client reclaimed {} lamports",
         lamports(refund)
     );
-    table.push(settle_row(&chain, ("planet → alpha", "alpha"), &to_alpha, Ending::Completed(&alpha_receipt)).await?);
-    table.push(settle_row(&chain, ("planet → beta", "beta"), &to_beta, Ending::Completed(&beta_receipt)).await?);
-    table.push(settle_row(&chain, ("haiku → gamma", "gamma"), &stalled, Ending::Reclaimed(refund)).await?);
+    table
+        .push(settle_row(("haiku → gamma", "gamma"), &stalled, Ending::Reclaimed(refund), &server_transactions).await?);
+    // What no later open carried is closed now, in one transaction.
+    let client_before_close = client.balance().await?;
+    let closed_at_end = client.close_finished().await?;
+    let returned_at_end = client.balance().await?.saturating_sub(client_before_close);
 
     // Settlement and reputation.
     println!("\nSettlement (lamports)");
     println!(
-        "| request | server | stake | tokens | cost | fee | refund | rent locked | rent back (less close fee) | tx fees (client) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| request | server | stake | tokens | cost | fee | server share held (flag window) | refund | rent locked | signatures (client + server) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for row in &table {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} + {} |",
             row.label,
             row.server,
             lamports(row.stake),
             row.tokens,
             lamports(row.cost),
             lamports(row.fee),
+            lamports(row.held),
             lamports(row.refund),
             lamports(row.rent_locked),
-            lamports(row.rent_returned),
-            lamports(row.transaction_fees)
+            row.client_signatures,
+            row.server_signatures,
         );
     }
+    println!(
+        "The server's share stays in the request until the flag window closes (then the server claims it) or the \
+         client closes the request; a flag returns {}% of it. Each request was closed inside the client's next open \
+         transaction (no signature of its own); the {closed_at_end} left at the end in one more transaction, \
+         returning {} lamports. A server signs once per transaction it streams: a short answer is one (lock, \
+         answer and bill together), a long one one per flush.",
+        params.flag_refund_bps / 100,
+        lamports(returned_at_end)
+    );
     let mut stopped = vec![("gamma", gamma_counters)];
     for server in servers {
         stopped.push((server.name, server.handle.shutdown().await?));
@@ -273,7 +333,7 @@ pub async fn run() -> Result<()> {
     let after = client.servers(&ServerQuery { include_inactive: true, ..ServerQuery::new(&model_id) }).await?;
     println!("\nReputation (on chain, after it all)");
     println!(
-        "| server | completed | flagged | timed out | released | comparisons | preferred | success | preference | earned (lamports) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| server | completed | counted | fees paid | flagged | timed out | released | comparisons | preferred | success | preference | earned (lamports) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     let everyone: Vec<_> = after.eligible.iter().chain(after.excluded.iter().map(|(info, _)| info)).collect();
     let names = [("alpha", alpha), ("beta", beta), ("gamma", gamma)];
@@ -282,8 +342,10 @@ pub async fn run() -> Result<()> {
         let Some(info) = everyone.iter().find(|info| Some(info.authority) == authority) else { continue };
         let s = info.stats;
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {:.1}% | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1}% | {} | {} |",
             s.completed,
+            s.counted,
+            lamports(s.fees),
             s.flagged,
             s.timed_out,
             s.released,

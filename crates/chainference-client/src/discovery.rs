@@ -5,7 +5,7 @@ use std::fmt;
 
 use chainference_chain::{Address, address};
 use chainference_core::Error as CoreError;
-use chainference_core::lifecycle::ServerView;
+use chainference_core::lifecycle::{LockTerms, ServerView};
 use chainference_core::pricing::ServerStats;
 use chainference_core::state::ServerAccount;
 
@@ -16,7 +16,8 @@ use chainference_core::state::ServerAccount;
 pub struct ServerFilter {
     /// Highest acceptable price, lamports per million tokens.
     pub max_price: Option<u64>,
-    /// Least completed requests (also enforced on-chain at lock).
+    /// Least counted completions: those that paid the config's `min_counted_fee` (also
+    /// enforced on-chain at lock).
     pub min_completed: u64,
     /// Least success ratio in basis points (also enforced on-chain at lock).
     pub min_success_bps: u16,
@@ -102,6 +103,11 @@ impl Filtered for ServerQuery {
 pub enum Exclusion {
     /// The operator switched it off.
     Inactive,
+    /// The operator closed it: only its reputation remains on chain.
+    Retired,
+    /// It is run by the asking wallet itself: the program refuses to let a server serve its own
+    /// wallet's requests (self-dealing would farm reputation).
+    OwnServer,
     /// It does not offer the model.
     ModelNotOffered,
     /// Its price is above the cap.
@@ -133,10 +139,12 @@ impl fmt::Display for Exclusion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Exclusion::Inactive => f.write_str("inactive (its operator switched it off)"),
+            Exclusion::Retired => f.write_str("retired (its operator closed it)"),
+            Exclusion::OwnServer => f.write_str("run by your own wallet (a server may not serve its own wallet)"),
             Exclusion::ModelNotOffered => f.write_str("does not offer the model"),
             Exclusion::PriceAbove { price, max } => write!(f, "price {price} lamports/Mtok is above your cap of {max}"),
             Exclusion::TooFewCompleted { completed, min } => {
-                write!(f, "{completed} completed requests, fewer than the {min} required")
+                write!(f, "{completed} counted completed requests, fewer than the {min} required")
             }
             Exclusion::SuccessBelow { success_bps, min } => {
                 write!(f, "success {} is below the {} required", Bps(*success_bps), Bps(*min))
@@ -168,13 +176,16 @@ pub struct ServerInfo {
     pub endpoint: Option<String>,
     /// Whether it accepts new requests.
     pub active: bool,
+    /// Whether its operator closed it (only its reputation remains).
+    pub retired: bool,
     /// Its price for the queried model, lamports per million tokens.
     pub price: Option<u64>,
     /// All its offers: canonical model id and price.
     pub offers: Vec<(String, u64)>,
     /// Reputation counters.
     pub stats: ServerStats,
-    /// `(completed - flagged) / (completed + timed_out + released)` in bps.
+    /// `(counted - flagged) / (counted + timed_out + released)` in bps: only completions that
+    /// paid the config's least counted fee build it.
     pub success_bps: u16,
     /// `preferred / comparisons` in bps, none before a comparison.
     pub preference_bps: Option<u16>,
@@ -195,6 +206,7 @@ impl ServerInfo {
             hpke_key: header.hpke_key,
             endpoint: (!server.endpoint.is_empty()).then(|| server.endpoint.to_string()),
             active: header.active,
+            retired: header.retired,
             price: model.and_then(|model| server.offers.price_of(model)),
             offers: server.offers.iter().map(|offer| (offer.model.to_string(), offer.price_per_mtok)).collect(),
             stats: header.stats,
@@ -205,41 +217,47 @@ impl ServerInfo {
         })
     }
 
-    /// Why `query` excludes this server (empty: it is eligible). The on-chain lock rules come
-    /// from core ([`ServerView::refusals`]); the price cap is the client's own.
-    pub fn exclusions(&self, query: &ServerQuery) -> Vec<Exclusion> {
+    /// Why `query`, asked by the wallet `asker`, excludes this server (empty: it is eligible).
+    /// Every reason is the program's own lock rule ([`ServerView::refusals`]): the price cap
+    /// becomes the request's on-chain cap, and a server of the asking wallet could never lock.
+    pub fn exclusions(&self, query: &ServerQuery, asker: &Address) -> Vec<Exclusion> {
         let authority = self.authority.to_bytes();
         let view = ServerView {
             authority: &authority,
-            active: self.active || query.include_inactive,
+            active: (self.active || query.include_inactive) && !self.retired,
             stats: self.stats,
             price_for_model: self.price,
         };
         let filter = &query.filter;
-        let mut reasons: Vec<Exclusion> = view
-            .refusals(filter.min_completed, filter.min_success_bps)
+        let asker = asker.to_bytes();
+        let terms = LockTerms {
+            client: &asker,
+            max_price_per_mtok: filter.max_price.unwrap_or(u64::MAX),
+            min_completed: filter.min_completed,
+            min_success_bps: filter.min_success_bps,
+        };
+        view.refusals(&terms)
             .into_iter()
             .flatten()
             // A query for any model has no model to miss.
             .filter(|refusal| query.model.is_some() || *refusal != CoreError::ModelNotOffered)
             .map(|refusal| match refusal {
+                CoreError::ServerInactive if self.retired => Exclusion::Retired,
                 CoreError::ServerInactive => Exclusion::Inactive,
                 CoreError::ModelNotOffered => Exclusion::ModelNotOffered,
+                CoreError::PriceAboveCap => {
+                    Exclusion::PriceAbove { price: self.price.unwrap_or(0), max: terms.max_price_per_mtok }
+                }
+                CoreError::SelfDealing => Exclusion::OwnServer,
                 CoreError::MinCompletedNotMet => {
-                    Exclusion::TooFewCompleted { completed: self.stats.completed, min: filter.min_completed }
+                    Exclusion::TooFewCompleted { completed: self.stats.counted, min: filter.min_completed }
                 }
                 CoreError::MinSuccessNotMet => {
                     Exclusion::SuccessBelow { success_bps: self.success_bps, min: filter.min_success_bps }
                 }
                 other => Exclusion::Unreadable(other),
             })
-            .collect();
-        if let (Some(price), Some(max)) = (self.price, filter.max_price)
-            && price > max
-        {
-            reasons.push(Exclusion::PriceAbove { price, max });
-        }
-        reasons
+            .collect()
     }
 }
 
@@ -247,7 +265,8 @@ impl ServerInfo {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Policy {
-    /// Highest success ratio, then most completed, then preference, then cheapest.
+    /// Highest success ratio, then most protocol fees paid by counted completions (reputation
+    /// weighted by money, so free self-dealing does not rank), then preference, then cheapest.
     #[default]
     MostReliable,
     /// Cheapest, then most reliable.
@@ -257,7 +276,7 @@ pub enum Policy {
 impl Policy {
     /// Sorts `servers` best first.
     pub fn rank(self, servers: &mut [ServerInfo]) {
-        let reliability = |s: &ServerInfo| (s.success_bps, s.stats.completed, s.preference_bps.unwrap_or(5_000));
+        let reliability = |s: &ServerInfo| (s.success_bps, s.stats.fees, s.preference_bps.unwrap_or(5_000));
         match self {
             Policy::MostReliable => servers.sort_by(|a, b| {
                 reliability(b)

@@ -26,7 +26,8 @@
 //! }
 //! let answer = request.wait().await?;
 //! println!("\n{} tokens, {} lamports", answer.receipt.tokens, answer.receipt.cost);
-//! request.close().await?;
+//! // Closed (rent back) inside the next request's transaction: one signature per request.
+//! request.close_later().await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -80,6 +81,9 @@ pub(crate) struct Inner<C> {
     /// that cannot export its key derives too, so both read the same history.
     pub(crate) secret: ClientSecret,
     pub(crate) program: Program,
+    /// Finished requests waiting to be closed inside this wallet's next open transaction
+    /// ([`PendingRequest::close_later`]), oldest first.
+    pub(crate) to_close: std::sync::Mutex<Vec<request::Finished>>,
 }
 
 impl<C: Chain + 'static> Client<C> {
@@ -92,7 +96,7 @@ impl<C: Chain + 'static> Client<C> {
     pub fn with_program(chain: C, wallet: Keypair, program: Program) -> Self {
         let signature = wallet.sign_message(CLIENT_KEY_MESSAGE);
         let secret = ClientSecret::from_wallet_signature(signature.as_array());
-        Client { inner: Arc::new(Inner { chain, wallet, secret, program }) }
+        Client { inner: Arc::new(Inner { chain, wallet, secret, program, to_close: Default::default() }) }
     }
 
     /// The wallet's address.
@@ -126,7 +130,7 @@ impl<C: Chain + 'static> Client<C> {
         for (account, data) in accounts {
             match ServerInfo::decode(account, &data.data, model.as_deref()) {
                 Ok(server) => {
-                    let reasons = server.exclusions(query);
+                    let reasons = server.exclusions(query, &self.address());
                     if reasons.is_empty() {
                         discovery.eligible.push(server);
                     } else if server.price.is_some() || reasons.iter().any(|r| !matches!(r, Exclusion::ModelNotOffered))
@@ -240,6 +244,34 @@ impl<C: Chain + 'static> Client<C> {
         );
         self.inner.chain.send(&[instruction(ix)], &[&self.inner.wallet]).await?;
         Ok(())
+    }
+
+    /// Closes every request queued with [`PendingRequest::close_later`] that no open
+    /// transaction has closed yet, up to four per transaction (one signature each). Call it
+    /// before a client that asked goes away. Returns how many were closed.
+    pub async fn close_finished(&self) -> Result<usize, ClientError> {
+        let queued = std::mem::take(&mut *request::lock_queue(&self.inner.to_close));
+        let mut closed = 0;
+        for batch in queued.chunks(4) {
+            let mut ixs = Vec::with_capacity(batch.len());
+            for finished in batch {
+                // Closed meanwhile (by hand, or by anyone after the retention): nothing to do.
+                if self.inner.chain.account(&address(&finished.request)).await?.is_some() {
+                    ixs.push(finished.close_instruction(&self.inner.program, &self.address().to_bytes()));
+                }
+            }
+            if ixs.is_empty() {
+                continue;
+            }
+            if let Err(err) = self.inner.chain.send(&ixs, &[&self.inner.wallet]).await {
+                // Keep what is not closed for a later try.
+                let rest = queued.iter().skip(closed).copied();
+                request::lock_queue(&self.inner.to_close).extend(rest);
+                return Err(err.into());
+            }
+            closed = closed.saturating_add(ixs.len());
+        }
+        Ok(closed)
     }
 
     /// Every request of this wallet still on chain, oldest first, with prompts and answers

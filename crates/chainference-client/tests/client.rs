@@ -346,8 +346,10 @@ async fn two_clients_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_and_flag_build_reputation() {
     let chain = chain();
-    let first = TestServer::register(chain.as_ref(), 1_000_000).await;
-    let second = TestServer::register(chain.as_ref(), 1_500_000).await;
+    // Prices at which 20 tokens pay a fee of at least the config's min_counted_fee (100): only
+    // counted completions can be compared and flagged against a server's reputation.
+    let first = TestServer::register(chain.as_ref(), 100_000_000).await;
+    let second = TestServer::register(chain.as_ref(), 150_000_000).await;
     let client = client(&chain).await;
     let start = total(&chain);
     let (a, b) =

@@ -91,6 +91,12 @@ impl Program {
         pda::response_address(&self.id, request)
     }
 
+    /// The first nonce at or after `from` that `client` may open a request with (its request
+    /// and response PDAs both canonical at bump 255; see [`pda::nonce_is_usable`]).
+    pub fn usable_nonce(&self, client: &Address, from: u64) -> u64 {
+        pda::usable_nonce(&self.id, client, from)
+    }
+
     fn build(&self, ix: &Instruction<'_>, accounts: Vec<AccountMeta>) -> Result<BuiltInstruction> {
         Ok(BuiltInstruction { program_id: self.id, accounts, data: ix.encode()? })
     }
@@ -193,8 +199,7 @@ pub fn close_server(p: &Program, authority: &Address) -> BuiltInstruction {
 }
 
 /// [`Instruction::OpenRequest`]. The request address is derived from `client` and
-/// `args.nonce`; `args.bump` and `args.response_bump` must be the canonical bumps
-/// ([`Program::request`], [`Program::response`]).
+/// `args.nonce`, which must be usable ([`Program::usable_nonce`]); `args.bump` must be 255.
 pub fn open_request(p: &Program, client: &Address, args: &OpenRequestArgs<'_>) -> Result<BuiltInstruction> {
     let (request, _) = p.request(client, args.nonce);
     p.build(
@@ -218,9 +223,9 @@ pub const fn open_request_first_chunk_max(model_len: usize, allowed: usize, rese
     // signature (1 + 64), header 3, 5 keys (1 + 160), blockhash 32, one instruction:
     // count 1, program index 1, accounts (1 + 4), data length 2.
     const TX_OVERHEAD: usize = 65 + 3 + 161 + 32 + 1 + 1 + 5 + 2;
-    // tag 1, nonce 8, bumps 2, stake 8, max_tokens 4, timeout 4, min_completed 8,
+    // tag 1, nonce 8, bump 1, stake 8, price cap 8, max_tokens 4, timeout 4, min_completed 8,
     // min_success_bps 2, keys 64, model prefix 4, allowed prefix 4, prompt_len 4, chunk prefix 4.
-    const DATA_FIXED: usize = 1 + 8 + 2 + 8 + 4 + 4 + 8 + 2 + 64 + 4 + 4 + 4 + 4;
+    const DATA_FIXED: usize = 1 + 8 + 1 + 8 + 8 + 4 + 4 + 8 + 2 + 64 + 4 + 4 + 4 + 4;
     MAX_TRANSACTION_LEN
         .saturating_sub(TX_OVERHEAD + DATA_FIXED)
         .saturating_sub(model_len)
@@ -308,7 +313,12 @@ pub fn cancel_request(p: &Program, client: &Address, request: &Address) -> Built
 pub fn lock_request(p: &Program, authority: &Address, request: &Address) -> BuiltInstruction {
     p.build_infallible(
         &Instruction::LockRequest,
-        vec![M::readonly(*authority, true), M::writable(p.server(authority), false), M::writable(*request, false)],
+        vec![
+            M::readonly(*authority, true),
+            M::writable(p.server(authority), false),
+            M::writable(*request, false),
+            M::readonly(p.config, false),
+        ],
     )
 }
 
@@ -370,15 +380,42 @@ pub fn complete_request(p: &Program, authority: &Address, refs: &RequestRefs, to
     )
 }
 
-/// [`Instruction::ReleaseRequest`].
+/// [`Instruction::ReleaseRequest`] sent by the locking server `authority` itself.
 pub fn release_request(p: &Program, authority: &Address, request: &Address, response: &Address) -> BuiltInstruction {
+    release_stalled_request(p, authority, authority, request, response)
+}
+
+/// [`Instruction::ReleaseRequest`] sent by `caller` for a request `locked_by` holds: anyone may
+/// once the lock window passed without a first chunk.
+pub fn release_stalled_request(
+    p: &Program,
+    caller: &Address,
+    locked_by: &Address,
+    request: &Address,
+    response: &Address,
+) -> BuiltInstruction {
     p.build_infallible(
         &Instruction::ReleaseRequest,
         vec![
-            M::writable(*authority, true),
-            M::writable(p.server(authority), false),
+            M::writable(*caller, true),
+            M::writable(p.server(locked_by), false),
             M::writable(*request, false),
             M::writable(*response, false),
+            M::readonly(p.config, false),
+        ],
+    )
+}
+
+/// [`Instruction::ClaimPayment`]: the serving server takes its held share and its response's
+/// rent once the flag window has closed.
+pub fn claim_payment(p: &Program, authority: &Address, request: &Address, response: &Address) -> BuiltInstruction {
+    p.build_infallible(
+        &Instruction::ClaimPayment,
+        vec![
+            M::writable(*authority, true),
+            M::writable(*request, false),
+            M::writable(*response, false),
+            M::readonly(p.config, false),
         ],
     )
 }
@@ -403,7 +440,7 @@ pub fn flag_response(p: &Program, client: &Address, request: &Address, served_by
     p.build_infallible(
         &Instruction::FlagResponse,
         vec![
-            M::readonly(*client, true),
+            M::writable(*client, true),
             M::writable(*request, false),
             M::writable(p.server(served_by), false),
             M::readonly(p.config, false),
@@ -443,9 +480,10 @@ pub fn compare_responses(
     )
 }
 
-/// [`Instruction::CloseRequest`]. `response_payer` is the response's server authority (any
-/// address when the request has no response, e.g. the client's).
-pub fn close_request(p: &Program, caller: &Address, refs: &RequestRefs, response_payer: &Address) -> BuiltInstruction {
+/// [`Instruction::CloseRequest`]. `served_by` is the authority of the server that completed
+/// the request (it receives its held share and its response's rent); any address when nothing
+/// is due and there is no response (a cancelled or expired request: e.g. the client's).
+pub fn close_request(p: &Program, caller: &Address, refs: &RequestRefs, served_by: &Address) -> BuiltInstruction {
     p.build_infallible(
         &Instruction::CloseRequest,
         vec![
@@ -453,7 +491,7 @@ pub fn close_request(p: &Program, caller: &Address, refs: &RequestRefs, response
             M::writable(refs.request, false),
             M::writable(refs.client, false),
             M::writable(refs.response, false),
-            M::writable(*response_payer, false),
+            M::writable(*served_by, false),
             M::readonly(p.config, false),
         ],
     )

@@ -79,6 +79,8 @@ errors! {
     NotServerAuthority = 30 => "signer is not the server's authority",
     /// The account does not exist (no lamports or no data).
     AccountMissing = 31 => "account does not exist",
+    /// A PDA bump is not the canonical one the layout requires (requests use 255).
+    NonCanonicalBump = 32 => "PDA bump is not canonical: request accounts use bump 255",
 
     // ---- config (40..=49) ----
     /// `fee_bps` is above 10,000.
@@ -165,6 +167,20 @@ errors! {
     ClientAccountMismatch = 98 => "client account does not match the request",
     /// A request filter is out of range (`min_success_bps` above 10,000).
     InvalidFilter = 99 => "request filter out of range",
+    /// A server tried to lock a request of its own wallet (self-dealing farms reputation).
+    SelfDealing = 100 => "a server may not lock its own wallet's request",
+    /// The server's price for the model is above the request's price cap.
+    PriceAboveCap = 101 => "server's price is above the request's price cap",
+    /// More tokens billed than bytes of sealed prompt and answer (each token is at least a byte).
+    TokensExceedBytes = 102 => "tokens billed exceed the bytes of the prompt and answer",
+    /// The locking server still has time to send its first chunk.
+    LockWindowOpen = 103 => "the lock window is still open; only the locking server may release",
+    /// The request paid less protocol fee than the config's minimum for reputation to count it.
+    BelowCountedFee = 104 => "request paid less than the minimum fee that counts toward reputation",
+    /// The flag window has not closed yet.
+    FlagWindowOpen = 105 => "the flag window has not closed yet",
+    /// Nothing is left to claim on this request.
+    NothingToClaim = 106 => "nothing left to claim on this request",
 
     // ---- arithmetic and funds (110..=119) ----
     /// An arithmetic step would overflow.

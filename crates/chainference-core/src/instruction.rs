@@ -16,17 +16,17 @@ use crate::wire::Reader;
 pub struct OpenRequestArgs<'a> {
     /// The client's nonce (a seed of the request PDA).
     pub nonce: u64,
-    /// The request PDA's bump.
+    /// The request PDA's bump: must be [`crate::state::REQUEST_BUMP`] (255, canonical).
     pub bump: u8,
-    /// The response PDA's bump (`["response", request]`), pinned in the request.
-    pub response_bump: u8,
     /// Lamports to escrow: the most the client pays.
     pub stake: u64,
+    /// The highest price per million tokens the client accepts (lock refuses a dearer server).
+    pub max_price_per_mtok: u64,
     /// Most billable tokens.
     pub max_tokens: u32,
     /// Timeout in seconds (0 = the config's default).
     pub timeout: u32,
-    /// Filter: least completed requests a server needs.
+    /// Filter: least counted completions a server needs.
     pub min_completed: u64,
     /// Filter: least success ratio (bps) a server needs.
     pub min_success_bps: u16,
@@ -69,7 +69,7 @@ pub enum Instruction<'a> {
     /// 3. `[]` the program's ProgramData account (upgradeable loader)
     /// 4. `[]` system program
     ///
-    /// Data expected: [`ConfigParams`] (22 bytes).
+    /// Data expected: [`ConfigParams`] (36 bytes).
     InitConfig {
         /// Initial parameters.
         params: ConfigParams,
@@ -100,7 +100,8 @@ pub enum Instruction<'a> {
         /// Lamports to withdraw.
         amount: u64,
     },
-    /// **3** — Registers a server: offers, HPKE key, endpoint.
+    /// **3** — Registers a server: offers, HPKE key, endpoint. A retired server of the same
+    /// authority is revived, keeping its reputation and first registration time.
     ///
     /// Accounts expected:
     /// 0. `[s, w]` authority: pays rent
@@ -131,7 +132,9 @@ pub enum Instruction<'a> {
         /// The new state.
         active: bool,
     },
-    /// **6** — Closes a server holding no locked request; rent to the authority.
+    /// **6** — Retires a server holding no locked request: its offers and endpoint are dropped
+    /// (that rent back to the authority) and its header, with the reputation, stays under the
+    /// operator's wallet; [`Instruction::RegisterServer`] revives it with the history intact.
     ///
     /// Accounts expected:
     /// 0. `[s, w]` authority
@@ -149,8 +152,8 @@ pub enum Instruction<'a> {
     /// 2. `[]` config
     /// 3. `[]` system program
     ///
-    /// Data expected: nonce `u64`, bump `u8`, response_bump `u8`, stake `u64`, max_tokens `u32`,
-    /// timeout `u32`, min_completed `u64`, min_success_bps `u16`, response_key `[u8; 32]`,
+    /// Data expected: nonce `u64`, bump `u8` (255), stake `u64`, max_price_per_mtok `u64`,
+    /// max_tokens `u32`, timeout `u32`, min_completed `u64`, min_success_bps `u16`, response_key `[u8; 32]`,
     /// commitment `[u8; 32]`, model `string`, allowed (`u32` count 1..=8 × `[u8; 32]`),
     /// prompt_len `u32`, prompt_chunk `bytes`.
     OpenRequest(OpenRequestArgs<'a>),
@@ -175,13 +178,15 @@ pub enum Instruction<'a> {
     ///
     /// Data expected: nothing.
     CancelRequest,
-    /// **10** — An allowed, active server that offers the model and meets the filters locks an
-    /// Open request before its deadline; its price is snapshot.
+    /// **10** — An allowed, active server that offers the model at or below the request's price
+    /// cap, meets the filters and is not the client's own wallet locks an Open request before
+    /// its deadline; its price and the config's fee are snapshot, and its lock window starts.
     ///
     /// Accounts expected:
     /// 0. `[s]` server authority
     /// 1. `[w]` server
     /// 2. `[w]` request
+    /// 3. `[]` config (fee snapshot)
     ///
     /// Data expected: nothing.
     LockRequest,
@@ -191,7 +196,7 @@ pub enum Instruction<'a> {
     /// Accounts expected:
     /// 0. `[s, w]` server authority: pays rent
     /// 1. `[w]` request (marks that a response exists)
-    /// 2. `[w]` response PDA `["response", request]` (request's response_bump)
+    /// 2. `[w]` response PDA `["response", request]` (bump 255)
     /// 3. `[]` system program
     ///
     /// Data expected: final `bool`, chunk `bytes` (1..=64 KiB in total).
@@ -201,15 +206,17 @@ pub enum Instruction<'a> {
         /// The sealed chunk.
         chunk: &'a [u8],
     },
-    /// **12** — The locking server claims: cost by the snapshot price, fee to the treasury out of
-    /// its charge, the rest of the stake back to the client.
+    /// **12** — The locking server bills: cost by the snapshot price (tokens bounded by
+    /// `max_tokens` and by the bytes of prompt and answer), the snapshot fee to the treasury out of
+    /// its charge, the rest of the stake back to the client; the server's share stays held in
+    /// the request until the flag window closes ([`Instruction::ClaimPayment`]).
     ///
     /// Accounts expected:
-    /// 0. `[s, w]` server authority: receives its share
+    /// 0. `[s, w]` server authority
     /// 1. `[w]` server
     /// 2. `[w]` request
     /// 3. `[]` response
-    /// 4. `[]` config
+    /// 4. `[]` config (what counts toward reputation)
     /// 5. `[w]` treasury
     /// 6. `[w]` client: receives the refund
     ///
@@ -218,14 +225,17 @@ pub enum Instruction<'a> {
         /// Billed tokens.
         tokens: u64,
     },
-    /// **13** — The locking server hands the request back (Open) before the deadline; its
-    /// partial response is closed (rent back) and a release is counted against it.
+    /// **13** — Hands a Locked request back (Open) before the deadline: the locking server at any
+    /// time, anyone once the lock window passed without a first chunk (lock squatting). The
+    /// partial response is closed (rent back to the server), a release is counted against the
+    /// server, and the deadline moves later by the time the lock held it.
     ///
     /// Accounts expected:
-    /// 0. `[s, w]` server authority: receives the response's rent
-    /// 1. `[w]` server
+    /// 0. `[s, w]` caller: the server authority (receives the response's rent), or anyone
+    /// 1. `[w]` server of the locking authority
     /// 2. `[w]` request
     /// 3. `[w]` response PDA (may not exist yet)
+    /// 4. `[]` config (lock window)
     ///
     /// Data expected: nothing.
     ReleaseRequest,
@@ -239,19 +249,22 @@ pub enum Instruction<'a> {
     ///
     /// Data expected: nothing.
     ReclaimRequest,
-    /// **15** — The client flags a completed answer, once, within the flag window.
+    /// **15** — The client flags a completed answer, once, within the flag window: a part of
+    /// the server's held share (config `flag_refund_bps`) goes back to the client, and the flag
+    /// counts against the server when the completion counted.
     ///
     /// Accounts expected:
-    /// 0. `[s]` client
+    /// 0. `[s, w]` client: receives the flag refund
     /// 1. `[w]` request
     /// 2. `[w]` server that served it
-    /// 3. `[]` config (flag window)
+    /// 3. `[]` config (flag window, refund share)
     ///
     /// Data expected: nothing.
     FlagResponse,
     /// **16** — The client compares two completed answers to the same prompt from different
     /// servers, revealing both commitments; both servers count a comparison, the winner a
-    /// preference.
+    /// preference. Both completions must have counted (paid at least the config's
+    /// `min_counted_fee` when they completed).
     ///
     /// Accounts expected:
     /// 0. `[s]` client
@@ -272,20 +285,33 @@ pub enum Instruction<'a> {
         /// 0 for A, 1 for B.
         preferred: u8,
     },
-    /// **17** — Closes a terminal request and its response: the request's lamports to the client,
-    /// the response's to the server that paid it. The client may close at once; anyone may after
-    /// the retention period.
+    /// **17** — Closes a terminal request and its response: the server's held share and the
+    /// response's rent to the server authority, the rest of the request's lamports to the
+    /// client. The client may close at once (accepting the answer: no flag after); anyone may
+    /// after the retention period.
     ///
     /// Accounts expected:
     /// 0. `[s]` caller
     /// 1. `[w]` request
     /// 2. `[w]` client
     /// 3. `[w]` response PDA (may not exist)
-    /// 4. `[w]` the response's server authority (any account when there is no response)
+    /// 4. `[w]` the serving server's authority (any account when nothing is due and there is no response)
     /// 5. `[]` config (retention period)
     ///
     /// Data expected: nothing.
     CloseRequest,
+    /// **18** — Once the flag window has closed, the server that completed a request takes its
+    /// held share and closes its response account (rent back); the request stays for its
+    /// client's history until closed.
+    ///
+    /// Accounts expected:
+    /// 0. `[s, w]` server authority: receives the share and the response's rent
+    /// 1. `[w]` request
+    /// 2. `[w]` response PDA (may not exist)
+    /// 3. `[]` config (flag window)
+    ///
+    /// Data expected: nothing.
+    ClaimPayment,
 }
 
 /// Instruction tags, in order. Never renumber.
@@ -309,6 +335,7 @@ pub mod tag {
     pub const FLAG_RESPONSE: u8 = 15;
     pub const COMPARE_RESPONSES: u8 = 16;
     pub const CLOSE_REQUEST: u8 = 17;
+    pub const CLAIM_PAYMENT: u8 = 18;
 }
 
 fn read_server_args<'a>(r: &mut Reader<'a>) -> Result<ServerArgs<'a>> {
@@ -341,6 +368,7 @@ impl<'a> Instruction<'a> {
             Self::FlagResponse => tag::FLAG_RESPONSE,
             Self::CompareResponses { .. } => tag::COMPARE_RESPONSES,
             Self::CloseRequest => tag::CLOSE_REQUEST,
+            Self::ClaimPayment => tag::CLAIM_PAYMENT,
         }
     }
 
@@ -359,8 +387,8 @@ impl<'a> Instruction<'a> {
             tag::OPEN_REQUEST => {
                 let nonce = r.u64()?;
                 let bump = r.u8()?;
-                let response_bump = r.u8()?;
                 let stake = r.u64()?;
+                let max_price_per_mtok = r.u64()?;
                 let max_tokens = r.u32()?;
                 let timeout = r.u32()?;
                 let min_completed = r.u64()?;
@@ -378,8 +406,8 @@ impl<'a> Instruction<'a> {
                 Self::OpenRequest(OpenRequestArgs {
                     nonce,
                     bump,
-                    response_bump,
                     stake,
+                    max_price_per_mtok,
                     max_tokens,
                     timeout,
                     min_completed,
@@ -407,6 +435,7 @@ impl<'a> Instruction<'a> {
                 preferred: r.u8()?,
             },
             tag::CLOSE_REQUEST => Self::CloseRequest,
+            tag::CLAIM_PAYMENT => Self::ClaimPayment,
             _ => return Err(Error::UnknownInstruction),
         };
         r.finish()?;
@@ -438,7 +467,7 @@ impl<'a> Instruction<'a> {
                 w.bool(*active);
             }
             Self::OpenRequest(a) => {
-                w.u64(a.nonce).u8(a.bump).u8(a.response_bump).u64(a.stake).u32(a.max_tokens).u32(a.timeout);
+                w.u64(a.nonce).u8(a.bump).u64(a.stake).u64(a.max_price_per_mtok).u32(a.max_tokens).u32(a.timeout);
                 w.u64(a.min_completed).u16(a.min_success_bps).put(a.response_key).put(a.commitment);
                 w.bytes(a.model.as_bytes())?;
                 let count = u32::try_from(a.allowed.len()).map_err(|_| Error::InvalidAllowList)?;
@@ -469,7 +498,8 @@ impl<'a> Instruction<'a> {
             | Self::ReleaseRequest
             | Self::ReclaimRequest
             | Self::FlagResponse
-            | Self::CloseRequest => {}
+            | Self::CloseRequest
+            | Self::ClaimPayment => {}
         }
         Ok(w.into_inner())
     }

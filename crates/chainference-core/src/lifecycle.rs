@@ -22,26 +22,31 @@
 //! use chainference_core::state::{ConfigParams, RequestStatus};
 //!
 //! let params = ConfigParams::default();
-//! let new = NewRequest { client: [1; 32], nonce: 0, bump: 255, response_bump: 254, stake: 1_000_000, max_tokens: 400,
-//!     timeout: 0, min_completed: 0, min_success_bps: 0, allowed_count: 1, prompt_len: 100 };
+//! let new = NewRequest { client: [1; 32], nonce: 0, bump: 255, stake: 1_000_000, max_price_per_mtok: 2_000_000,
+//!     max_tokens: 400, timeout: 0, min_completed: 0, min_success_bps: 0, allowed_count: 1, prompt_len: 100 };
 //! let mut req = new.create(&params, 1_000).unwrap();
 //! req.apply(Event::PromptWritten { signer: &[1; 32], offset: 0, len: 100 }, 1_000).unwrap();
 //! assert_eq!(req.status, RequestStatus::Open);
 //!
 //! let server = ServerView { authority: &[9; 32], active: true, stats: ServerStats::default(),
 //!     price_for_model: Some(2_000_000) };
-//! req.apply(Event::Lock { server, allowed: &[[9; 32]] }, 1_010).unwrap();
+//! req.apply(Event::Lock { server, allowed: &[[9; 32]], fee_bps: params.fee_bps }, 1_010).unwrap();
 //! let fx = req.apply(Event::Complete { server: &[9; 32], tokens: 300, response_finished: true,
-//!     fee_bps: params.fee_bps }, 1_020).unwrap();
-//! assert_eq!((fx.to_treasury, fx.to_server, fx.to_client), (60, 540, 999_400));
+//!     response_len: 900, min_counted_fee: params.min_counted_fee }, 1_020).unwrap();
+//! // The fee and the refund move now; the server's 540 stay held until the flag window closes.
+//! assert_eq!((fx.to_treasury, fx.to_server, fx.to_client, req.server_due), (60, 0, 999_400, 540));
+//! let fx = req.apply(Event::Claim { signer: &[9; 32], flag_window: params.flag_window },
+//!     1_020 + i64::from(params.flag_window)).unwrap();
+//! assert_eq!(fx.to_server, 540);
 //! ```
 
 use crate::Address;
 use crate::error::{Error, Result};
+use crate::pricing::{BPS_DENOMINATOR, Rounding, mul_div};
 use crate::pricing::{ServerStats, settle};
 use crate::state::{
-    ConfigParams, FLAG_COMPARED, FLAG_FLAGGED, FLAG_HAS_RESPONSE, MAX_ALLOWED_SERVERS, MAX_PROMPT_LEN, RequestHeader,
-    RequestStatus,
+    ConfigParams, FLAG_COMPARED, FLAG_COUNTED, FLAG_FLAGGED, FLAG_HAS_RESPONSE, MAX_ALLOWED_SERVERS, MAX_PROMPT_LEN,
+    REQUEST_BUMP, RequestHeader, RequestStatus,
 };
 
 /// What a new request asks for; [`NewRequest::create`] validates it into a Draft header.
@@ -51,17 +56,17 @@ pub struct NewRequest {
     pub client: Address,
     /// The client's nonce for this request.
     pub nonce: u64,
-    /// The request PDA's bump.
+    /// The request PDA's bump: must be [`REQUEST_BUMP`].
     pub bump: u8,
-    /// The bump of the response PDA (`["response", request]`) servers must use.
-    pub response_bump: u8,
     /// Lamports escrowed: the most the client pays.
     pub stake: u64,
+    /// The client's price cap, lamports per million tokens.
+    pub max_price_per_mtok: u64,
     /// Most billable tokens.
     pub max_tokens: u32,
     /// Timeout in seconds; 0 for the config's default.
     pub timeout: u32,
-    /// Filter: least completed requests.
+    /// Filter: least counted completions.
     pub min_completed: u64,
     /// Filter: least success ratio in bps.
     pub min_success_bps: u16,
@@ -74,6 +79,9 @@ pub struct NewRequest {
 impl NewRequest {
     /// Validates the parameters and builds the Draft header (no prompt bytes written yet).
     pub fn create(&self, params: &ConfigParams, now: i64) -> Result<RequestHeader> {
+        if self.bump != REQUEST_BUMP {
+            return Err(Error::NonCanonicalBump);
+        }
         if self.stake == 0 {
             return Err(Error::ZeroStake);
         }
@@ -89,22 +97,25 @@ impl NewRequest {
         let timeout = params.effective_timeout(self.timeout)?;
         Ok(RequestHeader {
             bump: self.bump,
-            response_bump: self.response_bump,
             status: RequestStatus::Draft,
             flags: 0,
             allowed_count: self.allowed_count,
+            fee_bps: 0,
             max_tokens: self.max_tokens,
             timeout,
             min_success_bps: self.min_success_bps,
             nonce: self.nonce,
             stake: self.stake,
+            max_price_per_mtok: self.max_price_per_mtok,
             min_completed: self.min_completed,
             created_at: now,
             deadline: 0,
+            locked_at: 0,
             price_per_mtok: 0,
             tokens: 0,
             cost: 0,
             fee: 0,
+            server_due: 0,
             settled_at: 0,
             release_count: 0,
             prompt_len: self.prompt_len,
@@ -144,16 +155,44 @@ pub struct ServerView<'a> {
     pub price_for_model: Option<u64>,
 }
 
+/// What a request asks of the server that locks it (besides being on its allow-list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockTerms<'a> {
+    /// The request's client: its own server may not lock it.
+    pub client: &'a Address,
+    /// The price cap, lamports per million tokens.
+    pub max_price_per_mtok: u64,
+    /// Least counted completions.
+    pub min_completed: u64,
+    /// Least success ratio, bps.
+    pub min_success_bps: u16,
+}
+
+impl RequestHeader {
+    /// The terms a locking server must meet.
+    pub const fn lock_terms(&self) -> LockTerms<'_> {
+        LockTerms {
+            client: &self.client,
+            max_price_per_mtok: self.max_price_per_mtok,
+            min_completed: self.min_completed,
+            min_success_bps: self.min_success_bps,
+        }
+    }
+}
+
 impl ServerView<'_> {
-    /// Every reason this server may not lock a request with these filters, in the order the
-    /// lock checks them (`ServerInactive`, `ModelNotOffered`, `MinCompletedNotMet`,
-    /// `MinSuccessNotMet`); all `None` when it may. Clients use the same rule to choose servers.
-    pub fn refusals(&self, min_completed: u64, min_success_bps: u16) -> [Option<Error>; 4] {
+    /// Every reason this server may not lock a request with these terms, in the order the lock
+    /// checks them (`ServerInactive`, `ModelNotOffered`, `PriceAboveCap`, `SelfDealing`,
+    /// `MinCompletedNotMet`, `MinSuccessNotMet`); all `None` when it may. Clients use the same
+    /// rule to choose servers.
+    pub fn refusals(&self, terms: &LockTerms<'_>) -> [Option<Error>; 6] {
         [
             (!self.active).then_some(Error::ServerInactive),
             self.price_for_model.is_none().then_some(Error::ModelNotOffered),
-            (self.stats.completed < min_completed).then_some(Error::MinCompletedNotMet),
-            (self.stats.success_bps() < min_success_bps).then_some(Error::MinSuccessNotMet),
+            self.price_for_model.is_some_and(|p| p > terms.max_price_per_mtok).then_some(Error::PriceAboveCap),
+            (self.authority == terms.client).then_some(Error::SelfDealing),
+            (self.stats.counted < terms.min_completed).then_some(Error::MinCompletedNotMet),
+            (self.stats.success_bps() < terms.min_success_bps).then_some(Error::MinSuccessNotMet),
         ]
     }
 }
@@ -181,6 +220,8 @@ pub enum Event<'a> {
         server: ServerView<'a>,
         /// The request's allow-list.
         allowed: &'a [[u8; 32]],
+        /// The config's fee now, snapshot into the request.
+        fee_bps: u16,
     },
     /// The locking server appends a response chunk.
     Append {
@@ -189,12 +230,15 @@ pub enum Event<'a> {
         /// Whether the response already holds its final chunk.
         response_finished: bool,
     },
-    /// The locking server hands the request back before the deadline.
+    /// The request goes back to Open before the deadline: released by its locking server, or
+    /// by anyone once the lock window passed without a first chunk.
     Release {
         /// Who signed.
-        server: &'a Address,
+        signer: &'a Address,
+        /// The config's lock window.
+        lock_window: u32,
     },
-    /// The locking server claims its charge.
+    /// The locking server bills its answer.
     Complete {
         /// Who signed.
         server: &'a Address,
@@ -202,13 +246,25 @@ pub enum Event<'a> {
         tokens: u64,
         /// Whether the response holds its final chunk.
         response_finished: bool,
-        /// The config's fee.
-        fee_bps: u16,
+        /// Bytes of the response's chunk data (bounds the billed tokens with the prompt's).
+        response_len: u32,
+        /// The config's least fee that counts toward reputation.
+        min_counted_fee: u64,
     },
     /// Anyone reclaims the stake for the client after the deadline.
     Reclaim,
-    /// The client flags a completed answer.
+    /// The client flags a completed answer; it counts against the server when the completion
+    /// counted.
     Flag {
+        /// Who signed.
+        signer: &'a Address,
+        /// The config's flag window.
+        flag_window: u32,
+        /// The config's share of the held payment a flag returns to the client.
+        flag_refund_bps: u16,
+    },
+    /// The serving server takes its held share and its response's rent after the flag window.
+    Claim {
         /// Who signed.
         signer: &'a Address,
         /// The config's flag window.
@@ -228,6 +284,10 @@ pub enum Event<'a> {
 pub struct StatsDelta {
     /// +1 completed.
     pub completed: bool,
+    /// +1 counted and `fees` added (the completion paid at least the counted fee).
+    pub counted: bool,
+    /// Protocol fee added to the server's `fees` (only with `counted`).
+    pub fees: u64,
     /// +1 flagged.
     pub flagged: bool,
     /// +1 timed out.
@@ -241,7 +301,7 @@ pub struct StatsDelta {
 impl StatsDelta {
     /// Whether anything changes.
     pub const fn is_empty(&self) -> bool {
-        !self.completed && !self.flagged && !self.timed_out && !self.released && self.lock_change == 0
+        !self.completed && !self.counted && !self.flagged && !self.timed_out && !self.released && self.lock_change == 0
     }
 
     /// Applies the delta to a server's counters and lock count, checked.
@@ -253,6 +313,10 @@ impl StatsDelta {
             Ok(())
         }
         bump(&mut stats.completed, self.completed)?;
+        bump(&mut stats.counted, self.counted)?;
+        if self.counted {
+            stats.fees = stats.fees.checked_add(self.fees).ok_or(Error::ArithmeticOverflow)?;
+        }
         bump(&mut stats.flagged, self.flagged)?;
         bump(&mut stats.timed_out, self.timed_out)?;
         bump(&mut stats.released, self.released)?;
@@ -272,7 +336,7 @@ impl StatsDelta {
 pub struct Effects {
     /// Lamports from the escrow to the client.
     pub to_client: u64,
-    /// Lamports from the escrow to the server's authority.
+    /// Lamports from the escrow to the server's authority (its held share, at claim or close).
     pub to_server: u64,
     /// Lamports from the escrow to the treasury.
     pub to_treasury: u64,
@@ -308,6 +372,12 @@ impl RequestHeader {
 
     fn before_deadline(&self, now: i64) -> Result<()> {
         if now < self.deadline { Ok(()) } else { Err(Error::DeadlinePassed) }
+    }
+
+    /// The first instant the flag window no longer covers: flags need `now < end`, claims
+    /// `now >= end`, so the two never overlap.
+    fn flag_window_end(&self, flag_window: u32) -> Result<i64> {
+        self.settled_at.checked_add(i64::from(flag_window)).ok_or(Error::ArithmeticOverflow)
     }
 
     fn locked_by_signer(&self, server: &Address) -> Result<()> {
@@ -346,21 +416,21 @@ impl RequestHeader {
                 self.settled_at = now;
                 fx.to_client = self.stake;
             }
-            Event::Lock { server, allowed } => {
+            Event::Lock { server, allowed, fee_bps } => {
                 self.expect(RequestStatus::Open)?;
                 self.before_deadline(now)?;
                 if !allowed.iter().any(|a| a == server.authority) {
                     return Err(Error::ServerNotAllowed);
                 }
-                if let Some(refusal) =
-                    server.refusals(self.min_completed, self.min_success_bps).into_iter().flatten().next()
-                {
+                if let Some(refusal) = server.refusals(&self.lock_terms()).into_iter().flatten().next() {
                     return Err(refusal);
                 }
                 let price = server.price_for_model.ok_or(Error::ModelNotOffered)?;
                 self.status = RequestStatus::Locked;
                 self.locked_by = *server.authority;
                 self.price_per_mtok = price;
+                self.fee_bps = fee_bps;
+                self.locked_at = now;
                 fx.server.lock_change = 1;
             }
             Event::Append { server, response_finished } => {
@@ -372,21 +442,47 @@ impl RequestHeader {
                 }
                 self.flags |= FLAG_HAS_RESPONSE;
             }
-            Event::Release { server } => {
+            Event::Release { signer, lock_window } => {
                 self.expect(RequestStatus::Locked)?;
-                self.locked_by_signer(server)?;
+                if self.locked_by != *signer {
+                    // Anyone may end a lock that showed no progress within the lock window.
+                    if self.has_response() {
+                        return Err(Error::NotLockedByServer);
+                    }
+                    let window_ends =
+                        self.locked_at.checked_add(i64::from(lock_window)).ok_or(Error::ArithmeticOverflow)?;
+                    if now < window_ends {
+                        return Err(Error::LockWindowOpen);
+                    }
+                }
                 self.before_deadline(now)?;
                 let release_count = self.release_count.checked_add(1).ok_or(Error::ArithmeticOverflow)?;
+                // A squatted lock ended by someone else gives the request back the time it held
+                // it, up to one extra timeout in all (so repeated squats cannot keep the stake
+                // forever). A server's own release does not: the client may cancel at once.
+                let deadline = if self.locked_by == *signer {
+                    self.deadline
+                } else {
+                    let held = now.checked_sub(self.locked_at).ok_or(Error::ArithmeticOverflow)?.max(0);
+                    let cap = self
+                        .created_at
+                        .checked_add(i64::from(self.timeout).checked_mul(2).ok_or(Error::ArithmeticOverflow)?)
+                        .ok_or(Error::ArithmeticOverflow)?;
+                    self.deadline.checked_add(held).ok_or(Error::ArithmeticOverflow)?.min(cap).max(self.deadline)
+                };
                 self.status = RequestStatus::Open;
                 self.locked_by = [0; 32];
                 self.price_per_mtok = 0;
+                self.fee_bps = 0;
+                self.locked_at = 0;
+                self.deadline = deadline;
                 self.release_count = release_count;
                 self.flags &= !FLAG_HAS_RESPONSE;
                 fx.server.released = true;
                 fx.server.lock_change = -1;
                 fx.discard_response = true;
             }
-            Event::Complete { server, tokens, response_finished, fee_bps } => {
+            Event::Complete { server, tokens, response_finished, response_len, min_counted_fee } => {
                 self.expect(RequestStatus::Locked)?;
                 self.locked_by_signer(server)?;
                 self.before_deadline(now)?;
@@ -396,16 +492,26 @@ impl RequestHeader {
                 if !response_finished {
                     return Err(Error::ResponseNotFinished);
                 }
-                let s = settle(tokens, self.price_per_mtok, self.stake, fee_bps)?;
+                // Token counts are self-reported; every token is at least one byte of the sealed
+                // prompt or answer, so more tokens than bytes is a lie the chain can see.
+                if tokens > u64::from(self.prompt_len).saturating_add(u64::from(response_len)) {
+                    return Err(Error::TokensExceedBytes);
+                }
+                let s = settle(tokens, self.price_per_mtok, self.stake, self.fee_bps)?;
                 self.status = RequestStatus::Completed;
                 self.tokens = tokens;
                 self.cost = s.cost;
                 self.fee = s.fee;
+                self.server_due = s.server;
                 self.settled_at = now;
+                if s.fee >= min_counted_fee {
+                    self.flags |= FLAG_COUNTED;
+                }
                 fx.to_treasury = s.fee;
-                fx.to_server = s.server;
                 fx.to_client = s.refund;
                 fx.server.completed = true;
+                fx.server.counted = s.fee >= min_counted_fee;
+                fx.server.fees = s.fee;
                 fx.server.lock_change = -1;
             }
             Event::Reclaim => {
@@ -423,7 +529,7 @@ impl RequestHeader {
                 self.settled_at = now;
                 fx.to_client = self.stake;
             }
-            Event::Flag { signer, flag_window } => {
+            Event::Flag { signer, flag_window, flag_refund_bps } => {
                 self.expect(RequestStatus::Completed)?;
                 if self.client != *signer {
                     return Err(Error::NotClient);
@@ -431,12 +537,30 @@ impl RequestHeader {
                 if self.flagged() {
                     return Err(Error::AlreadyFlagged);
                 }
-                let closes = self.settled_at.checked_add(i64::from(flag_window)).ok_or(Error::ArithmeticOverflow)?;
-                if now > closes {
+                if now >= self.flag_window_end(flag_window)? {
                     return Err(Error::FlagWindowClosed);
                 }
+                let refund = mul_div(self.server_due, flag_refund_bps as u64, BPS_DENOMINATOR, Rounding::Down)
+                    .filter(|r| *r <= self.server_due)
+                    .ok_or(Error::InvalidFeeBps)?;
+                self.server_due = self.server_due.saturating_sub(refund);
                 self.flags |= FLAG_FLAGGED;
-                fx.server.flagged = true;
+                fx.to_client = refund;
+                fx.server.flagged = self.counted();
+            }
+            Event::Claim { signer, flag_window } => {
+                self.expect(RequestStatus::Completed)?;
+                self.locked_by_signer(signer)?;
+                if now < self.flag_window_end(flag_window)? {
+                    return Err(Error::FlagWindowOpen);
+                }
+                if self.server_due == 0 && !self.has_response() {
+                    return Err(Error::NothingToClaim);
+                }
+                fx.to_server = self.server_due;
+                fx.discard_response = self.has_response();
+                self.server_due = 0;
+                self.flags &= !FLAG_HAS_RESPONSE;
             }
             Event::Close { signer, retention } => {
                 if !self.status.is_terminal() {
@@ -449,6 +573,10 @@ impl RequestHeader {
                         return Err(Error::RetentionNotElapsed);
                     }
                 }
+                // What the server is still owed leaves with the close: a client closing inside
+                // the flag window accepts the answer.
+                fx.to_server = self.server_due;
+                self.server_due = 0;
                 fx.close = true;
                 fx.discard_response = true;
             }
@@ -517,9 +645,10 @@ impl CompareEffects {
 }
 
 /// Compares two completed requests of one client for the same prompt: checks the signer, the
-/// status, model, servers and both commitments (`hash` is SHA-256 over the concatenated parts),
-/// then marks both compared. `preferred`: 0 for the first, 1 for the second. On error neither
-/// header changes.
+/// status, model, servers, that both completions counted (paid at least the config's
+/// `min_counted_fee` when they completed: a comparison only counts when it cost something) and
+/// both commitments (`hash` is SHA-256 over the concatenated parts), then marks both compared.
+/// `preferred`: 0 for the first, 1 for the second. On error neither header changes.
 pub fn compare(
     sides: CompareSides<'_>,
     signer: &Address,
@@ -548,6 +677,9 @@ pub fn compare(
     }
     if preferred > 1 {
         return Err(Error::InvalidPreference);
+    }
+    if !a.counted() || !b.counted() {
+        return Err(Error::BelowCountedFee);
     }
     if hash(&commitment_preimage(reveal.salt_a, reveal.digest)) != *commitment_a
         || hash(&commitment_preimage(reveal.salt_b, reveal.digest)) != *commitment_b

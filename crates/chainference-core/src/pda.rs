@@ -110,6 +110,26 @@ mod derive {
         find(&response_seeds(request), program_id)
     }
 
+    /// Whether `client` may open a request with `nonce`: both the request PDA and its response
+    /// PDA are valid at bump [`crate::state::REQUEST_BUMP`] (255), so 255 is their canonical
+    /// bump. About one nonce in four is.
+    pub fn nonce_is_usable(program_id: &Address, client: &Address, nonce: u64) -> bool {
+        let nonce_le = nonce.to_le_bytes();
+        let bump = crate::state::REQUEST_BUMP;
+        create_program_address(&request_seeds(client, &nonce_le), bump, program_id)
+            .is_some_and(|request| create_program_address(&response_seeds(&request), bump, program_id).is_some())
+    }
+
+    /// The first usable nonce (see [`nonce_is_usable`]) at or after `from`, wrapping around.
+    pub fn usable_nonce(program_id: &Address, client: &Address, from: u64) -> u64 {
+        let mut nonce = from;
+        // Each nonce is usable with probability about 1/4; 2^64 failures in a row cannot happen.
+        while !nonce_is_usable(program_id, client, nonce) {
+            nonce = nonce.wrapping_add(1);
+        }
+        nonce
+    }
+
     /// The upgradeable loader's ProgramData address for `program_id` (its upgrade authority is the
     /// only key allowed to initialize the config).
     pub fn program_data_address(program_id: &Address) -> (Address, u8) {
@@ -150,5 +170,21 @@ mod tests {
         let (r1, _) = request_address(&PROGRAM_ID, &[7; 32], 1);
         let (r2, _) = request_address(&PROGRAM_ID, &[7; 32], 2);
         assert_ne!(r1, r2);
+    }
+
+    #[test]
+    fn usable_nonces_have_canonical_bump_255_for_request_and_response() {
+        let client = [7; 32];
+        let mut usable = 0;
+        for from in 0..64u64 {
+            let nonce = usable_nonce(&PROGRAM_ID, &client, from);
+            assert!(nonce >= from);
+            let (request, bump) = request_address(&PROGRAM_ID, &client, nonce);
+            assert_eq!(bump, 255);
+            assert_eq!(response_address(&PROGRAM_ID, &request).1, 255);
+            usable += u32::from(nonce == from);
+        }
+        // About a quarter of nonces qualify (binomial, 64 draws: far inside 4..=40).
+        assert!((4..=40).contains(&usable), "{usable} of 64");
     }
 }

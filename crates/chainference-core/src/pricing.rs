@@ -175,31 +175,40 @@ pub const fn ratio_bps(numerator: u64, denominator: u64) -> Option<u16> {
 }
 
 /// A server's reputation counters, as stored in its account.
+///
+/// Only **counted** steps build reputation: a completion, flag or comparison counts when its
+/// request paid at least the config's `min_counted_fee` in protocol fee, so farming by dealing
+/// with yourself costs real lamports per step (docs/protocol.md, "Reputation").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServerStats {
-    /// Requests completed (and paid).
+    /// Every request completed (and billed), counted or not.
     pub completed: u64,
-    /// Completed requests the client flagged as bad.
+    /// Completed requests whose fee reached `min_counted_fee`: what `min_completed` filters on.
+    pub counted: u64,
+    /// Protocol fees paid by the counted completions, in lamports: reputation weighted by money.
+    pub fees: u64,
+    /// Counted completed requests the client flagged as bad.
     pub flagged: u64,
     /// Locked requests reclaimed by the client after the deadline.
     pub timed_out: u64,
-    /// Locked requests the server handed back before the deadline.
+    /// Locked requests handed back before the deadline (by the server, or by anyone after a
+    /// lock window without a first chunk).
     pub released: u64,
-    /// Comparisons this server took part in.
+    /// Counted comparisons this server took part in.
     pub comparisons: u64,
-    /// Comparisons this server won.
+    /// Counted comparisons this server won.
     pub preferred: u64,
 }
 
 impl ServerStats {
     /// Success ratio in basis points:
-    /// `(completed - flagged) / (completed + timed_out + released)`.
+    /// `(counted - flagged) / (counted + timed_out + released)`.
     /// A server with no finished work has no ratio yet and counts as 10,000 (successful by
     /// default, as the design says); the `min_completed` filter is how clients avoid newcomers.
     #[inline]
     pub const fn success_bps(&self) -> u16 {
-        let good = self.completed.saturating_sub(self.flagged);
-        let (good, total) = match self.completed.checked_add(self.timed_out) {
+        let good = self.counted.saturating_sub(self.flagged);
+        let (good, total) = match self.counted.checked_add(self.timed_out) {
             Some(partial) => match partial.checked_add(self.released) {
                 Some(total) => (good, total),
                 None => Self::quartered(good, self),
@@ -216,7 +225,7 @@ impl ServerStats {
     /// which keeps the ratio to within rounding.
     #[allow(clippy::arithmetic_side_effects)] // three values below 2^62 sum below 2^64
     const fn quartered(good: u64, s: &ServerStats) -> (u64, u64) {
-        (good >> 2, (s.completed >> 2) + (s.timed_out >> 2) + (s.released >> 2))
+        (good >> 2, (s.counted >> 2) + (s.timed_out >> 2) + (s.released >> 2))
     }
 
     /// Preference share in basis points, `preferred / comparisons`; `None` before any comparison.
@@ -281,10 +290,19 @@ mod tests {
         let fresh = ServerStats::default();
         assert_eq!(fresh.success_bps(), 10_000);
         assert_eq!(fresh.preference_bps(), None);
-        let s = ServerStats { completed: 8, flagged: 2, timed_out: 1, released: 1, comparisons: 4, preferred: 1 };
-        assert_eq!(s.success_bps(), 6_000);
+        let s = ServerStats {
+            completed: 20,
+            counted: 8,
+            fees: 800,
+            flagged: 2,
+            timed_out: 1,
+            released: 1,
+            comparisons: 4,
+            preferred: 1,
+        };
+        assert_eq!(s.success_bps(), 6_000, "uncounted completions do not raise the ratio");
         assert_eq!(s.preference_bps(), Some(2_500));
-        let huge = ServerStats { completed: u64::MAX, timed_out: u64::MAX, ..Default::default() };
+        let huge = ServerStats { counted: u64::MAX, timed_out: u64::MAX, ..Default::default() };
         assert_eq!(huge.success_bps(), 4_999, "sums past u64 keep their ratio, to rounding");
     }
 }

@@ -108,7 +108,7 @@ proptest! {
     ) {
         let allowed: Vec<[u8; 32]> = (0..n).map(|i| [i as u8 + 1; 32]).collect();
         let args = OpenRequestArgs {
-            nonce, bump: 254, response_bump: 253, stake, max_tokens, timeout, min_completed, min_success_bps,
+            nonce, bump: 254, stake, max_price_per_mtok: stake ^ nonce, max_tokens, timeout, min_completed, min_success_bps,
             response_key: &[7; 32], commitment: &[8; 32], model: "HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1",
             allowed: &allowed, prompt_len, prompt_chunk: &chunk,
         };
@@ -121,11 +121,11 @@ proptest! {
     }
 
     /// Random event sequences: whatever succeeds, the escrow pays out exactly the stake once the
-    /// request is terminal, and never more.
+    /// request is terminal (less the server's share it still holds), and never more.
     #[test]
-    fn lifecycle_conserves_the_escrow(events in proptest::collection::vec((0u8..9, 0i64..700, any::<u16>()), 1..40)) {
+    fn lifecycle_conserves_the_escrow(events in proptest::collection::vec((0u8..10, 0i64..700, any::<u16>()), 1..40)) {
         let params = ConfigParams::default();
-        let new = NewRequest { client: [1; 32], nonce: 0, bump: 255, response_bump: 255, stake: 5_000_000,
+        let new = NewRequest { client: [1; 32], nonce: 0, bump: 255, stake: 5_000_000, max_price_per_mtok: 40_000_000,
             max_tokens: 1_000, timeout: 300, min_completed: 0, min_success_bps: 0, allowed_count: 2, prompt_len: 64 };
         let mut req = new.create(&params, 0).unwrap();
         let allowed = [[9u8; 32], [10u8; 32]];
@@ -139,13 +139,15 @@ proptest! {
             let event = match kind {
                 0 => Event::PromptWritten { signer: &[1; 32], offset: req.prompt_written, len: u32::from(x % 65).max(1) },
                 1 => Event::Cancel { signer: &[1; 32] },
-                2 => Event::Lock { server: view, allowed: &allowed },
+                2 => Event::Lock { server: view, allowed: &allowed, fee_bps: 1_000 },
                 3 => Event::Append { server, response_finished: false },
-                4 => Event::Release { server },
-                5 => Event::Complete { server, tokens: u64::from(x), response_finished: true, fee_bps: 1_000 },
+                4 => Event::Release { signer: if x % 3 == 0 { &[1; 32] } else { server }, lock_window: 30 },
+                5 => Event::Complete { server, tokens: u64::from(x % 2_000), response_finished: true,
+                    response_len: u32::from(x % 1_500), min_counted_fee: 100 },
                 6 => Event::Reclaim,
-                7 => Event::Flag { signer: &[1; 32], flag_window: 60 },
-                _ => Event::Close { signer: &[1; 32], retention: 0 },
+                7 => Event::Flag { signer: &[1; 32], flag_window: 60, flag_refund_bps: x % 10_001 },
+                8 => Event::Claim { signer: server, flag_window: 60 },
+                _ => Event::Close { signer: &[1; 32], retention: 120 },
             };
             let before = req;
             match req.apply(event, now) {
@@ -160,7 +162,7 @@ proptest! {
             }
         }
         if req.status.is_terminal() {
-            prop_assert_eq!(paid, new.stake);
+            prop_assert_eq!(paid + req.server_due, new.stake);
         } else {
             prop_assert_eq!(paid, 0);
         }
@@ -175,9 +177,9 @@ fn sample_request_account() -> Vec<u8> {
     let header = NewRequest {
         client: [1; 32],
         nonce: 3,
-        bump: 250,
-        response_bump: 251,
+        bump: 255,
         stake: 9,
+        max_price_per_mtok: 9,
         max_tokens: 9,
         timeout: 0,
         min_completed: 0,
@@ -210,7 +212,7 @@ fn offers_reject_duplicates_bad_models_and_counts() {
 #[test]
 fn instruction_decoder_rejects_bad_tags_and_trailing_bytes() {
     assert_eq!(Instruction::decode(&[]), Err(Error::UnknownInstruction));
-    assert_eq!(Instruction::decode(&[18]), Err(Error::UnknownInstruction));
+    assert_eq!(Instruction::decode(&[19]), Err(Error::UnknownInstruction));
     assert_eq!(Instruction::decode(&[255]), Err(Error::UnknownInstruction));
     assert_eq!(Instruction::decode(&[9, 0]), Err(Error::TrailingBytes));
     assert_eq!(Instruction::decode(&[12, 1, 2]), Err(Error::Truncated));

@@ -58,7 +58,8 @@ fn generate() -> Value {
     let server_seeds: Vec<[u8; 32]> = (0..2).map(|i| fixed_bytes(10 + i, 32).try_into().unwrap()).collect();
     let servers: Vec<ServerKeyPair> = server_seeds.iter().map(ServerKeyPair::from_seed).collect();
     let authorities = [[0x21u8; 32], [0x22u8; 32]];
-    let nonce = 7u64;
+    // v2: a nonce whose request and response PDAs are both canonical at bump 255.
+    let nonce = program.usable_nonce(&client_wallet, 7);
     let (request, request_bump) = program.request(&client_wallet, nonce);
     let (response, response_bump) = program.response(&request);
     let secret = ClientSecret::from_wallet_signature(&client_signature);
@@ -181,9 +182,19 @@ fn generate() -> Value {
     let server_header = ServerHeader {
         bump: server_bump,
         active: true,
+        retired: false,
         locked_count: 1,
         registered_at: 1_800_000_000,
-        stats: ServerStats { completed: 10, flagged: 1, timed_out: 1, released: 0, comparisons: 4, preferred: 2 },
+        stats: ServerStats {
+            completed: 12,
+            counted: 10,
+            fees: 1_000,
+            flagged: 1,
+            timed_out: 1,
+            released: 0,
+            comparisons: 4,
+            preferred: 2,
+        },
         authority: authorities[0],
         hpke_key: pks[0],
     };
@@ -194,8 +205,8 @@ fn generate() -> Value {
         client: client_wallet,
         nonce,
         bump: request_bump,
-        response_bump,
         stake: 10_000_000,
+        max_price_per_mtok: 3_000_000,
         max_tokens: 512,
         timeout: 0,
         min_completed: 5,
@@ -245,8 +256,8 @@ fn generate() -> Value {
     let open = OpenRequestArgs {
         nonce,
         bump: request_bump,
-        response_bump,
         stake: 10_000_000,
+        max_price_per_mtok: 3_000_000,
         max_tokens: 512,
         timeout: 0,
         min_completed: 5,
@@ -288,6 +299,7 @@ fn generate() -> Value {
             ),
         ),
         ("CloseRequest", builders::close_request(p, &client_wallet, &refs, &authorities[1])),
+        ("ClaimPayment", builders::claim_payment(p, &authorities[1], &request, &response)),
     ];
     let instructions: Vec<Value> = ixs
         .iter()
@@ -426,7 +438,7 @@ fn stored_layouts_and_instructions_decode() {
     assert_eq!(&*keys.open_own_prompt(r.prompt, &request_addr).unwrap(), PROMPT);
 
     let ixs = v["instructions"].as_array().unwrap();
-    assert_eq!(ixs.len(), 18);
+    assert_eq!(ixs.len(), 19);
     for (i, ix) in ixs.iter().enumerate() {
         let data = unhex(&ix["data"]);
         assert_eq!(usize::from(data[0]), i, "tags are the variant numbers, in order");

@@ -105,6 +105,8 @@ pub struct RequestSpec {
     pub min_completed: u64,
     /// Filter: least success bps.
     pub min_success_bps: u16,
+    /// The price cap, lamports per million tokens.
+    pub max_price_per_mtok: u64,
     /// The model id.
     pub model: String,
     /// The plaintext prompt.
@@ -302,6 +304,11 @@ impl Bench {
     /// Registers a server offering [`MODEL`] at `price`.
     pub fn server(&mut self, price: u64) -> TestServer {
         let wallet = self.wallet();
+        self.register(wallet, price)
+    }
+
+    /// Registers a server for an existing (funded) `wallet`, offering [`MODEL`] at `price`.
+    pub fn register(&mut self, wallet: Keypair, price: u64) -> TestServer {
         let keys = ServerKeyPair::generate().unwrap();
         let pk = keys.public_key();
         let profile = ServerProfile { hpke_key: &pk, endpoint: "", offers: &[(MODEL, price)] };
@@ -320,15 +327,22 @@ impl Bench {
             timeout: 0,
             min_completed: 0,
             min_success_bps: 0,
+            max_price_per_mtok: 100_000_000,
             model: MODEL.to_string(),
             prompt: b"What is the capital of France?".to_vec(),
         }
     }
 
-    /// The next nonce of the bench's client.
-    pub fn next_nonce(&mut self) -> u64 {
-        self.nonce += 1;
+    /// The next usable nonce of `client` (request and response PDAs canonical at bump 255).
+    pub fn next_nonce_of(&mut self, client: &[u8; 32]) -> u64 {
+        self.nonce = self.program.usable_nonce(client, self.nonce + 1);
         self.nonce
+    }
+
+    /// The next usable nonce of the bench's client.
+    pub fn next_nonce(&mut self) -> u64 {
+        let client = key(&self.client);
+        self.next_nonce_of(&client)
     }
 
     /// Builds the open-request instruction(s) for `spec` from `client`: one instruction if the
@@ -339,10 +353,10 @@ impl Bench {
         spec: &RequestSpec,
         first_chunk: usize,
     ) -> (TestRequest, Vec<BuiltInstruction>) {
-        let nonce = self.next_nonce();
         let client_key = key(client);
+        let nonce = self.next_nonce_of(&client_key);
         let (request, bump) = self.program.request(&client_key, nonce);
-        let (response, response_bump) = self.program.response(&request);
+        let (response, _) = self.program.response(&request);
         let keys = self.secret.request_keys(&request);
         let sealed =
             envelope::seal_prompt(&request, &spec.server_keys, &keys.prompt_public_key(), &spec.prompt).unwrap();
@@ -350,8 +364,8 @@ impl Bench {
         let args = OpenRequestArgs {
             nonce,
             bump,
-            response_bump,
             stake: spec.stake,
+            max_price_per_mtok: spec.max_price_per_mtok,
             max_tokens: spec.max_tokens,
             timeout: spec.timeout,
             min_completed: spec.min_completed,
@@ -389,17 +403,33 @@ impl Bench {
         RequestRefs { request: req.address, response: req.response, client: key(&self.client) }
     }
 
-    /// Lock + one final chunk + complete in one transaction, billing `tokens`.
+    /// Lock + one final chunk + complete in one transaction, billing `tokens`. The answer is
+    /// long enough for the bill (tokens are bounded by prompt + answer bytes): past 600 bytes it
+    /// goes first in lock + append transactions of 600-byte chunks.
     pub fn serve(&mut self, server: &TestServer, req: &TestRequest, tokens: u64) -> TransactionMetadata {
         let a = server.authority();
         let refs = self.refs(req);
-        let ixs = vec![
-            builders::lock_request(&self.program, &a, &req.address),
-            builders::append_response(&self.program, &a, &refs, true, b"sealed chunk").unwrap(),
-            builders::complete_request(&self.program, &a, &refs, tokens),
-        ];
         let w = server.wallet.insecure_clone();
+        let mut answer = usize::try_from(tokens).unwrap().saturating_sub(req.envelope.len()).max(12);
+        let mut ixs = vec![builders::lock_request(&self.program, &a, &req.address)];
+        while answer > 600 {
+            ixs.push(builders::append_response(&self.program, &a, &refs, false, &[0x5a; 600]).unwrap());
+            self.ok(std::mem::take(&mut ixs), &[&w]);
+            answer -= 600;
+        }
+        ixs.push(builders::append_response(&self.program, &a, &refs, true, &vec![0x5a; answer]).unwrap());
+        ixs.push(builders::complete_request(&self.program, &a, &refs, tokens));
         self.ok(ixs, &[&w])
+    }
+
+    /// The server's ClaimPayment of `req`, after moving the clock past its flag window.
+    pub fn claim_after_window(&mut self, server: &TestServer, req: &TestRequest) -> TransactionMetadata {
+        let settled = self.request(&req.address).settled_at;
+        self.set_time(settled + i64::from(ConfigParams::default().flag_window));
+        let a = server.authority();
+        let ix = builders::claim_payment(&self.program, &a, &req.address, &req.response);
+        let w = server.wallet.insecure_clone();
+        self.ok(vec![ix], &[&w])
     }
 
     /// The bench client's CompareResponses of `first` (served by `first_server`) and `second`

@@ -26,8 +26,8 @@ fn assert_conserved(bench: &Bench, accounts: &[[u8; 32]], before: u128, fees_bef
 fn a_request_lives_its_whole_life_and_every_lamport_is_accounted_for() {
     let mut b = Bench::new();
     b.init_config();
-    let cheap = b.server(2_000_000);
-    let dear = b.server(3_000_000);
+    let cheap = b.server(20_000_000);
+    let dear = b.server(30_000_000);
     let client = key(&b.client);
     let treasury = b.program.treasury;
     let spec = b.spec(&[&cheap, &dear]);
@@ -84,28 +84,44 @@ fn a_request_lives_its_whole_life_and_every_lamport_is_accounted_for() {
     let server_before = b.lamports(&a);
     let tokens = 300;
     let meta = b.ok(vec![builders::complete_request(&b.program, &a, &refs, tokens)], &[&w]);
-    let s = pricing::settle(tokens, 2_000_000, req.stake, 1_000).unwrap();
-    assert_eq!((s.cost, s.fee), (600, 60));
+    let s = pricing::settle(tokens, 20_000_000, req.stake, 1_000).unwrap();
+    assert_eq!((s.cost, s.fee, s.server), (6_000, 600, 5_400));
     let h = b.request(&req.address);
-    assert_eq!((h.status, h.tokens, h.cost, h.fee), (RequestStatus::Completed, tokens, s.cost, s.fee));
+    assert_eq!(
+        (h.status, h.tokens, h.cost, h.fee, h.server_due, h.fee_bps, h.price_per_mtok),
+        (RequestStatus::Completed, tokens, s.cost, s.fee, s.server, 1_000, 20_000_000)
+    );
     assert_eq!(b.lamports(&treasury) - treasury_before, s.fee);
-    assert_eq!(b.lamports(&a) + meta.fee - server_before, s.server);
-    assert_eq!(b.lamports(&req.address), request_rent, "only rent is left in the request");
+    assert_eq!(server_before - b.lamports(&a), meta.fee, "the server's share is held, not paid");
+    assert_eq!(b.lamports(&req.address), request_rent + s.server, "rent and the held share are left");
     let stats = b.server_header(&a);
-    assert_eq!((stats.stats.completed, stats.locked_count), (1, 0));
+    assert_eq!(
+        (stats.stats.completed, stats.stats.counted, stats.stats.fees, stats.locked_count),
+        (1, 1, 600, 0),
+        "a fee of 600 >= min_counted_fee 100 counts"
+    );
 
-    // Flag, then close: rent back to the client (request) and the server (response).
+    // Flag within the window: half the held share comes back to the client.
+    let client_before_flag = b.lamports(&client);
     b.ok(vec![builders::flag_response(&b.program, &client, &req.address, &a)], &[&b.client.insecure_clone()]);
+    assert_eq!(b.lamports(&client) + 5_000 - client_before_flag, s.server / 2);
+    assert_eq!(b.request(&req.address).server_due, s.server - s.server / 2);
     assert_eq!(b.server_header(&a).stats.flagged, 1);
     assert_eq!(b.server_header(&a).stats.success_bps(), 0);
+    // Close: the rest of the held share and the response's rent to the server, the request's rent
+    // to the client.
     let response_rent = b.lamports(&req.response);
     let server_before_close = b.lamports(&a);
     b.ok(vec![builders::close_request(&b.program, &client, &refs, &a)], &[&b.client.insecure_clone()]);
     assert!(!b.exists(&req.address) && !b.exists(&req.response), "both accounts closed");
-    assert_eq!(b.lamports(&a) - server_before_close, response_rent, "the server's rent came back");
+    assert_eq!(
+        b.lamports(&a) - server_before_close,
+        response_rent + s.server - s.server / 2,
+        "the server's rent and the rest of its share came back"
+    );
     assert_conserved(&b, &accounts, before, fees0);
-    // The client paid exactly the cost plus its own transaction fees (3 of them: open, flag, close).
-    assert_eq!(client_before - b.lamports(&client), s.cost + 3 * 5_000);
+    // The client paid the cost less the flag refund, plus its own transaction fees (open, flag, close).
+    assert_eq!(client_before - b.lamports(&client), s.cost - s.server / 2 + 3 * 5_000);
 }
 
 #[test]
@@ -238,8 +254,9 @@ fn release_hands_the_request_to_another_server() {
 fn compare_counts_both_servers_and_the_preferred_one() {
     let mut b = Bench::new();
     b.init_config();
-    let s1 = b.server(1_000_000);
-    let s2 = b.server(1_000_000);
+    // 10 tokens at 100,000,000 per Mtok: a cost of 1,000 and a fee of 100, the least that counts.
+    let s1 = b.server(100_000_000);
+    let s2 = b.server(100_000_000);
     let spec1 = b.spec(&[&s1]);
     let spec2 = b.spec(&[&s2]);
     let r1 = b.open(&spec1);
@@ -250,6 +267,7 @@ fn compare_counts_both_servers_and_the_preferred_one() {
     let (a1, a2) = (s1.authority(), s2.authority());
     let ix = b.compare_ix([(&r1, &s1), (&r2, &s2)], 1);
     let accounts = vec![client, r1.address, r2.address, b.program.server(&a1), b.program.server(&a2)];
+    assert_eq!((b.request(&r1.address).fee, b.request(&r2.address).fee), (100, 100));
     let (before, fees0) = (b.total(&accounts), b.fees);
     b.ok(vec![ix], &[&b.client.insecure_clone()]);
     let (h1, h2) = (b.server_header(&a1), b.server_header(&a2));
@@ -293,8 +311,21 @@ fn servers_update_deactivate_and_close() {
     assert!(!b.server_header(&a).active);
     b.ok(vec![builders::set_server_active(&b.program, &a, true)], &[&w]);
     assert!(b.server_header(&a).active);
+    // Close retires: the offers and endpoint go with their rent, the header (reputation) stays.
     b.ok(vec![builders::close_server(&b.program, &a)], &[&w]);
-    assert!(!b.exists(&server_account));
+    let retired_data = b.data(&server_account);
+    let retired = chainference_core::state::ServerAccount::decode(&retired_data).unwrap();
+    assert!(retired.header.retired && !retired.header.active && retired.offers.is_empty());
+    assert_eq!(b.data(&server_account).len(), chainference_core::state::ServerHeader::LEN);
+    assert_eq!(
+        b.lamports(&server_account),
+        b.svm.minimum_balance_for_rent_exemption(chainference_core::state::ServerHeader::LEN)
+    );
+    // Registering again revives it in place.
+    b.ok(vec![builders::register_server(&b.program, &a, &profile).unwrap()], &[&w]);
+    let revived = b.server_header(&a);
+    assert!(revived.active && !revived.retired);
+    assert_eq!(b.data(&server_account).len(), size0);
     assert_conserved(&b, &accounts, before, fees0);
 }
 
@@ -303,7 +334,8 @@ fn the_admin_updates_the_config_and_withdraws_fees() {
     let mut b = Bench::new();
     b.init_config();
     let s = b.server(1_000_000_000);
-    let spec = b.spec(&[&s]);
+    let mut spec = b.spec(&[&s]);
+    spec.max_price_per_mtok = u64::MAX;
     let req = b.open(&spec);
     b.serve(&s, &req, 1_000);
     let fee = b.request(&req.address).fee;

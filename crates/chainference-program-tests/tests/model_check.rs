@@ -43,7 +43,13 @@ enum Step {
         request: usize,
         tokens: u64,
     },
+    /// A release sent by `caller`: a server index, or 3 for a client wallet (a third party).
     Release {
+        caller: usize,
+        request: usize,
+    },
+    /// The serving server claims its held share and response rent.
+    Claim {
         server: usize,
         request: usize,
     },
@@ -77,14 +83,17 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (0usize..2, 1u8..8, 1u64..50_000_000, 0u64..2).prop_map(|(client, allowed, stake, min_completed)| Step::Open { client, allowed, stake, min_completed }),
         4 => (s.clone(), r.clone()).prop_map(|(server, request)| Step::Lock { server, request }),
         4 => (s.clone(), r.clone(), any::<bool>()).prop_map(|(server, request, last)| Step::Append { server, request, last }),
-        3 => (s.clone(), r.clone(), 0u64..1_200).prop_map(|(server, request, tokens)| Step::Complete { server, request, tokens }),
-        1 => (s, r.clone()).prop_map(|(server, request)| Step::Release { server, request }),
+        3 => (s.clone(), r.clone(), 0u64..400).prop_map(|(server, request, tokens)| Step::Complete { server, request, tokens }),
+        2 => (0usize..4, r.clone()).prop_map(|(caller, request)| Step::Release { caller, request }),
+        1 => (s, r.clone()).prop_map(|(server, request)| Step::Claim { server, request }),
         1 => r.clone().prop_map(|request| Step::Cancel { request }),
         1 => r.clone().prop_map(|request| Step::Reclaim { request }),
         1 => r.clone().prop_map(|request| Step::Flag { request }),
         1 => r.prop_map(|request| Step::Close { request }),
-        1 => (1i64..200).prop_map(|seconds| Step::Wait { seconds }),
-        4 => (0usize..3, 0usize..4, 0u64..1_200).prop_map(|(server, request, tokens)| Step::Serve { server, request, tokens }),
+        2 => (1i64..200).prop_map(|seconds| Step::Wait { seconds }),
+        // Past (or just short of, or exactly at) the end of a flag window.
+        1 => (-1i64..=1).prop_map(|d| Step::Wait { seconds: i64::from(ConfigParams::default().flag_window) + d }),
+        4 => (0usize..3, 0usize..4, 0u64..400).prop_map(|(server, request, tokens)| Step::Serve { server, request, tokens }),
     ]
 }
 
@@ -96,6 +105,8 @@ struct Tracked {
     header: RequestHeader,
     /// Whether the model's response holds its final chunk (None: no response account).
     response_finished: Option<bool>,
+    /// Bytes of the response's chunk data.
+    response_len: u32,
     closed: bool,
 }
 
@@ -218,6 +229,7 @@ impl Harness {
                     allowed: spec.allowed,
                     header,
                     response_finished: None,
+                    response_len: 0,
                     closed: false,
                 });
             }
@@ -228,7 +240,8 @@ impl Harness {
                 }
                 let mut h = t.header;
                 let view = self.view(server);
-                let predicted = h.apply(Event::Lock { server: view, allowed: &t.allowed }, now);
+                let predicted =
+                    h.apply(Event::Lock { server: view, allowed: &t.allowed, fee_bps: self.params.fee_bps }, now);
                 let ix = builders::lock_request(&self.b.program, &self.servers[server].authority(), &t.req.address);
                 let signer = self.servers[server].wallet.insecure_clone();
                 if self.send(vec![ix], &signer, predicted.map(|_| ())) {
@@ -256,6 +269,7 @@ impl Harness {
                 if self.send(vec![ix], &signer, predicted.map(|_| ())) {
                     self.requests[request].header = h;
                     self.requests[request].response_finished = Some(last);
+                    self.requests[request].response_len += 4 + 12;
                 }
             }
             Step::Complete { server, request, tokens } => {
@@ -269,7 +283,8 @@ impl Harness {
                     server: &authority,
                     tokens,
                     response_finished: t.response_finished == Some(true),
-                    fee_bps: self.params.fee_bps,
+                    response_len: t.response_len,
+                    min_counted_fee: self.params.min_counted_fee,
                 };
                 let predicted = h.apply(event, now);
                 // A completion with no response account at all fails on the account, not the rule.
@@ -290,21 +305,52 @@ impl Harness {
                     self.apply_stats(server, &fx);
                 }
             }
-            Step::Release { server, request } => {
+            Step::Release { caller, request } => {
+                let Some(t) = self.requests.get(request) else { return };
+                if t.closed {
+                    return;
+                }
+                let mut h = t.header;
+                let signer = match caller {
+                    3 => self.clients[1].insecure_clone(),
+                    s => self.servers[s].wallet.insecure_clone(),
+                };
+                let locked_by = t.header.locked_by;
+                let predicted =
+                    h.apply(Event::Release { signer: &key(&signer), lock_window: self.params.lock_window }, now);
+                let ix = builders::release_stalled_request(
+                    &self.b.program,
+                    &key(&signer),
+                    &locked_by,
+                    &t.req.address,
+                    &t.req.response,
+                );
+                if self.send(vec![ix], &signer, predicted.map(|_| ())) {
+                    let fx = predicted.unwrap();
+                    self.requests[request].header = h;
+                    self.requests[request].response_finished = None;
+                    self.requests[request].response_len = 0;
+                    let server = self.server_of(&locked_by).unwrap();
+                    self.apply_stats(server, &fx);
+                }
+            }
+            Step::Claim { server, request } => {
                 let Some(t) = self.requests.get(request) else { return };
                 if t.closed {
                     return;
                 }
                 let mut h = t.header;
                 let authority = self.servers[server].authority();
-                let predicted = h.apply(Event::Release { server: &authority }, now);
-                let ix = builders::release_request(&self.b.program, &authority, &t.req.address, &t.req.response);
+                let predicted = h.apply(Event::Claim { signer: &authority, flag_window: self.params.flag_window }, now);
+                let ix = builders::claim_payment(&self.b.program, &authority, &t.req.address, &t.req.response);
                 let signer = self.servers[server].wallet.insecure_clone();
+                let response = t.req.response;
                 if self.send(vec![ix], &signer, predicted.map(|_| ())) {
-                    let fx = predicted.unwrap();
                     self.requests[request].header = h;
-                    self.requests[request].response_finished = None;
-                    self.apply_stats(server, &fx);
+                    if predicted.unwrap().discard_response {
+                        self.requests[request].response_finished = None;
+                        assert!(!self.b.exists(&response), "the claim closes the response");
+                    }
                 }
             }
             Step::Cancel { request } => {
@@ -353,8 +399,12 @@ impl Harness {
                 }
                 let mut h = t.header;
                 let client = self.clients[t.client].insecure_clone();
-                let predicted =
-                    h.apply(Event::Flag { signer: &key(&client), flag_window: self.params.flag_window }, now);
+                let event = Event::Flag {
+                    signer: &key(&client),
+                    flag_window: self.params.flag_window,
+                    flag_refund_bps: self.params.flag_refund_bps,
+                };
+                let predicted = h.apply(event, now);
                 let ix =
                     builders::flag_response(&self.b.program, &key(&client), &t.req.address, self.server_key(server));
                 if self.send(vec![ix], &client, predicted.map(|_| ())) {
@@ -372,7 +422,7 @@ impl Harness {
                 let client = self.clients[t.client].insecure_clone();
                 let predicted = h.apply(Event::Close { signer: &key(&client), retention: self.params.retention }, now);
                 let refs = RequestRefs { request: t.req.address, response: t.req.response, client: key(&client) };
-                // The response (if any) was paid by the server that locked the request last.
+                // The held share and the response (if any) go to the server that locked it last.
                 let payer = self.server_of(&t.header.locked_by).map(|s| *self.server_key(s)).unwrap_or(key(&client));
                 let ix = builders::close_request(&self.b.program, &key(&client), &refs, &payer);
                 let (address, response) = (t.req.address, t.req.response);

@@ -23,9 +23,11 @@ struct World {
     s2: TestServer,
 }
 
+/// A bench whose config counts every completion toward reputation (`min_counted_fee` 0), so
+/// one-token test requests build it; the attack tests use the default minimum.
 fn world() -> World {
     let mut b = Bench::new();
-    b.init_config();
+    b.init_config_with(ConfigParams { min_counted_fee: 0, ..ConfigParams::default() });
     let s1 = b.server(1_000_000);
     let s2 = b.server(2_000_000);
     World { b, s1, s2 }
@@ -137,23 +139,9 @@ fn wrong_pdas_are_rejected() {
     let spec = w.b.spec(&[&w.s1]);
     let client = w.b.client.insecure_clone();
     let (_, mut ixs) = w.b.open_ixs(&client, &spec, usize::MAX);
-    // The program first checks that the pinned response bump derives a PDA of the request
-    // address it was given; pick a fake address for which it does, so the seed check is reached.
-    let response_bump = match chainference_core::instruction::Instruction::decode(&ixs[0].data).unwrap() {
-        chainference_core::instruction::Instruction::OpenRequest(args) => args.response_bump,
-        _ => unreachable!(),
-    };
-    let fake = (1..=255u8) // not [0; 32], the system program
-        .map(|b| [b; 32])
-        .find(|a| {
-            chainference_core::pda::create_program_address(
-                &chainference_core::pda::response_seeds(a),
-                response_bump,
-                &w.b.program.id,
-            )
-            .is_some()
-        })
-        .unwrap();
+    // The program never derives the request address: the runtime checks it when the program
+    // signs the account's creation with the seeds and bump 255.
+    let fake = [1u8; 32];
     ixs[0].accounts[1].pubkey = fake;
     let f = w.b.send(ixs, &[&client]).unwrap_err();
     assert!(
@@ -237,10 +225,12 @@ fn wrong_states_and_deadlines_are_rejected() {
     let (a2, sw2) = (w.s2.authority(), w.s2.wallet.insecure_clone());
     let app = builders::append_response(&w.b.program, &a2, &refs, false, b"x").unwrap();
     w.b.rejects(vec![app], &[&sw2], Error::NotLockedByServer, &acc);
+    // Another server (or anyone) may release only a lock that showed no progress within the
+    // lock window.
     w.b.rejects(
         vec![builders::release_request(&w.b.program, &a2, &req.address, &req.response)],
         &[&sw2],
-        Error::NotLockedByServer,
+        Error::LockWindowOpen,
         &acc,
     );
     w.b.rejects(vec![builders::complete_request(&w.b.program, &a2, &refs, 1)], &[&sw2], Error::NotLockedByServer, &acc);
@@ -426,7 +416,15 @@ fn responses_and_completion_are_checked() {
     w.b.rejects(vec![app], &[&sw], Error::WrongSystemProgram, &acc);
     // A server still holding locks cannot close.
     w.b.rejects(vec![builders::close_server(&w.b.program, &a)], &[&sw], Error::ServerBusy, &acc);
-    w.b.ok(vec![builders::complete_request(&w.b.program, &a, &refs, 1_000)], &[&sw]);
+    // Within max_tokens but more tokens than bytes of sealed prompt and answer.
+    let bytes = req.envelope.len() as u64 + 2 * (4 + 3);
+    w.b.rejects(
+        vec![builders::complete_request(&w.b.program, &a, &refs, bytes + 1)],
+        &[&sw],
+        Error::TokensExceedBytes,
+        &acc,
+    );
+    w.b.ok(vec![builders::complete_request(&w.b.program, &a, &refs, bytes)], &[&sw]);
     w.b.rejects(vec![builders::complete_request(&w.b.program, &a, &refs, 1)], &[&sw], Error::WrongState, &acc);
 }
 
@@ -558,7 +556,7 @@ fn closing_is_once_and_closed_accounts_stay_dead() {
     w.b.serve(&w.s1, &old, 1);
     w.b.set_time(T0 + i64::from(ConfigParams::default().retention));
     let before = w.b.lamports(&c);
-    let rent = w.b.lamports(&old.address);
+    let rent = w.b.lamports(&old.address) - w.b.request(&old.address).server_due;
     let ix = builders::close_request(&w.b.program, &key(&stranger), &w.b.refs(&old), &a);
     w.b.ok(vec![ix], &[&stranger]);
     assert_eq!(w.b.lamports(&c) - before, rent);
@@ -597,7 +595,8 @@ fn arithmetic_extremes_settle_exactly() {
     let greedy = b.server(u64::MAX);
     let free = b.server(0);
     // A price near u64::MAX: the cost is capped at the stake, never more.
-    let spec = b.spec(&[&greedy]);
+    let mut spec = b.spec(&[&greedy]);
+    spec.max_price_per_mtok = u64::MAX;
     let req = b.open(&spec);
     let client_before = b.lamports(&key(&b.client));
     b.serve(&greedy, &req, 1_000);
@@ -605,7 +604,8 @@ fn arithmetic_extremes_settle_exactly() {
     assert_eq!((h.cost, h.fee), (req.stake, req.stake / 10));
     assert_eq!(b.lamports(&key(&b.client)), client_before, "no refund when the cost reaches the stake");
     // Zero tokens and a zero price cost nothing.
-    let spec = b.spec(&[&greedy]);
+    let mut spec = b.spec(&[&greedy]);
+    spec.max_price_per_mtok = u64::MAX;
     let req = b.open(&spec);
     b.serve(&greedy, &req, 0);
     assert_eq!(b.request(&req.address).cost, 0);
@@ -622,14 +622,20 @@ fn arithmetic_extremes_settle_exactly() {
         Account { lamports: u64::MAX / 4, data: vec![], owner: system, executable: false, rent_epoch: 0 },
     );
     let mut spec = b.spec(&[&greedy]);
+    spec.max_price_per_mtok = u64::MAX;
     spec.stake = u64::MAX / 4 - 1_000_000_000;
     let (req, ixs) = b.open_ixs(&rich, &spec, usize::MAX);
     b.ok(ixs, &[&rich]);
     let a = greedy.authority();
     let refs = RequestRefs { request: req.address, response: req.response, client: key(&rich) };
+    // An answer long enough to bill 1,000 tokens (each token is at least a byte).
     let ixs = vec![
         builders::lock_request(&b.program, &a, &req.address),
-        builders::append_response(&b.program, &a, &refs, true, b"x").unwrap(),
+        builders::append_response(&b.program, &a, &refs, false, &[b'x'; 600]).unwrap(),
+    ];
+    b.ok(ixs, &[&greedy.wallet.insecure_clone()]);
+    let ixs = vec![
+        builders::append_response(&b.program, &a, &refs, true, &[b'x'; 600]).unwrap(),
         builders::complete_request(&b.program, &a, &refs, 1_000),
     ];
     b.ok(ixs, &[&greedy.wallet.insecure_clone()]);
@@ -672,30 +678,39 @@ fn a_request_with_a_response_cannot_drop_it() {
 }
 
 #[test]
-fn an_unusable_response_bump_is_refused_at_open() {
+fn attack_8_a_non_canonical_request_bump_is_refused_at_open() {
     let mut w = world();
     let spec = w.b.spec(&[&w.s1]);
     let client = w.b.client.insecure_clone();
     let (req, mut ixs) = w.b.open_ixs(&client, &spec, usize::MAX);
-    // Find a bump for which ["response", request, bump] is on the curve (no PDA exists).
-    let bad = (0..=255u8)
+    // Another valid bump of the same seeds would be a second address for one (client, nonce).
+    let other = (0..255u8)
         .rev()
         .find(|b| {
+            let nonce_le = req.nonce.to_le_bytes();
             chainference_core::pda::create_program_address(
-                &chainference_core::pda::response_seeds(&req.address),
+                &chainference_core::pda::request_seeds(&key(&client), &nonce_le),
                 *b,
                 &w.b.program.id,
             )
-            .is_none()
+            .is_some()
         })
         .unwrap();
     let original = ixs[0].data.clone();
     let mut decoded = chainference_core::instruction::Instruction::decode(&original).unwrap();
     if let chainference_core::instruction::Instruction::OpenRequest(args) = &mut decoded {
-        args.response_bump = bad;
+        args.bump = other;
     }
     ixs[0].data = decoded.encode().unwrap();
-    w.b.rejects(ixs, &[&client], Error::WrongAddress, &[key(&client), req.address]);
+    let nonce_le = req.nonce.to_le_bytes();
+    let other_address = chainference_core::pda::create_program_address(
+        &chainference_core::pda::request_seeds(&key(&client), &nonce_le),
+        other,
+        &w.b.program.id,
+    )
+    .unwrap();
+    ixs[0].accounts[1].pubkey = other_address;
+    w.b.rejects(ixs, &[&client], Error::NonCanonicalBump, &[key(&client), other_address]);
 }
 
 #[test]
@@ -721,8 +736,330 @@ fn a_client_who_empties_its_wallet_cannot_stall_the_settlement() {
     let h = w.b.request(&req.address);
     assert_eq!(h.status, RequestStatus::Completed);
     // The refund waits in the request and comes back with its rent at close.
-    assert_eq!(w.b.lamports(&req.address), rent + req.stake - h.cost);
+    assert_eq!(w.b.lamports(&req.address), rent + req.stake - h.cost + h.server_due);
     let close = builders::close_request(&w.b.program, &key(&client), &refs, &a);
     w.b.ok(vec![close], &[&payer, &client]);
     assert_eq!(w.b.lamports(&key(&client)), rent + req.stake - h.cost);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Protocol v2: the attacks of issue 18 (numbered as there) and the holes of issue 13. Each
+// attack step below was a successful transaction on the v1 program; v2 refuses it or makes it
+// worthless. The config counts a step from a fee of 100 lamports (min_counted_fee) and gives a
+// lock 30 s for its first chunk (lock_window, the default).
+// ---------------------------------------------------------------------------------------------
+
+/// A bench whose config counts a step from a fee of 100 lamports, and one honest server at
+/// 20,000,000 lamports per Mtok.
+fn v2_world() -> (Bench, TestServer) {
+    let mut b = Bench::new();
+    b.init_config_with(ConfigParams { min_counted_fee: 100, ..ConfigParams::default() });
+    let s = b.server(20_000_000);
+    (b, s)
+}
+
+#[test]
+fn attack_1_dealing_with_yourself_builds_no_reputation() {
+    let (mut b, _) = v2_world();
+    // The client's own wallet runs a server at price 0 and allows only itself.
+    let own = b.client.insecure_clone();
+    let own_server = b.register(own.insecure_clone(), 0);
+    let spec = b.spec(&[&own_server]);
+    let req = b.open(&spec);
+    let acc = vec![key(&own), req.address, b.program.server(&key(&own))];
+    let lock = builders::lock_request(&b.program, &key(&own), &req.address);
+    b.rejects(vec![lock], &[&own], Error::SelfDealing, &acc);
+
+    // With a second wallet (a sybil) the lock goes through, but a free completion pays no fee:
+    // it is completed, not counted, and `min_completed` filters see nothing.
+    let sybil = b.wallet();
+    let farm = b.register(sybil, 0);
+    for _ in 0..3 {
+        let spec = b.spec(&[&farm]);
+        let r = b.open(&spec);
+        b.serve(&farm, &r, 1);
+    }
+    let stats = b.server_header(&farm.authority()).stats;
+    assert_eq!((stats.completed, stats.counted, stats.fees), (3, 0, 0));
+    let mut picky = b.spec(&[&farm]);
+    picky.min_completed = 1;
+    let r = b.open(&picky);
+    let lock = builders::lock_request(&b.program, &farm.authority(), &r.address);
+    b.rejects(vec![lock], &[&farm.wallet.insecure_clone()], Error::MinCompletedNotMet, &[r.address]);
+
+    // A counted completion costs at least min_counted_fee of protocol fee (here: 100 tokens at
+    // 10,000,000 per Mtok = 1,000 lamports, fee 100).
+    let paid = b.server(10_000_000);
+    let spec = b.spec(&[&paid]);
+    let r = b.open(&spec);
+    b.serve(&paid, &r, 100);
+    let stats = b.server_header(&paid.authority()).stats;
+    assert_eq!((stats.counted, stats.fees), (1, 100));
+}
+
+#[test]
+fn attack_2_sybil_comparisons_need_paid_requests() {
+    let (mut b, _) = v2_world();
+    let (s1, s2) = (b.server(0), b.server(0));
+    let r1 = b.open(&b.spec(&[&s1]));
+    let r2 = b.open(&b.spec(&[&s2]));
+    b.serve(&s1, &r1, 1);
+    b.serve(&s2, &r2, 1);
+    let client = b.client.insecure_clone();
+    let acc = vec![r1.address, r2.address, b.program.server(&s1.authority()), b.program.server(&s2.authority())];
+    let ix = b.compare_ix([(&r1, &s1), (&r2, &s2)], 1);
+    b.rejects(vec![ix], &[&client], Error::BelowCountedFee, &acc);
+    assert_eq!(b.server_header(&s2.authority()).stats.comparisons, 0);
+}
+
+#[test]
+fn attack_3_a_squatted_lock_is_released_by_anyone_and_the_time_given_back() {
+    let (mut b, honest) = v2_world();
+    let squatter = b.server(20_000_000);
+    let spec = b.spec(&[&squatter, &honest]);
+    let req = b.open(&spec);
+    let deadline = b.request(&req.address).deadline;
+    lock(&mut b, &squatter, &req);
+    let stranger = b.wallet();
+    let acc = vec![req.address, b.program.server(&squatter.authority()), key(&stranger)];
+    let release = |b: &Bench| {
+        builders::release_stalled_request(
+            &b.program,
+            &key(&stranger),
+            &squatter.authority(),
+            &req.address,
+            &req.response,
+        )
+    };
+    // Within the lock window only the locking server may let go.
+    b.set_time(T0 + 29);
+    b.rejects(vec![release(&b)], &[&stranger], Error::LockWindowOpen, &acc);
+    // Past it with no first chunk, anyone may; the 30 s the lock held are given back.
+    b.set_time(T0 + 30);
+    b.ok(vec![release(&b)], &[&stranger]);
+    let h = b.request(&req.address);
+    assert_eq!((h.status, h.deadline, h.release_count), (RequestStatus::Open, deadline + 30, 1));
+    assert_eq!(b.server_header(&squatter.authority()).stats.released, 1);
+    assert_eq!(b.server_header(&squatter.authority()).locked_count, 0);
+    // The honest server serves it; a server that shows progress cannot be released by others.
+    b.serve(&honest, &req, 50);
+    let r2 = b.open(&spec);
+    lock(&mut b, &honest, &r2);
+    let refs = b.refs(&r2);
+    let app = builders::append_response(&b.program, &honest.authority(), &refs, false, b"progress").unwrap();
+    b.ok(vec![app], &[&honest.wallet.insecure_clone()]);
+    b.set_time(T0 + 100);
+    let ix =
+        builders::release_stalled_request(&b.program, &key(&stranger), &honest.authority(), &r2.address, &r2.response);
+    b.rejects(vec![ix], &[&stranger], Error::NotLockedByServer, &[r2.address, r2.response]);
+    // After a release the client may also cancel at once.
+    let r3 = b.open(&spec);
+    let r3_deadline = b.request(&r3.address).deadline;
+    lock(&mut b, &squatter, &r3);
+    let sw = squatter.wallet.insecure_clone();
+    b.set_time(T0 + 150);
+    // Its own release (say, to lock again at once) gives no time back: the squat stays bounded by
+    // the deadline, and each round costs the squatter a release on its record.
+    let relock = vec![
+        builders::release_request(&b.program, &squatter.authority(), &r3.address, &r3.response),
+        builders::lock_request(&b.program, &squatter.authority(), &r3.address),
+    ];
+    b.ok(relock, &[&sw]);
+    assert_eq!(b.request(&r3.address).deadline, r3_deadline, "a server's own release moves no deadline");
+    // A third party's release of a stalled lock gives time back, at most one more timeout in all.
+    b.set_time(T0 + 390);
+    let ix = builders::release_stalled_request(
+        &b.program,
+        &key(&stranger),
+        &squatter.authority(),
+        &r3.address,
+        &r3.response,
+    );
+    b.ok(vec![ix.clone()], &[&stranger]);
+    assert_eq!(b.request(&r3.address).deadline, r3_deadline + 240, "the 240 s the lock held come back");
+    lock(&mut b, &squatter, &r3);
+    b.set_time(T0 + 635);
+    b.ok(vec![ix], &[&stranger]);
+    let h = b.request(&r3.address);
+    assert_eq!(h.deadline, h.created_at + 2 * i64::from(h.timeout), "capped at created_at + 2 × timeout");
+    lock(&mut b, &squatter, &r3);
+    b.ok(vec![builders::release_request(&b.program, &squatter.authority(), &r3.address, &r3.response)], &[&sw]);
+    let client = b.client.insecure_clone();
+    b.ok(vec![builders::cancel_request(&b.program, &key(&client), &r3.address)], &[&client]);
+}
+
+#[test]
+fn attack_4_billing_is_bounded_and_the_share_held_until_the_flag_window_closes() {
+    let (mut b, s) = v2_world();
+    let spec = b.spec(&[&s]);
+    let req = b.open(&spec);
+    let (a, sw) = (s.authority(), s.wallet.insecure_clone());
+    let refs = b.refs(&req);
+    lock(&mut b, &s, &req);
+    // A one-byte answer billed at max_tokens: more tokens than bytes.
+    b.ok(vec![builders::append_response(&b.program, &a, &refs, true, b"x").unwrap()], &[&sw]);
+    let acc = vec![req.address, a, key(&b.client), b.program.treasury];
+    let greedy = builders::complete_request(&b.program, &a, &refs, 1_000);
+    b.rejects(vec![greedy], &[&sw], Error::TokensExceedBytes, &acc);
+    let tokens = req.envelope.len() as u64 + 5;
+    let before = b.lamports(&a);
+    b.ok(vec![builders::complete_request(&b.program, &a, &refs, tokens)], &[&sw]);
+    let h = b.request(&req.address);
+    assert_eq!(before - b.lamports(&a), 5_000, "nothing paid to the server at completion, only its fee spent");
+    assert!(h.server_due > 0);
+    // Claiming inside the window is refused; the client's flag takes half back.
+    let claim = builders::claim_payment(&b.program, &a, &req.address, &req.response);
+    b.rejects(vec![claim.clone()], &[&sw], Error::FlagWindowOpen, &acc);
+    let client = b.client.insecure_clone();
+    b.ok(vec![builders::flag_response(&b.program, &key(&client), &req.address, &a)], &[&client]);
+    let due = b.request(&req.address).server_due;
+    assert_eq!(due, h.server_due - h.server_due / 2);
+    // After the window the server takes the rest.
+    let before = b.lamports(&a);
+    let response_rent = b.lamports(&req.response);
+    b.claim_after_window(&s, &req);
+    assert_eq!(b.lamports(&a) + 5_000 - before, due + response_rent);
+    b.rejects(vec![claim], &[&sw], Error::NothingToClaim, &acc);
+}
+
+#[test]
+fn attack_5_the_server_takes_its_response_rent_back_after_the_flag_window() {
+    let (mut b, s) = v2_world();
+    let req = b.open(&b.spec(&[&s]));
+    b.serve(&s, &req, 100);
+    let acc = vec![key(&b.client), s.authority(), req.address, req.response, b.program.treasury];
+    let (before, fees0) = (b.total(&acc), b.fees);
+    b.claim_after_window(&s, &req);
+    assert!(!b.exists(&req.response), "the response account is closed");
+    let h = b.request(&req.address);
+    assert_eq!((h.status, h.server_due, h.has_response()), (RequestStatus::Completed, 0, false));
+    // The client closes whenever it likes; nothing more goes to the server.
+    let client = b.client.insecure_clone();
+    let refs = b.refs(&req);
+    b.ok(vec![builders::close_request(&b.program, &key(&client), &refs, &key(&client))], &[&client]);
+    assert!(!b.exists(&req.address));
+    assert_eq!(b.total(&acc) + u128::from(b.fees - fees0), before, "lamports conserved");
+}
+
+#[test]
+fn attack_6_flags_on_requests_below_the_counted_fee_do_not_count() {
+    let (mut b, _) = v2_world();
+    let s = b.server(1_000_000);
+    let client = b.client.insecure_clone();
+    // 10 tokens at 1,000,000 per Mtok: a cost of 10 lamports, fee 1, below min_counted_fee.
+    let cheap = b.open(&b.spec(&[&s]));
+    b.serve(&s, &cheap, 10);
+    b.ok(vec![builders::flag_response(&b.program, &key(&client), &cheap.address, &s.authority())], &[&client]);
+    let stats = b.server_header(&s.authority()).stats;
+    assert_eq!((stats.flagged, stats.success_bps()), (0, 10_000), "a flag costs at least the counted fee to count");
+    assert!(b.request(&cheap.address).flagged());
+    // A paid request's flag counts; the flagger's fee is never returned.
+    let paid = b.open(&b.spec(&[&s]));
+    b.serve(&s, &paid, 200);
+    assert!(b.request(&paid.address).fee < 100, "still below: 200 tokens cost 200");
+    let dear = b.server(50_000_000);
+    let paid = b.open(&b.spec(&[&dear]));
+    b.serve(&dear, &paid, 200);
+    assert_eq!(b.request(&paid.address).fee, 1_000);
+    b.ok(vec![builders::flag_response(&b.program, &key(&client), &paid.address, &dear.authority())], &[&client]);
+    assert_eq!(b.server_header(&dear.authority()).stats.flagged, 1);
+}
+
+#[test]
+fn attack_7_the_flag_window_and_retention_never_overlap() {
+    let mut b = Bench::new();
+    let admin = b.admin.insecure_clone();
+    let equal = ConfigParams { retention: 3_600, flag_window: 3_600, ..ConfigParams::default() };
+    b.fails(vec![builders::init_config(&b.program, &key(&admin), equal)], &[&admin], Error::InvalidTimeout);
+    b.init_config();
+    b.fails(
+        vec![builders::update_config(&b.program, &key(&admin), equal, &key(&admin))],
+        &[&admin],
+        Error::InvalidTimeout,
+    );
+    let s = b.server(20_000_000);
+    let req = b.open(&b.spec(&[&s]));
+    b.serve(&s, &req, 100);
+    let settled = b.request(&req.address).settled_at;
+    let window = i64::from(ConfigParams::default().flag_window);
+    let client = b.client.insecure_clone();
+    let flag = builders::flag_response(&b.program, &key(&client), &req.address, &s.authority());
+    // The last second of the window: a claim is refused; at its end a flag is.
+    b.set_time(settled + window - 1);
+    let claim = builders::claim_payment(&b.program, &s.authority(), &req.address, &req.response);
+    b.rejects(vec![claim.clone()], &[&s.wallet.insecure_clone()], Error::FlagWindowOpen, &[req.address]);
+    b.set_time(settled + window);
+    b.rejects(vec![flag], &[&client], Error::FlagWindowClosed, &[req.address]);
+    b.ok(vec![claim], &[&s.wallet.insecure_clone()]);
+    // A stranger's close is refused for the whole retention, which ends strictly after the window.
+    let stranger = b.wallet();
+    let refs = b.refs(&req);
+    let close = builders::close_request(&b.program, &key(&stranger), &refs, &s.authority());
+    b.set_time(settled + i64::from(ConfigParams::default().retention) - 1);
+    b.rejects(vec![close.clone()], &[&stranger], Error::RetentionNotElapsed, &[req.address]);
+}
+
+#[test]
+fn attack_13_closing_and_registering_again_keeps_the_reputation() {
+    let (mut b, _) = v2_world();
+    let s = b.server(20_000_000);
+    let (a, sw) = (s.authority(), s.wallet.insecure_clone());
+    let client = b.client.insecure_clone();
+    let req = b.open(&b.spec(&[&s]));
+    b.serve(&s, &req, 100);
+    // The server closes right after a bad answer...
+    b.ok(vec![builders::close_server(&b.program, &a)], &[&sw]);
+    // ...its answer stays flaggable, and the flag lands on the retired record.
+    b.ok(vec![builders::flag_response(&b.program, &key(&client), &req.address, &a)], &[&client]);
+    let retired = b.server_header(&a);
+    assert!(retired.retired);
+    assert_eq!((retired.stats.counted, retired.stats.flagged), (1, 1));
+    // Registering again revives the same record: no fresh 100% success ratio.
+    let pk = s.keys.public_key();
+    let profile = builders::ServerProfile { hpke_key: &pk, endpoint: "", offers: &[(MODEL, 1)] };
+    b.ok(vec![builders::register_server(&b.program, &a, &profile).unwrap()], &[&sw]);
+    let revived = b.server_header(&a);
+    assert!(revived.active && !revived.retired);
+    assert_eq!((revived.stats.counted, revived.stats.flagged, revived.stats.success_bps()), (1, 1, 0));
+    assert_eq!(revived.registered_at, retired.registered_at, "the first registration time is kept");
+    // A retired server cannot lock, nor be updated or toggled until it registers again.
+    b.ok(vec![builders::close_server(&b.program, &a)], &[&sw]);
+    let r = b.open(&b.spec(&[&s]));
+    b.rejects(vec![builders::lock_request(&b.program, &a, &r.address)], &[&sw], Error::ServerInactive, &[r.address]);
+    b.rejects(vec![builders::set_server_active(&b.program, &a, true)], &[&sw], Error::ServerInactive, &[a]);
+    b.rejects(vec![builders::close_server(&b.program, &a)], &[&sw], Error::ServerInactive, &[a]);
+}
+
+#[test]
+fn attack_13_price_cap_and_price_and_fee_snapshots() {
+    let (mut b, s) = v2_world();
+    let (a, sw) = (s.authority(), s.wallet.insecure_clone());
+    let admin = b.admin.insecure_clone();
+    // A cap below the server's price: the lock is refused.
+    let mut spec = b.spec(&[&s]);
+    spec.max_price_per_mtok = 19_999_999;
+    let capped = b.open(&spec);
+    b.rejects(vec![builders::lock_request(&b.program, &a, &capped.address)], &[&sw], Error::PriceAboveCap, &[a]);
+    // Raising the price after the open: over the cap, refused too.
+    let spec = b.spec(&[&s]);
+    let mut exact = spec.clone();
+    exact.max_price_per_mtok = 20_000_000;
+    let r = b.open(&exact);
+    let pk = s.keys.public_key();
+    let dearer = builders::ServerProfile { hpke_key: &pk, endpoint: "", offers: &[(MODEL, 40_000_000)] };
+    b.ok(vec![builders::update_server(&b.program, &a, &dearer).unwrap()], &[&sw]);
+    b.rejects(vec![builders::lock_request(&b.program, &a, &r.address)], &[&sw], Error::PriceAboveCap, &[a]);
+    // Price and fee are snapshot at lock: changes after it do not touch the request.
+    let cheaper = builders::ServerProfile { hpke_key: &pk, endpoint: "", offers: &[(MODEL, 20_000_000)] };
+    b.ok(vec![builders::update_server(&b.program, &a, &cheaper).unwrap()], &[&sw]);
+    let req = b.open(&spec);
+    lock(&mut b, &s, &req);
+    b.ok(vec![builders::update_server(&b.program, &a, &dearer).unwrap()], &[&sw]);
+    let fee_2000 = ConfigParams { fee_bps: 2_000, ..ConfigParams::default() };
+    b.ok(vec![builders::update_config(&b.program, &key(&admin), fee_2000, &key(&admin))], &[&admin]);
+    let refs = b.refs(&req);
+    b.ok(vec![builders::append_response(&b.program, &a, &refs, true, &[1; 100]).unwrap()], &[&sw]);
+    b.ok(vec![builders::complete_request(&b.program, &a, &refs, 100)], &[&sw]);
+    let h = b.request(&req.address);
+    assert_eq!((h.price_per_mtok, h.fee_bps, h.cost, h.fee), (20_000_000, 1_000, 2_000, 200));
 }

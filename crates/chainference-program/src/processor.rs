@@ -11,8 +11,8 @@ use chainference_core::lifecycle::{
 use chainference_core::model::check_canonical_model;
 use chainference_core::pda::{self, BPF_LOADER_UPGRADEABLE_ID};
 use chainference_core::state::{
-    Config, ConfigParams, RequestAccount, RequestHeader, ResponseHeader, ServerAccount, ServerHeader, Treasury,
-    allowed_slice, read_array,
+    Config, ConfigParams, REQUEST_BUMP, RequestAccount, RequestHeader, ResponseHeader, ServerAccount, ServerHeader,
+    Treasury, allowed_slice, read_array,
 };
 use chainference_core::wire::{Reader, Writer};
 use pinocchio::cpi::Seed;
@@ -55,6 +55,7 @@ pub fn process(program_id: &Address, accounts: &mut [AccountView], data: &[u8]) 
             compare_responses(ctx, &CompareReveal { salt_a, salt_b, digest }, preferred)
         }
         Instruction::CloseRequest => close_request(ctx),
+        Instruction::ClaimPayment => claim_payment(ctx),
         // `Instruction` is non-exhaustive for SDK users; every variant this build knows is above.
         #[allow(unreachable_patterns)]
         _ => Err(fail(Error::UnknownInstruction)),
@@ -252,17 +253,31 @@ fn register_server(ctx: &mut Ctx<'_>, args: &ServerArgs<'_>) -> ProgramResult {
     let program_id = ctx.program_id;
     let [authority, server, system, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
     check_server_write(authority, server, system, args)?;
+    let space = server_size(args);
+    if server.owned_by(program_id) {
+        // A retired server of this authority comes back with its history: reputation is kept
+        // under the operator's wallet, so closing and registering again cannot wash it.
+        let mut header = load_server(server, program_id, authority)?;
+        if !header.retired {
+            return Err(fail(Error::AlreadyInitialized));
+        }
+        header.retired = false;
+        header.active = true;
+        header.hpke_key = *args.hpke_key;
+        resize_paid(server, authority, space)?;
+        return write_server(server, &header, args);
+    }
     let (address, bump) = find_pda(&pda::server_seeds(authority.address().as_array()), program_id)?;
     if server.address() != &address {
         return Err(fail(Error::WrongAddress));
     }
-    let space = server_size(args);
     let bump_seed = [bump];
     let seeds = [Seed::from(pda::SERVER_SEED), Seed::from(authority.address().as_ref()), Seed::from(&bump_seed)];
     create_pda(authority, server, &NewAccount { owner: program_id, space, lamports: rent_for(space)?, seeds: &seeds })?;
     let header = ServerHeader {
         bump,
         active: true,
+        retired: false,
         locked_count: 0,
         registered_at: now()?,
         stats: Default::default(),
@@ -277,6 +292,10 @@ fn update_server(ctx: &mut Ctx<'_>, args: &ServerArgs<'_>) -> ProgramResult {
     let [authority, server, system, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
     check_server_write(authority, server, system, args)?;
     let mut header = load_server(server, program_id, authority)?;
+    if header.retired {
+        // A retired server comes back through RegisterServer, which says so.
+        return Err(fail(Error::ServerInactive));
+    }
     header.hpke_key = *args.hpke_key;
     resize_paid(server, authority, server_size(args))?;
     write_server(server, &header, args)
@@ -288,6 +307,9 @@ fn set_server_active(ctx: &mut Ctx<'_>, active: bool) -> ProgramResult {
     signer(authority)?;
     writable(server)?;
     let mut header = load_server(server, program_id, authority)?;
+    if header.retired {
+        return Err(fail(Error::ServerInactive));
+    }
     header.active = active;
     store_server(server, &header)
 }
@@ -298,11 +320,18 @@ fn close_server(ctx: &mut Ctx<'_>) -> ProgramResult {
     signer(authority)?;
     writable(authority)?;
     writable(server)?;
-    let header = load_server(server, program_id, authority)?;
+    let mut header = load_server(server, program_id, authority)?;
     if header.locked_count != 0 {
         return Err(fail(Error::ServerBusy));
     }
-    close_into(server, authority)
+    if header.retired {
+        return Err(fail(Error::ServerInactive));
+    }
+    // Retire: the offers and endpoint go (their rent back), the header and its reputation stay.
+    header.retired = true;
+    header.active = false;
+    resize_paid(server, authority, ServerHeader::LEN)?;
+    store_server(server, &header)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -322,18 +351,14 @@ fn open_request(ctx: &mut Ctx<'_>, args: &OpenRequestArgs<'_>) -> ProgramResult 
     if args.response_key == &[0; 32] {
         return Err(fail(Error::InvalidPublicKey));
     }
-    // The response PDA the request pins must exist for its bump, or no server could ever append.
-    let response_bump = [args.response_bump];
-    let response_seeds: [&[u8]; 3] = [pda::RESPONSE_SEED, request.address().as_ref(), &response_bump];
-    Address::create_program_address(&response_seeds, program_id).map_err(|_| fail(Error::WrongAddress))?;
     let time = now()?;
     let client_key = client.address().as_array();
     let mut header = NewRequest {
         client: *client_key,
         nonce: args.nonce,
         bump: args.bump,
-        response_bump: args.response_bump,
         stake: args.stake,
+        max_price_per_mtok: args.max_price_per_mtok,
         max_tokens: args.max_tokens,
         timeout: args.timeout,
         min_completed: args.min_completed,
@@ -415,10 +440,11 @@ fn cancel_request(ctx: &mut Ctx<'_>) -> ProgramResult {
 
 fn lock_request(ctx: &mut Ctx<'_>) -> ProgramResult {
     let program_id = ctx.program_id;
-    let [authority, server, request, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    let [authority, server, request, config, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
     signer(authority)?;
     writable(server)?;
     writable(request)?;
+    let params = load_params(config, program_id)?;
     let server_header = load_server(server, program_id, authority)?;
     owned(request, program_id)?;
     let (header, fx) = {
@@ -433,7 +459,7 @@ fn lock_request(ctx: &mut Ctx<'_>) -> ProgramResult {
             stats: server_header.stats,
             price_for_model,
         };
-        let fx = header.apply(Event::Lock { server: candidate, allowed }, now()?).or_fail()?;
+        let fx = header.apply(Event::Lock { server: candidate, allowed, fee_bps: params.fee_bps }, now()?).or_fail()?;
         (header, fx)
     };
     store_request(request, &header)?;
@@ -468,7 +494,7 @@ fn append_response(ctx: &mut Ctx<'_>, is_final: bool, chunk: &[u8]) -> ProgramRe
         Some(h) if &h.server != authority.address().as_array() => return Err(fail(Error::ResponseMismatch)),
         Some(h) => h,
         None => ResponseHeader {
-            bump: header.response_bump,
+            bump: REQUEST_BUMP,
             finished: false,
             chunk_count: 0,
             data_len: 0,
@@ -478,7 +504,7 @@ fn append_response(ctx: &mut Ctx<'_>, is_final: bool, chunk: &[u8]) -> ProgramRe
     };
     let new_len = resp.size_after_append(chunk.len()).or_fail()?;
     if existing.is_none() {
-        let bump_seed = [header.response_bump];
+        let bump_seed = [REQUEST_BUMP];
         let seeds = [Seed::from(pda::RESPONSE_SEED), Seed::from(request.address().as_ref()), Seed::from(&bump_seed)];
         create_pda(
             authority,
@@ -525,7 +551,8 @@ fn complete_request(ctx: &mut Ctx<'_>, tokens: u64) -> ProgramResult {
         server: authority.address().as_array(),
         tokens,
         response_finished: resp.is_some_and(|r| r.finished),
-        fee_bps: cfg.params.fee_bps,
+        response_len: resp.map_or(0, |r| r.data_len),
+        min_counted_fee: cfg.params.min_counted_fee,
     };
     let fx = header.apply(event, now()?).or_fail()?;
     // The rule ran first (it names the precise reason: state, locker, deadline); a locker's
@@ -535,8 +562,8 @@ fn complete_request(ctx: &mut Ctx<'_>, tokens: u64) -> ProgramResult {
     }
     store_request(request, &header)?;
     apply_stats(server, server_header, &fx)?;
+    // The server's share stays in the request (server_due) until the flag window closes.
     move_lamports(request, treasury, fx.to_treasury)?;
-    move_lamports(request, authority, fx.to_server)?;
     refund_client(request, client, fx.to_client)
 }
 
@@ -563,26 +590,29 @@ fn refund_client(request: &mut AccountView, client: &mut AccountView, amount: u6
 
 fn release_request(ctx: &mut Ctx<'_>) -> ProgramResult {
     let program_id = ctx.program_id;
-    let [authority, server, request, response, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
-    signer(authority)?;
-    writable(authority)?;
+    let [caller, server, request, response, config, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(caller)?;
     writable(server)?;
     writable(request)?;
-    let server_header = load_server(server, program_id, authority)?;
+    let params = load_params(config, program_id)?;
     let mut header = load_request(request, program_id)?;
-    let had_response = header.has_response();
-    let fx = header.apply(Event::Release { server: authority.address().as_array() }, now()?).or_fail()?;
+    let (had_response, locked_by) = (header.has_response(), header.locked_by);
+    let event = Event::Release { signer: caller.address().as_array(), lock_window: params.lock_window };
+    let fx = header.apply(event, now()?).or_fail()?;
+    let server_header = load_server_of(server, program_id, &locked_by)?;
     let resp = load_response(response, program_id, request)?;
-    if had_response && resp.is_none_or(|r| &r.server != authority.address().as_array()) {
-        // The request has a response: it must be passed, and be this server's, to be discarded.
+    if had_response && resp.is_none_or(|r| &r.server != caller.address().as_array()) {
+        // The request has a response (so the rule let only its server release): it must be
+        // passed, and be this server's, to be discarded.
         return Err(fail(Error::ResponseMismatch));
     }
     store_request(request, &header)?;
     apply_stats(server, server_header, &fx)?;
     if fx.discard_response && resp.is_some() {
+        writable(caller)?;
         writable(response)?;
         // The locking server paid the response's rent (load_response checked it is this request's).
-        close_into(response, authority)?;
+        close_into(response, caller)?;
     }
     Ok(())
 }
@@ -610,15 +640,22 @@ fn flag_response(ctx: &mut Ctx<'_>) -> ProgramResult {
     let program_id = ctx.program_id;
     let [client, request, server, config, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
     signer(client)?;
+    writable(client)?;
     writable(request)?;
     writable(server)?;
     let params = load_params(config, program_id)?;
     let mut header = load_request(request, program_id)?;
     let server_header = load_server_of(server, program_id, &header.locked_by)?;
-    let event = Event::Flag { signer: client.address().as_array(), flag_window: params.flag_window };
+    let event = Event::Flag {
+        signer: client.address().as_array(),
+        flag_window: params.flag_window,
+        flag_refund_bps: params.flag_refund_bps,
+    };
     let fx = header.apply(event, now()?).or_fail()?;
     store_request(request, &header)?;
-    apply_stats(server, server_header, &fx)
+    apply_stats(server, server_header, &fx)?;
+    // The signer is the request's client (the rule checked it): the refund goes to its wallet.
+    move_lamports(request, client, fx.to_client)
 }
 
 fn compare_responses(ctx: &mut Ctx<'_>, reveal: &CompareReveal<'_>, preferred: u8) -> ProgramResult {
@@ -659,7 +696,7 @@ fn compare_responses(ctx: &mut Ctx<'_>, reveal: &CompareReveal<'_>, preferred: u
 
 fn close_request(ctx: &mut Ctx<'_>) -> ProgramResult {
     let program_id = ctx.program_id;
-    let [caller, request, client, response, response_payer, config, ..] = &mut *ctx.accounts else {
+    let [caller, request, client, response, served_by, config, ..] = &mut *ctx.accounts else {
         return Err(not_enough());
     };
     signer(caller)?;
@@ -670,19 +707,47 @@ fn close_request(ctx: &mut Ctx<'_>) -> ProgramResult {
     request_client_is(client, &header)?;
     let event = Event::Close { signer: caller.address().as_array(), retention: params.retention };
     let had_response = header.has_response();
+    let locked_by = header.locked_by;
     let fx = header.apply(event, now()?).or_fail()?;
     let resp = load_response(response, program_id, request)?;
     if had_response && resp.is_none() {
         // Closing the request without its response would strand the server's rent.
         return Err(fail(Error::ResponseMismatch));
     }
-    if fx.discard_response
-        && let Some(resp) = resp
-    {
-        writable(response)?;
-        writable(response_payer)?;
-        at(response_payer, &resp.server, Error::ServerMismatch)?;
-        close_into(response, response_payer)?;
+    let resp = resp.filter(|_| fx.discard_response);
+    if fx.to_server > 0 || resp.is_some() {
+        // The held share and the response's rent go to the server that served the request.
+        writable(served_by)?;
+        at(served_by, &locked_by, Error::ServerMismatch)?;
     }
+    if let Some(resp) = resp {
+        writable(response)?;
+        at(served_by, &resp.server, Error::ServerMismatch)?;
+        close_into(response, served_by)?;
+    }
+    move_lamports(request, served_by, fx.to_server)?;
     close_into(request, client)
+}
+
+fn claim_payment(ctx: &mut Ctx<'_>) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [authority, request, response, config, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(authority)?;
+    writable(authority)?;
+    writable(request)?;
+    let params = load_params(config, program_id)?;
+    let mut header = load_request(request, program_id)?;
+    let had_response = header.has_response();
+    let event = Event::Claim { signer: authority.address().as_array(), flag_window: params.flag_window };
+    let fx = header.apply(event, now()?).or_fail()?;
+    let resp = load_response(response, program_id, request)?;
+    if had_response && resp.is_none_or(|r| &r.server != authority.address().as_array()) {
+        return Err(fail(Error::ResponseMismatch));
+    }
+    store_request(request, &header)?;
+    if let Some(_resp) = resp.filter(|_| fx.discard_response) {
+        writable(response)?;
+        close_into(response, authority)?;
+    }
+    move_lamports(request, authority, fx.to_server)
 }

@@ -42,6 +42,14 @@ pub fn js_error(e: Error) -> JsValue {
     err.into()
 }
 
+/// A core error as a JS `Error`, with a hint after the message.
+fn js_error_with(e: Error, hint: &str) -> JsValue {
+    let err = js_sys::Error::new(&format!("{e} (code {}): {hint}", e.code()));
+    err.set_name(e.name());
+    let _ = Reflect::set(&err, &"code".into(), &JsValue::from(e.code()));
+    err.into()
+}
+
 type JsResult<T> = Result<T, JsValue>;
 
 fn fail<T>(e: Error) -> JsResult<T> {
@@ -184,6 +192,13 @@ pub fn program_addresses(program_id: Option<Vec<u8>>) -> JsResult<JsValue> {
 #[wasm_bindgen(js_name = requestAddress)]
 pub fn request_address(client: &[u8], nonce: u64, program_id: Option<Vec<u8>>) -> JsResult<Uint8Array> {
     Ok(bytes(&program(program_id)?.request(&address(client)?, nonce).0))
+}
+
+/// The first nonce at or after `from` that `client` may open a request with: its request and
+/// response PDAs are both canonical at bump 255, which v2 requires (about one nonce in four).
+#[wasm_bindgen(js_name = usableNonce)]
+pub fn usable_nonce(client: &[u8], from: u64, program_id: Option<Vec<u8>>) -> JsResult<u64> {
+    Ok(program(program_id)?.usable_nonce(&address(client)?, from))
 }
 
 /// The response PDA of `request`.
@@ -398,8 +413,10 @@ pub fn commitment_of(salt: &[u8], digest: &[u8]) -> JsResult<Uint8Array> {
 
 /// The instructions that open a request: OpenRequest with as much of the envelope as fits one
 /// transaction, then WritePrompt for the rest (each its own transaction). `params`: `{ client,
-/// nonce, stake, maxTokens, timeout?, minCompleted?, minSuccessBps?, model, allowed:
-/// Uint8Array[], responseKey, commitment, envelope, firstChunk?, chunk?, programId? }`
+/// nonce, stake, maxPricePerMtok?, maxTokens, timeout?, minCompleted?, minSuccessBps?, model,
+/// allowed: Uint8Array[], responseKey, commitment, envelope, firstChunk?, chunk?, programId? }`.
+/// `nonce` must be usable ([`usable_nonce`]); `maxPricePerMtok` is the highest price a server
+/// may lock at (set it to what you were quoted; without it any price is accepted)
 /// (`firstChunk`/`chunk` override the sizes; by default each transaction keeps
 /// [`builders::TRANSACTION_RESERVE`] bytes free for the wallet's own instructions, as the Rust
 /// client does).
@@ -425,13 +442,19 @@ pub fn open_request_instructions(params: JsValue) -> JsResult<Array> {
     let chunk = usize::try_from(get_u64(&params, "chunk", Some(default.chunk as u64))?)
         .map_err(|_| js_error(Error::LengthOutOfRange))?
         .max(1);
-    let (request, bump) = p.request(&client, nonce);
-    let (_, response_bump) = p.response(&request);
+    if !pda::nonce_is_usable(&p.id, &client, nonce) {
+        // The program would refuse it; say how to pick one.
+        return Err(js_error_with(
+            Error::NonCanonicalBump,
+            "nonce not usable: pick one with usableNonce(client, from)",
+        ));
+    }
+    let (_, bump) = p.request(&client, nonce);
     let args = OpenRequestArgs {
         nonce,
         bump,
-        response_bump,
         stake: get_u64(&params, "stake", None)?,
+        max_price_per_mtok: get_u64(&params, "maxPricePerMtok", Some(u64::MAX))?,
         max_tokens: get_u32(&params, "maxTokens", None)?,
         timeout: get_u32(&params, "timeout", Some(0))?,
         min_completed: get_u64(&params, "minCompleted", Some(0))?,
@@ -516,18 +539,23 @@ pub fn compare_responses_instruction(
     Ok(instruction(&ix))
 }
 
-/// CloseRequest (`responsePayer`: the response's server authority, or the client when none).
+/// CloseRequest (`servedBy`: the authority of the server that completed the request, which
+/// receives its held share and its response's rent; the client when there is none).
 #[wasm_bindgen(js_name = closeRequestInstruction)]
-pub fn close_request_instruction(
-    caller: &[u8],
-    request: &[u8],
-    client: &[u8],
-    response_payer: &[u8],
-) -> JsResult<JsValue> {
+pub fn close_request_instruction(caller: &[u8], request: &[u8], client: &[u8], served_by: &[u8]) -> JsResult<JsValue> {
     let p = Program::default();
     let request = address(request)?;
     let refs = RequestRefs { request, response: p.response(&request).0, client: address(client)? };
-    Ok(instruction(&builders::close_request(&p, &address(caller)?, &refs, &address(response_payer)?)))
+    Ok(instruction(&builders::close_request(&p, &address(caller)?, &refs, &address(served_by)?)))
+}
+
+/// ClaimPayment: the serving server takes its held share and its response's rent once the flag
+/// window has closed.
+#[wasm_bindgen(js_name = claimPaymentInstruction)]
+pub fn claim_payment_instruction(authority: &[u8], request: &[u8], program_id: Option<Vec<u8>>) -> JsResult<JsValue> {
+    let p = program(program_id)?;
+    let request = address(request)?;
+    Ok(instruction(&builders::claim_payment(&p, &address(authority)?, &request, &p.response(&request).0)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -537,6 +565,8 @@ pub fn close_request_instruction(
 fn stats_object(s: &ServerStats) -> Object {
     let o = Object::new();
     set(&o, "completed", u64_big(s.completed));
+    set(&o, "counted", u64_big(s.counted));
+    set(&o, "fees", u64_big(s.fees));
     set(&o, "flagged", u64_big(s.flagged));
     set(&o, "timedOut", u64_big(s.timed_out));
     set(&o, "released", u64_big(s.released));
@@ -560,6 +590,9 @@ pub fn decode_config(data: &[u8]) -> JsResult<JsValue> {
     set(&o, "maxTimeout", c.params.max_timeout);
     set(&o, "flagWindow", c.params.flag_window);
     set(&o, "retention", c.params.retention);
+    set(&o, "lockWindow", c.params.lock_window);
+    set(&o, "flagRefundBps", c.params.flag_refund_bps);
+    set(&o, "minCountedFee", u64_big(c.params.min_counted_fee));
     Ok(o.into())
 }
 
@@ -571,6 +604,7 @@ pub fn decode_server(data: &[u8]) -> JsResult<JsValue> {
     set(&o, "authority", b58(&s.header.authority));
     set(&o, "hpkeKey", bytes(&s.header.hpke_key));
     set(&o, "active", s.header.active);
+    set(&o, "retired", s.header.retired);
     set(&o, "lockedCount", s.header.locked_count);
     set(&o, "registeredAt", s.header.registered_at as f64);
     set(&o, "endpoint", s.endpoint);
@@ -597,6 +631,7 @@ pub fn decode_request(data: &[u8]) -> JsResult<JsValue> {
     set(&o, "nonce", u64_big(h.nonce));
     set(&o, "model", r.model);
     set(&o, "stake", u64_big(h.stake));
+    set(&o, "maxPricePerMtok", u64_big(h.max_price_per_mtok));
     set(&o, "maxTokens", h.max_tokens);
     set(&o, "timeout", h.timeout);
     set(&o, "minCompleted", u64_big(h.min_completed));
@@ -604,10 +639,14 @@ pub fn decode_request(data: &[u8]) -> JsResult<JsValue> {
     set(&o, "createdAt", h.created_at as f64);
     set(&o, "deadline", h.deadline as f64);
     set(&o, "lockedBy", if h.locked_by == [0; 32] { JsValue::NULL } else { b58(&h.locked_by).into() });
+    set(&o, "lockedAt", h.locked_at as f64);
     set(&o, "pricePerMtok", u64_big(h.price_per_mtok));
+    set(&o, "feeBps", h.fee_bps);
     set(&o, "tokens", u64_big(h.tokens));
     set(&o, "cost", u64_big(h.cost));
     set(&o, "fee", u64_big(h.fee));
+    set(&o, "serverDue", u64_big(h.server_due));
+    set(&o, "hasResponse", h.has_response());
     set(&o, "settledAt", h.settled_at as f64);
     set(&o, "flagged", h.flagged());
     set(&o, "compared", h.compared());
@@ -663,10 +702,11 @@ pub fn max_cost(max_tokens: u64, price_per_mtok: u64, stake: u64) -> u64 {
     pricing::cost(max_tokens, price_per_mtok, stake)
 }
 
-/// Success ratio in basis points from counters.
+/// Success ratio in basis points from counters: `counted` is the completions that paid the
+/// config's least counted fee (only they build reputation).
 #[wasm_bindgen(js_name = successBps)]
-pub fn success_bps(completed: u64, flagged: u64, timed_out: u64, released: u64) -> u16 {
-    ServerStats { completed, flagged, timed_out, released, ..Default::default() }.success_bps()
+pub fn success_bps(counted: u64, flagged: u64, timed_out: u64, released: u64) -> u16 {
+    ServerStats { counted, flagged, timed_out, released, ..Default::default() }.success_bps()
 }
 
 /// Preference share in basis points, or `undefined` before any comparison.

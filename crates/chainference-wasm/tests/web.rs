@@ -192,9 +192,12 @@ fn bad_input_throws_errors_with_codes() {
     let e = open_request_instructions(JsValue::from(js_sys::Object::new())).err().unwrap();
     assert!(e.is_instance_of::<js_sys::Error>());
     // Malformed accounts and envelopes.
-    let e = decode_request(&[3, 1, 0]).err().unwrap();
+    let e = decode_request(&[3, 2, 0]).err().unwrap();
     assert_eq!(code_of(&e), Some(chainference_core::Error::Truncated.code()));
     assert_eq!(field(&e, "name").as_string().unwrap(), "Truncated");
+    // A version-1 account (before the v2 layout bump) is refused by name.
+    let e = decode_request(&[3, 1, 0]).err().unwrap();
+    assert_eq!(field(&e, "name").as_string().unwrap(), "UnsupportedVersion");
     let e = decode_server(&[9; 200]).err().unwrap();
     assert_eq!(code_of(&e), Some(chainference_core::Error::WrongAccountKind.code()));
     let server = ServerKeys::from_seed(&[4u8; 32]).unwrap();

@@ -14,7 +14,7 @@ use chainference_core::prompt::{ChatMessage, PromptPayload};
 use chainference_core::state::{MAX_ALLOWED_SERVERS, RequestHeader};
 use zeroize::Zeroizing;
 
-use super::pending::PendingRequest;
+use super::pending::{Finished, PendingRequest, lock_queue};
 use crate::discovery::{Exclusion, Filtered, Policy, ServerFilter, ServerInfo, ServerQuery};
 use crate::{Client, ClientError};
 
@@ -166,8 +166,15 @@ pub struct Estimate {
     pub transaction_fees: u64,
     /// How many transactions that is (1 unless the prompt needs chunks).
     pub transactions: usize,
-    /// Fee of the transaction that closes it later.
+    /// Fee of a transaction that closes it alone ([`crate::PendingRequest::close`]); closed
+    /// inside this wallet's next request instead ([`crate::PendingRequest::close_later`]), it
+    /// costs no signature of its own.
     pub close_fee: u64,
+    /// Earlier finished requests of this wallet closed inside this request's open transaction
+    /// (their rent comes back with no signature of their own).
+    pub closes_bundled: usize,
+    /// Signatures the client pays for opening it: one per transaction.
+    pub signatures: usize,
     /// The servers it will be sealed to.
     pub servers: Vec<ServerInfo>,
     /// Size of the sealed prompt.
@@ -193,7 +200,12 @@ pub(crate) struct Prepared {
     response: Address,
     model: String,
     transactions: Vec<Instruction>,
+    /// Queued closes that ride in the first transaction.
+    closes: Vec<Finished>,
 }
+
+/// Most earlier requests one open transaction closes (each adds three account keys).
+pub const MAX_BUNDLED_CLOSES: usize = 2;
 
 impl Prepared {
     pub(crate) async fn new<C: Chain + 'static>(client: &Client<C>, ask: Ask) -> Result<Self, ClientError> {
@@ -216,9 +228,13 @@ impl Prepared {
 
         let inner = &client.inner;
         let wallet = inner.wallet_address();
-        let nonce = random_nonce()?;
+        // v2: request and response PDAs both canonical at bump 255 (about one nonce in four).
+        let nonce = inner.program.usable_nonce(&wallet, random_nonce()?);
         let (request, bump) = inner.program.request(&wallet, nonce);
-        let (response, response_bump) = inner.program.response(&request);
+        let (response, _) = inner.program.response(&request);
+        // The price cap is the dearest price quoted by the chosen servers: a server that raises
+        // its price after the open cannot lock at the new one.
+        let max_price_per_mtok = servers.iter().filter_map(|s| s.price).max().unwrap_or(0);
         let keys = inner.secret.request_keys(&request);
         let server_keys: Vec<[u8; 32]> = servers.iter().map(|s| s.hpke_key).collect();
         let sealed = envelope::seal_prompt(&request, &server_keys, &keys.prompt_public_key(), &payload)?;
@@ -227,8 +243,8 @@ impl Prepared {
         let args = OpenRequestArgs {
             nonce,
             bump,
-            response_bump,
             stake,
+            max_price_per_mtok,
             max_tokens: ask.max_tokens,
             timeout: ask.timeout_secs,
             min_completed: ask.filter.min_completed,
@@ -247,9 +263,14 @@ impl Prepared {
             .collect();
 
         let payer = address(&wallet);
+        let closes = bundled_closes(client, &transactions, &payer).await?;
         let mut transaction_fees = 0u64;
-        for ix in &transactions {
-            let fee = inner.chain.fee_for(std::slice::from_ref(ix), &payer).await?;
+        for (index, ix) in transactions.iter().enumerate() {
+            let mut ixs = vec![ix.clone()];
+            if index == 0 {
+                ixs.extend(closes.iter().map(|f| f.close_instruction(&inner.program, &wallet)));
+            }
+            let fee = inner.chain.fee_for(&ixs, &payer).await?;
             transaction_fees = transaction_fees.saturating_add(fee);
         }
         let size = RequestHeader::account_size(model.len(), sealed.len());
@@ -264,6 +285,8 @@ impl Prepared {
                 transaction_fees,
                 transactions: transactions.len(),
                 close_fee,
+                closes_bundled: closes.len(),
+                signatures: transactions.len(),
                 servers,
                 envelope_len: sealed.len(),
             },
@@ -271,6 +294,7 @@ impl Prepared {
             response: address(&response),
             model,
             transactions,
+            closes,
         })
     }
 
@@ -293,12 +317,53 @@ impl Prepared {
             client: client.clone(),
             address: self.address,
             response: self.response,
-            model: self.model,
+            model: self.model.clone(),
             stake: self.estimate.stake,
             rent_locked: self.estimate.rent_locked,
             fees: Arc::clone(&fees),
         };
-        for (index, ix) in self.transactions.iter().enumerate() {
+        let wallet = inner.wallet_address();
+        // The queued closes ride in the first transaction; if it fails with them (one was
+        // closed meanwhile, say), it goes again alone and they stay queued.
+        let bundled: Vec<Finished> = {
+            let mut queue = lock_queue(&inner.to_close);
+            let bundled: Vec<Finished> = self.closes.iter().filter(|f| queue.contains(f)).copied().collect();
+            queue.retain(|f| !bundled.contains(f));
+            bundled
+        };
+        if let Some(first) = self.transactions.first()
+            && !bundled.is_empty()
+        {
+            let mut ixs = vec![first.clone()];
+            ixs.extend(bundled.iter().map(|f| f.close_instruction(&inner.program, &wallet)));
+            match inner.chain.send(&ixs, &[&inner.wallet]).await {
+                Ok(sent) => {
+                    fees.fetch_add(sent.fee, Ordering::Relaxed);
+                    return self.upload_rest(client, pending, 1).await;
+                }
+                Err(err) => {
+                    tracing::debug!(%err, "open with bundled closes failed; sending it alone");
+                    if let chainference_chain::ChainError::Transaction { charged, .. } = &err {
+                        fees.fetch_add(*charged, Ordering::Relaxed);
+                    }
+                    lock_queue(&inner.to_close).extend(bundled);
+                }
+            }
+        }
+        self.upload_rest(client, pending, 0).await
+    }
+
+    /// Sends the upload's transactions from `start` on; a failure after the first cancels and
+    /// closes the half-uploaded request.
+    async fn upload_rest<C: Chain + 'static>(
+        self,
+        client: &Client<C>,
+        pending: PendingRequest<C>,
+        start: usize,
+    ) -> Result<PendingRequest<C>, ClientError> {
+        let inner = &client.inner;
+        let fees = Arc::clone(&pending.fees);
+        for (index, ix) in self.transactions.iter().enumerate().skip(start) {
             match inner.chain.send(std::slice::from_ref(ix), &[&inner.wallet]).await {
                 Ok(sent) => {
                     fees.fetch_add(sent.fee, Ordering::Relaxed);
@@ -325,6 +390,41 @@ impl<C> crate::Inner<C> {
     pub(crate) fn wallet_address(&self) -> [u8; 32] {
         chainference_chain::Signer::pubkey(&self.wallet).to_bytes()
     }
+}
+
+/// Which queued closes (oldest first, at most [`MAX_BUNDLED_CLOSES`]) can ride in the open
+/// transaction: only when the upload is that one transaction, only requests still on chain, and
+/// only as many as keep [`builders::TRANSACTION_RESERVE`] free.
+async fn bundled_closes<C: Chain + 'static>(
+    client: &Client<C>,
+    transactions: &[Instruction],
+    payer: &Address,
+) -> Result<Vec<Finished>, ClientError> {
+    let inner = &client.inner;
+    let [open] = transactions else { return Ok(Vec::new()) };
+    let queued: Vec<Finished> = lock_queue(&inner.to_close).clone();
+    let mut closes = Vec::new();
+    for finished in queued {
+        if closes.len() == MAX_BUNDLED_CLOSES {
+            break;
+        }
+        if inner.chain.account(&address(&finished.request)).await?.is_none() {
+            lock_queue(&inner.to_close).retain(|f| *f != finished); // closed meanwhile
+            continue;
+        }
+        let mut ixs = vec![open.clone()];
+        ixs.extend(
+            closes.iter().chain([&finished]).map(|f: &Finished| f.close_instruction(&inner.program, &payer.to_bytes())),
+        );
+        if chainference_chain::transaction_len(&ixs, payer).saturating_add(builders::TRANSACTION_RESERVE)
+            <= builders::MAX_TRANSACTION_LEN
+        {
+            closes.push(finished);
+        } else {
+            break;
+        }
+    }
+    Ok(closes)
 }
 
 fn random_nonce() -> Result<u64, ClientError> {
@@ -368,7 +468,7 @@ async fn choose_servers<C: Chain + 'static>(
                     .server(authority, model)
                     .await?
                     .ok_or_else(|| ClientError::Invalid(format!("server {authority} is not registered")))?;
-                let reasons = server.exclusions(&query);
+                let reasons = server.exclusions(&query, &client.address());
                 if !reasons.is_empty() {
                     return Err(ClientError::ServerExcluded { server: *authority, reasons });
                 }

@@ -9,7 +9,7 @@ use chainference_chain::{Account, Address, Chain, Instruction, address, instruct
 use chainference_core::builders::{self, RequestRefs};
 use chainference_core::envelope::ResponseOpener;
 use chainference_core::state::{
-    FLAG_COMPARED, FLAG_FLAGGED, RequestAccount, RequestHeader, RequestStatus, ResponseAccount, ResponseHeader,
+    FLAG_COMPARED, FLAG_FLAGGED, RequestAccount, RequestHeader, RequestStatus, ResponseAccount,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -36,6 +36,10 @@ pub struct RequestState {
     pub cost: u64,
     /// The protocol's share of the cost.
     pub fee: u64,
+    /// The server's share still held in the request until the flag window closes.
+    pub server_held: u64,
+    /// The highest price per million tokens the request accepts.
+    pub max_price_per_mtok: u64,
     /// The locking server's price snapshot.
     pub price_per_mtok: u64,
     /// How many times servers handed it back.
@@ -58,6 +62,8 @@ impl RequestState {
             tokens: header.tokens,
             cost: header.cost,
             fee: header.fee,
+            server_held: header.server_due,
+            max_price_per_mtok: header.max_price_per_mtok,
             price_per_mtok: header.price_per_mtok,
             release_count: header.release_count,
             flagged: header.flags & FLAG_FLAGGED != 0,
@@ -84,6 +90,9 @@ pub struct Receipt {
     pub fee: u64,
     /// The server's share: `cost - fee`.
     pub server_share: u64,
+    /// The part of the server's share still held in the request: paid to the server when the
+    /// flag window closes or the client closes the request; a flag returns part of it.
+    pub server_held: u64,
     /// The stake.
     pub stake: u64,
     /// What came back: `stake - cost`.
@@ -121,6 +130,30 @@ pub enum AnswerEvent {
 
 /// A stream of [`AnswerEvent`]s.
 pub type AnswerEvents = Pin<Box<dyn Stream<Item = Result<AnswerEvent, ClientError>> + Send>>;
+
+/// A finished request queued to be closed in the wallet's next open transaction
+/// ([`PendingRequest::close_later`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Finished {
+    pub(crate) request: [u8; 32],
+    pub(crate) response: [u8; 32],
+    /// Who receives the held share and the response's rent: the serving server's authority,
+    /// or the client when no server ever held the request.
+    pub(crate) served_by: [u8; 32],
+}
+
+impl Finished {
+    /// The CloseRequest the client `wallet` signs for it.
+    pub(crate) fn close_instruction(&self, program: &builders::Program, wallet: &[u8; 32]) -> Instruction {
+        let refs = RequestRefs { request: self.request, response: self.response, client: *wallet };
+        instruction(builders::close_request(program, wallet, &refs, &self.served_by))
+    }
+}
+
+/// The close queue, even if a thread panicked holding it (it is a plain list).
+pub(crate) fn lock_queue(queue: &std::sync::Mutex<Vec<Finished>>) -> std::sync::MutexGuard<'_, Vec<Finished>> {
+    queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// A request this wallet sent, followed on chain.
 pub struct PendingRequest<C: Chain + 'static> {
@@ -182,6 +215,16 @@ impl<C: Chain + 'static> PendingRequest<C> {
     /// The escrow.
     pub fn stake(&self) -> u64 {
         self.stake
+    }
+
+    /// Rent the request account locks until it is closed.
+    pub fn rent_locked(&self) -> u64 {
+        self.rent_locked
+    }
+
+    /// The client that sent it.
+    pub fn client(&self) -> &Client<C> {
+        &self.client
     }
 
     /// Transaction fees this handle has paid for the request so far.
@@ -286,26 +329,46 @@ impl<C: Chain + 'static> PendingRequest<C> {
     }
 
     /// Closes the request and its response once it ended (completed, cancelled or reclaimed):
-    /// the request's rent returns to the client, the response's to the server that paid it.
+    /// the request's rent returns to the client; the server's held share and its response's
+    /// rent go to the server (closing inside the flag window accepts the answer: no flag after).
     /// Returns the lamports that came back to this wallet, net of the closing fee.
     pub async fn close(&self) -> Result<u64, ClientError> {
         let inner = &self.client.inner;
-        self.state_in(
-            &[RequestStatus::Completed, RequestStatus::Cancelled, RequestStatus::Expired],
-            "only an ended request can be closed (cancel or reclaim it first)",
-        )
-        .await?;
-        let wallet = inner.wallet_address();
-        let response_payer = match inner.chain.account(&self.response).await? {
-            Some(account) => ResponseHeader::decode(&account.data)?.server,
-            None => wallet,
-        };
-        let refs = RequestRefs { request: self.address.to_bytes(), response: self.response.to_bytes(), client: wallet };
+        let finished = self.finished().await?;
+        lock_queue(&inner.to_close).retain(|f| f.request != finished.request);
         let before = inner.chain.balance(&self.client.address()).await?;
-        let ix = builders::close_request(&inner.program, &wallet, &refs, &response_payer);
-        self.send(instruction(ix)).await?;
+        self.send(finished.close_instruction(&inner.program, &inner.wallet_address())).await?;
         let after = inner.chain.balance(&self.client.address()).await?;
         Ok(after.saturating_sub(before))
+    }
+
+    /// Queues the ended request to be closed inside this wallet's next open transaction, so a
+    /// client that asks repeatedly signs once per request and still gets every rent back
+    /// ([`Client::close_finished`] closes what is left). Like [`PendingRequest::close`], this
+    /// accepts the answer: flag first if you mean to.
+    pub async fn close_later(&self) -> Result<(), ClientError> {
+        let finished = self.finished().await?;
+        let mut queue = lock_queue(&self.client.inner.to_close);
+        if !queue.iter().any(|f| f.request == finished.request) {
+            queue.push(finished);
+        }
+        Ok(())
+    }
+
+    /// What closing needs, once the request has ended.
+    async fn finished(&self) -> Result<Finished, ClientError> {
+        let state = self
+            .state_in(
+                &[RequestStatus::Completed, RequestStatus::Cancelled, RequestStatus::Expired],
+                "only an ended request can be closed (cancel or reclaim it first)",
+            )
+            .await?;
+        let wallet = self.client.inner.wallet_address();
+        Ok(Finished {
+            request: self.address.to_bytes(),
+            response: self.response.to_bytes(),
+            served_by: state.locked_by.map_or(wallet, |server| server.to_bytes()),
+        })
     }
 
     /// The state, if its status is one of `allowed`; otherwise `WrongState` with `hint`.
@@ -503,6 +566,7 @@ impl<C: Chain + 'static> Watcher<C> {
                     cost: header.cost,
                     fee: header.fee,
                     server_share: header.cost.saturating_sub(header.fee),
+                    server_held: header.server_due,
                     stake: header.stake,
                     refund: header.stake.saturating_sub(header.cost),
                     rent_locked: self.rent_locked,

@@ -20,7 +20,18 @@ pub struct ConfigParams {
     /// How long after completion the client may flag, in seconds.
     pub flag_window: u32,
     /// How long after a request ends only its client may close it; after that anyone may.
+    /// Strictly longer than `flag_window`.
     pub retention: u32,
+    /// How long after a lock the locking server has to append its first chunk; past it with
+    /// no chunk, anyone may release the request back to Open (lock squatting), in seconds.
+    pub lock_window: u32,
+    /// The part of the server's held share a flag returns to the client, in basis points.
+    pub flag_refund_bps: u16,
+    /// The least protocol fee (lamports) a request must have paid for its completion, flag or
+    /// comparison to count toward reputation: self-dealing and sybil farming cost at least this
+    /// much per counted step, on top of its transaction fees. The default, 1, counts every paid
+    /// request and no free one; a deployment whose requests are larger raises it.
+    pub min_counted_fee: u64,
 }
 
 impl Default for ConfigParams {
@@ -32,22 +43,29 @@ impl Default for ConfigParams {
             max_timeout: 3_600,
             flag_window: 7 * 24 * 3_600,
             retention: 30 * 24 * 3_600,
+            lock_window: 30,
+            flag_refund_bps: 5_000,
+            min_counted_fee: 1,
         }
     }
 }
 
 impl ConfigParams {
-    /// Checks `fee_bps <= 10_000`, `0 < min_timeout <= default_timeout <= max_timeout` and
-    /// `retention >= flag_window`.
+    /// Checks `fee_bps <= 10_000`, `flag_refund_bps <= 10_000`,
+    /// `0 < min_timeout <= default_timeout <= max_timeout`, `0 < lock_window <= max_timeout` and
+    /// `retention > flag_window`.
     pub const fn validate(&self) -> Result<()> {
-        if self.fee_bps > 10_000 {
+        if self.fee_bps > 10_000 || self.flag_refund_bps > 10_000 {
             return Err(Error::InvalidFeeBps);
         }
-        // retention >= flag_window: nobody but the client may close a request it can still flag.
+        // retention > flag_window, strictly: a third party's close (allowed from
+        // settled_at + retention) can never land inside the flag window [settled_at, settled_at + flag_window).
         if self.min_timeout == 0
             || self.min_timeout > self.default_timeout
             || self.default_timeout > self.max_timeout
-            || self.retention < self.flag_window
+            || self.lock_window == 0
+            || self.lock_window > self.max_timeout
+            || self.retention <= self.flag_window
         {
             return Err(Error::InvalidTimeout);
         }
@@ -64,31 +82,45 @@ impl ConfigParams {
         Ok(t)
     }
 
-    /// Decodes the parameters (22 bytes: `fee_bps` u16, then the five u32 durations): the one
-    /// decoder of both the config account and the InitConfig/UpdateConfig instruction data.
+    /// Decodes the parameters (36 bytes: `fee_bps` and `flag_refund_bps` u16, the six u32
+    /// durations, `min_counted_fee` u64; every field naturally aligned at offset 4 of the
+    /// config account): the one decoder of both the config account and the
+    /// InitConfig/UpdateConfig instruction data.
     pub fn read(r: &mut Reader<'_>) -> Result<Self> {
         Ok(ConfigParams {
             fee_bps: r.u16()?,
+            flag_refund_bps: r.u16()?,
             default_timeout: r.u32()?,
             min_timeout: r.u32()?,
             max_timeout: r.u32()?,
             flag_window: r.u32()?,
             retention: r.u32()?,
+            lock_window: r.u32()?,
+            min_counted_fee: r.u64()?,
         })
     }
 
     /// Encodes the parameters (the inverse of [`ConfigParams::read`]).
     pub fn write(&self, w: &mut Writer<'_>) -> Result<()> {
         w.u16(self.fee_bps)?;
+        w.u16(self.flag_refund_bps)?;
         w.u32(self.default_timeout)?;
         w.u32(self.min_timeout)?;
         w.u32(self.max_timeout)?;
         w.u32(self.flag_window)?;
-        w.u32(self.retention)
+        w.u32(self.retention)?;
+        w.u32(self.lock_window)?;
+        w.u64(self.min_counted_fee)
     }
 
     /// Size of the encoded parameters.
-    pub const LEN: usize = 2 + 4 * 5;
+    pub const LEN: usize = 2 * 2 + 4 * 6 + 8;
+
+    /// Whether a request that paid `fee` counts toward reputation (its completion, flag and
+    /// comparison).
+    pub const fn counts(&self, fee: u64) -> bool {
+        fee >= self.min_counted_fee
+    }
 
     /// The encoded parameters.
     pub fn to_bytes(&self) -> Result<[u8; Self::LEN]> {
@@ -108,9 +140,9 @@ impl ConfigParams {
 /// | 1 | version | u8 |
 /// | 2 | bump | u8 |
 /// | 3 | treasury_bump | u8 |
-/// | 4 | params ([`ConfigParams`], 22 bytes) | |
-/// | 26 | admin | [u8; 32] |
-/// | 58 | treasury | [u8; 32] |
+/// | 4 | params ([`ConfigParams`], 36 bytes) | |
+/// | 40 | admin | [u8; 32] |
+/// | 72 | treasury | [u8; 32] |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Bump of the config PDA.

@@ -18,8 +18,8 @@ mod server;
 
 pub use config::{Config, ConfigParams, Treasury};
 pub use request::{
-    FLAG_COMPARED, FLAG_FLAGGED, FLAG_HAS_RESPONSE, RequestAccount, RequestHeader, RequestStatus, allowed_slice,
-    read_array,
+    FLAG_COMPARED, FLAG_COUNTED, FLAG_FLAGGED, FLAG_HAS_RESPONSE, REQUEST_BUMP, RequestAccount, RequestHeader,
+    RequestStatus, allowed_slice, read_array,
 };
 pub use response::{ResponseAccount, ResponseHeader};
 pub use server::{Offer, Offers, ServerAccount, ServerHeader, check_endpoint};
@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::wire::{Reader, Writer};
 
 /// Layout version written by this build.
-pub const LAYOUT_VERSION: u8 = 1;
+pub const LAYOUT_VERSION: u8 = 2;
 
 /// Most model offers one server may publish.
 pub const MAX_OFFERS: usize = 8;
@@ -111,24 +111,27 @@ mod tests {
 
     fn sample_request() -> RequestHeader {
         RequestHeader {
-            bump: 254,
+            bump: 255,
             status: RequestStatus::Locked,
             flags: FLAG_FLAGGED,
             allowed_count: 2,
-            response_bump: 253,
+            fee_bps: 1_000,
             max_tokens: 512,
             timeout: 300,
-            min_success_bps: 9_000,
             nonce: 7,
             stake: 1_000_000,
+            max_price_per_mtok: 3_000_000,
             min_completed: 3,
             created_at: 1_700_000_000,
             deadline: 1_700_000_300,
+            locked_at: 1_700_000_010,
+            settled_at: 0,
             price_per_mtok: 2_000_000,
             tokens: 0,
             cost: 0,
             fee: 0,
-            settled_at: 0,
+            server_due: 0,
+            min_success_bps: 9_000,
             release_count: 1,
             prompt_len: 10,
             prompt_written: 10,
@@ -138,22 +141,32 @@ mod tests {
     }
 
     #[test]
-    fn offsets_are_pinned() {
+    fn offsets_are_pinned_and_aligned() {
         let h = sample_request();
         let mut buf = [0u8; RequestHeader::LEN];
         h.encode_into(&mut buf).unwrap();
-        assert_eq!(buf[0..7], [3, 1, 254, 2, 1, 2, 253]);
-        assert_eq!(buf[7..11], 512u32.to_le_bytes());
-        assert_eq!(buf[25..33], 1_000_000u64.to_le_bytes());
-        assert_eq!(buf[49..57], 1_700_000_300i64.to_le_bytes());
-        assert_eq!(buf[109..141], [1; 32]);
-        assert_eq!(buf[141..173], [2; 32]);
+        assert_eq!(buf[0..6], [3, 2, 255, 2, 1, 2]);
+        assert_eq!(buf[6..8], 1_000u16.to_le_bytes());
+        assert_eq!(buf[8..12], 512u32.to_le_bytes());
+        assert_eq!(buf[24..32], 1_000_000u64.to_le_bytes());
+        assert_eq!(buf[32..40], 3_000_000u64.to_le_bytes());
+        assert_eq!(buf[56..64], 1_700_000_300i64.to_le_bytes());
+        assert_eq!(buf[64..72], 1_700_000_010i64.to_le_bytes());
+        assert_eq!(buf[80..88], 2_000_000u64.to_le_bytes());
+        assert_eq!(buf[120..122], 9_000u16.to_le_bytes());
+        assert_eq!(buf[124..128], 1u32.to_le_bytes());
+        assert_eq!(buf[136..168], [1; 32]);
+        assert_eq!(buf[168..200], [2; 32]);
         assert_eq!(buf[RequestHeader::STATUS_OFFSET], RequestStatus::Locked as u8);
         assert_eq!(buf[RequestHeader::CLIENT_OFFSET..][..32], [1; 32]);
         assert_eq!(buf[RequestHeader::LOCKED_BY_OFFSET..][..32], [2; 32]);
         assert_eq!(RequestHeader::decode(&buf).unwrap(), h);
-        assert_eq!(RequestHeader::TAIL_OFFSET, 493);
-        assert_eq!(Config::LEN, 90);
+        assert_eq!(RequestHeader::TAIL_OFFSET, 520);
+        assert_eq!(Config::LEN, 104);
+        assert_eq!(ServerHeader::LEN, 144);
+        let mut reserved = buf;
+        reserved[122] = 1;
+        assert_eq!(RequestHeader::decode(&reserved), Err(Error::InvalidTag), "the reserved field must stay zero");
     }
 
     #[test]

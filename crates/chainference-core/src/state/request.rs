@@ -40,67 +40,86 @@ pub const FLAG_COMPARED: u8 = 2;
 /// Bit of [`RequestHeader::flags`]: a response account exists (set by the first append,
 /// cleared when a release discards it), so the program can insist on it at release and close.
 pub const FLAG_HAS_RESPONSE: u8 = 4;
+/// Bit of [`RequestHeader::flags`]: the completion paid at least the config's
+/// `min_counted_fee` and counted toward the server's reputation; its flag and comparison count
+/// too (decided once, at completion, so a later config change cannot split them).
+pub const FLAG_COUNTED: u8 = 8;
 
-/// The fixed header of a request account, seeds `["request", client, nonce_le]`: every scalar the
-/// lifecycle reads or writes, at pinned offsets.
+/// The bump every request PDA and its response PDA use: 255, which is canonical whenever it is
+/// valid, so each (client, nonce) names one request and each request one response without the
+/// program deriving anything (clients pick a nonce for which both are valid:
+/// `builders::Program::usable_nonce`).
+pub const REQUEST_BUMP: u8 = 255;
+
+/// The fixed header of a request account, seeds `["request", client, nonce_le]` (bump
+/// [`REQUEST_BUMP`]): every scalar the lifecycle reads or writes, at pinned, naturally aligned
+/// offsets.
 ///
 /// | offset | field | type |
 /// | --- | --- | --- |
-/// | 0 | kind = 3, version, bump | u8 ×3 |
+/// | 0 | kind = 3, version, bump (255) | u8 ×3 |
 /// | 3 | status | u8 ([`RequestStatus`]) |
-/// | 4 | flags | u8 (1 = flagged, 2 = compared, 4 = has a response account) |
+/// | 4 | flags | u8 (1 = flagged, 2 = compared, 4 = has a response account, 8 = counted) |
 /// | 5 | allowed_count | u8 |
-/// | 6 | response_bump | u8 |
-/// | 7 | max_tokens | u32 |
-/// | 11 | timeout | u32 |
-/// | 15 | min_success_bps | u16 |
-/// | 17 | nonce | u64 |
-/// | 25 | stake | u64 |
-/// | 33 | min_completed | u64 |
-/// | 41 | created_at | i64 |
-/// | 49 | deadline (0 while Draft) | i64 |
-/// | 57 | price_per_mtok (snapshot at lock) | u64 |
-/// | 65 | tokens (billed) | u64 |
-/// | 73 | cost | u64 |
-/// | 81 | fee | u64 |
-/// | 89 | settled_at (when it became terminal) | i64 |
-/// | 97 | release_count | u32 |
-/// | 101 | prompt_len | u32 |
-/// | 105 | prompt_written | u32 |
-/// | 109 | client | [u8; 32] |
-/// | 141 | locked_by (server authority; kept after completion) | [u8; 32] |
-/// | 173 | response_key (client's X25519 key for this request) | [u8; 32] |
-/// | 205 | commitment | [u8; 32] |
-/// | 237 | allowed (8 slots, first `allowed_count` used) | [u8; 32] ×8 |
-/// | 493 | tail: model id (string), prompt envelope (`prompt_len` bytes) | |
+/// | 6 | fee_bps (snapshot at lock) | u16 |
+/// | 8 | max_tokens | u32 |
+/// | 12 | timeout | u32 |
+/// | 16 | nonce | u64 |
+/// | 24 | stake | u64 |
+/// | 32 | max_price_per_mtok (the client's price cap) | u64 |
+/// | 40 | min_completed | u64 |
+/// | 48 | created_at | i64 |
+/// | 56 | deadline (0 while Draft) | i64 |
+/// | 64 | locked_at (0 when not locked) | i64 |
+/// | 72 | settled_at (when it became terminal) | i64 |
+/// | 80 | price_per_mtok (snapshot at lock) | u64 |
+/// | 88 | tokens (billed) | u64 |
+/// | 96 | cost | u64 |
+/// | 104 | fee | u64 |
+/// | 112 | server_due (the server's share, held until the flag window closes) | u64 |
+/// | 120 | min_success_bps | u16 |
+/// | 122 | reserved (0) | u16 |
+/// | 124 | release_count | u32 |
+/// | 128 | prompt_len | u32 |
+/// | 132 | prompt_written | u32 |
+/// | 136 | client | [u8; 32] |
+/// | 168 | locked_by (server authority; kept after completion) | [u8; 32] |
+/// | 200 | response_key (client's X25519 key for this request) | [u8; 32] |
+/// | 232 | commitment | [u8; 32] |
+/// | 264 | allowed (8 slots, first `allowed_count` used) | [u8; 32] ×8 |
+/// | 520 | tail: model id (string), prompt envelope (`prompt_len` bytes) | |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestHeader {
-    /// Bump of the request PDA.
+    /// Bump of the request PDA ([`REQUEST_BUMP`]).
     pub bump: u8,
     /// Lifecycle status.
     pub status: RequestStatus,
-    /// [`FLAG_FLAGGED`] | [`FLAG_COMPARED`].
+    /// [`FLAG_FLAGGED`] | [`FLAG_COMPARED`] | [`FLAG_HAS_RESPONSE`] | [`FLAG_COUNTED`].
     pub flags: u8,
     /// How many allow-list slots are used.
     pub allowed_count: u8,
-    /// Bump of the response PDA servers must use (pins one response address per request).
-    pub response_bump: u8,
+    /// The protocol fee in basis points, snapshot from the config at lock.
+    pub fee_bps: u16,
     /// Most tokens the server may bill (prompt + completion, see docs/protocol.md).
     pub max_tokens: u32,
     /// The timeout in seconds, counted from publication.
     pub timeout: u32,
-    /// Filter: least success ratio (bps) a server needs to lock.
-    pub min_success_bps: u16,
     /// The client's nonce (a PDA seed).
     pub nonce: u64,
     /// The escrowed stake, the most the client pays.
     pub stake: u64,
-    /// Filter: least completed requests a server needs to lock.
+    /// The highest price per million tokens the client accepts: lock refuses a dearer server.
+    pub max_price_per_mtok: u64,
+    /// Filter: least counted completions a server needs to lock.
     pub min_completed: u64,
     /// When the request was created (unix seconds).
     pub created_at: i64,
     /// When it stops being lockable and becomes reclaimable; 0 while Draft.
     pub deadline: i64,
+    /// When the current lock was taken; 0 when not locked.
+    pub locked_at: i64,
+    /// When the request became terminal.
+    pub settled_at: i64,
     /// The locking server's price, snapshot at lock.
     pub price_per_mtok: u64,
     /// Tokens billed at completion.
@@ -109,9 +128,12 @@ pub struct RequestHeader {
     pub cost: u64,
     /// The protocol's share of the cost.
     pub fee: u64,
-    /// When the request became terminal.
-    pub settled_at: i64,
-    /// How many times servers released it.
+    /// The server's share, held in the request until the flag window closes (less what a flag
+    /// returned to the client); 0 once paid.
+    pub server_due: u64,
+    /// Filter: least success ratio (bps) a server needs to lock.
+    pub min_success_bps: u16,
+    /// How many times it was released.
     pub release_count: u32,
     /// Size of the prompt envelope.
     pub prompt_len: u32,
@@ -125,19 +147,21 @@ pub struct RequestHeader {
 
 impl RequestHeader {
     /// Size of the scalar header (through `locked_by`).
-    pub const LEN: usize = 173;
+    pub const LEN: usize = 200;
     /// Offset of `status` (a filter for open requests).
     pub const STATUS_OFFSET: usize = 3;
+    /// Offset of `flags`.
+    pub const FLAGS_OFFSET: usize = 4;
     /// Offset of `client` (a filter for one wallet's requests).
-    pub const CLIENT_OFFSET: usize = 109;
+    pub const CLIENT_OFFSET: usize = 136;
     /// Offset of `locked_by` (a filter for one server's requests).
-    pub const LOCKED_BY_OFFSET: usize = 141;
+    pub const LOCKED_BY_OFFSET: usize = 168;
     /// Offset of the client's response key.
-    pub const RESPONSE_KEY_OFFSET: usize = 173;
+    pub const RESPONSE_KEY_OFFSET: usize = 200;
     /// Offset of the commitment.
-    pub const COMMITMENT_OFFSET: usize = 205;
+    pub const COMMITMENT_OFFSET: usize = 232;
     /// Offset of the allow-list.
-    pub const ALLOWED_OFFSET: usize = 237;
+    pub const ALLOWED_OFFSET: usize = 264;
     /// Offset of the tail (model id, then prompt).
     pub const TAIL_OFFSET: usize = Self::ALLOWED_OFFSET + 32 * MAX_ALLOWED_SERVERS;
 
@@ -156,37 +180,67 @@ impl RequestHeader {
         self.flags & FLAG_HAS_RESPONSE != 0
     }
 
+    /// Whether the completion counted toward reputation (and so its flag and comparison do).
+    pub const fn counted(&self) -> bool {
+        self.flags & FLAG_COUNTED != 0
+    }
+
     /// Decodes the scalar header from the start of the account data.
     pub fn decode(data: &[u8]) -> Result<Self> {
         // A fixed-size view first: with the length known, every read below is check-free.
         let mut r = Reader::new(fixed_head::<{ Self::LEN }>(data, AccountKind::Request)?);
         let bump = read_prefix(&mut r, AccountKind::Request)?;
+        let status = RequestStatus::from_u8(r.u8()?).ok_or(Error::InvalidTag)?;
+        let flags = r.u8()?;
+        let allowed_count = r.u8()?;
+        let fee_bps = r.u16()?;
+        let max_tokens = r.u32()?;
+        let timeout = r.u32()?;
+        let nonce = r.u64()?;
+        let stake = r.u64()?;
+        let max_price_per_mtok = r.u64()?;
+        let min_completed = r.u64()?;
+        let created_at = r.i64()?;
+        let deadline = r.i64()?;
+        let locked_at = r.i64()?;
+        let settled_at = r.i64()?;
+        let price_per_mtok = r.u64()?;
+        let tokens = r.u64()?;
+        let cost = r.u64()?;
+        let fee = r.u64()?;
+        let server_due = r.u64()?;
+        let min_success_bps = r.u16()?;
+        let reserved = r.u16()?;
         let h = RequestHeader {
             bump,
-            status: RequestStatus::from_u8(r.u8()?).ok_or(Error::InvalidTag)?,
-            flags: r.u8()?,
-            allowed_count: r.u8()?,
-            response_bump: r.u8()?,
-            max_tokens: r.u32()?,
-            timeout: r.u32()?,
-            min_success_bps: r.u16()?,
-            nonce: r.u64()?,
-            stake: r.u64()?,
-            min_completed: r.u64()?,
-            created_at: r.i64()?,
-            deadline: r.i64()?,
-            price_per_mtok: r.u64()?,
-            tokens: r.u64()?,
-            cost: r.u64()?,
-            fee: r.u64()?,
-            settled_at: r.i64()?,
+            status,
+            flags,
+            allowed_count,
+            fee_bps,
+            max_tokens,
+            timeout,
+            nonce,
+            stake,
+            max_price_per_mtok,
+            min_completed,
+            created_at,
+            deadline,
+            locked_at,
+            settled_at,
+            price_per_mtok,
+            tokens,
+            cost,
+            fee,
+            server_due,
+            min_success_bps,
             release_count: r.u32()?,
             prompt_len: r.u32()?,
             prompt_written: r.u32()?,
             client: *r.address()?,
             locked_by: *r.address()?,
         };
-        if h.flags & !(FLAG_FLAGGED | FLAG_COMPARED | FLAG_HAS_RESPONSE) != 0
+        if reserved != 0
+            || h.flags & !(FLAG_FLAGGED | FLAG_COMPARED | FLAG_HAS_RESPONSE | FLAG_COUNTED) != 0
             || h.allowed_count == 0
             || h.allowed_count as usize > MAX_ALLOWED_SERVERS
             || h.prompt_written > h.prompt_len
@@ -204,20 +258,24 @@ impl RequestHeader {
         w.u8(self.status as u8)?;
         w.u8(self.flags)?;
         w.u8(self.allowed_count)?;
-        w.u8(self.response_bump)?;
+        w.u16(self.fee_bps)?;
         w.u32(self.max_tokens)?;
         w.u32(self.timeout)?;
-        w.u16(self.min_success_bps)?;
         w.u64(self.nonce)?;
         w.u64(self.stake)?;
+        w.u64(self.max_price_per_mtok)?;
         w.u64(self.min_completed)?;
         w.i64(self.created_at)?;
         w.i64(self.deadline)?;
+        w.i64(self.locked_at)?;
+        w.i64(self.settled_at)?;
         w.u64(self.price_per_mtok)?;
         w.u64(self.tokens)?;
         w.u64(self.cost)?;
         w.u64(self.fee)?;
-        w.i64(self.settled_at)?;
+        w.u64(self.server_due)?;
+        w.u16(self.min_success_bps)?;
+        w.u16(0)?;
         w.u32(self.release_count)?;
         w.u32(self.prompt_len)?;
         w.u32(self.prompt_written)?;

@@ -11,25 +11,31 @@ use crate::pricing::ServerStats;
 
 /// The fixed header of a server account, seeds `["server", authority]`.
 ///
+/// The account outlives the server: [`crate::instruction::Instruction::CloseServer`] retires it
+/// (offers and endpoint dropped, their rent refunded) and keeps this header, so closing and
+/// registering again cannot reset the reputation kept under the operator's wallet.
+///
 /// | offset | field | type |
 /// | --- | --- | --- |
 /// | 0 | kind = 2, version, bump | u8 ×3 |
-/// | 3 | active | bool |
+/// | 3 | state: 0 inactive, 1 active, 2 retired | u8 |
 /// | 4 | locked_count | u32 |
-/// | 8 | registered_at | i64 |
-/// | 16 | completed, flagged, timed_out, released, comparisons, preferred | u64 ×6 |
-/// | 64 | authority | [u8; 32] |
-/// | 96 | hpke_key | [u8; 32] |
-/// | 128 | tail: endpoint (string ≤ 128), offers (u32 count ≤ 8, each model string + price u64) | |
+/// | 8 | registered_at (first registration) | i64 |
+/// | 16 | completed, counted, fees, flagged, timed_out, released, comparisons, preferred | u64 ×8 |
+/// | 80 | authority | [u8; 32] |
+/// | 112 | hpke_key | [u8; 32] |
+/// | 144 | tail: endpoint (string ≤ 128), offers (u32 count ≤ 8, each model string + price u64); empty when retired | |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerHeader {
     /// Bump of the server PDA.
     pub bump: u8,
     /// Whether the server accepts new requests.
     pub active: bool,
+    /// Whether the server was closed: no offers, no endpoint, only its reputation remains.
+    pub retired: bool,
     /// Requests this server holds locked now (it cannot close while any are).
     pub locked_count: u32,
-    /// When the server registered (unix seconds).
+    /// When the server first registered (unix seconds); kept across retire and re-register.
     pub registered_at: i64,
     /// Reputation counters.
     pub stats: ServerStats,
@@ -39,27 +45,43 @@ pub struct ServerHeader {
     pub hpke_key: [u8; 32],
 }
 
+/// The state byte at [`ServerHeader::ACTIVE_OFFSET`].
+const STATE_INACTIVE: u8 = 0;
+const STATE_ACTIVE: u8 = 1;
+const STATE_RETIRED: u8 = 2;
+
 impl ServerHeader {
     /// Size of the fixed header.
-    pub const LEN: usize = 128;
+    pub const LEN: usize = 144;
     /// Offset of the tail.
     pub const TAIL_OFFSET: usize = Self::LEN;
-    /// Offset of `active` (a filter for discovery).
+    /// Offset of the state byte (1 = active: a filter for discovery).
     pub const ACTIVE_OFFSET: usize = 3;
+    /// Offset of `locked_count`.
+    pub const LOCKED_COUNT_OFFSET: usize = 4;
+    /// Offset of the first counter (`completed`); the others follow in [`ServerStats`] order.
+    pub const STATS_OFFSET: usize = 16;
     /// Offset of `authority` (a filter for one operator's servers).
-    pub const AUTHORITY_OFFSET: usize = 64;
+    pub const AUTHORITY_OFFSET: usize = 80;
 
     /// Decodes the fixed header from the start of the account data.
     pub fn decode(data: &[u8]) -> Result<Self> {
         let mut r = Reader::new(fixed_head::<{ Self::LEN }>(data, AccountKind::Server)?);
         let bump = read_prefix(&mut r, AccountKind::Server)?;
+        let state = r.u8()?;
+        if state > STATE_RETIRED {
+            return Err(Error::InvalidTag);
+        }
         Ok(ServerHeader {
             bump,
-            active: r.bool()?,
+            active: state == STATE_ACTIVE,
+            retired: state == STATE_RETIRED,
             locked_count: r.u32()?,
             registered_at: r.i64()?,
             stats: ServerStats {
                 completed: r.u64()?,
+                counted: r.u64()?,
+                fees: r.u64()?,
                 flagged: r.u64()?,
                 timed_out: r.u64()?,
                 released: r.u64()?,
@@ -76,11 +98,15 @@ impl ServerHeader {
         let head = out.first_chunk_mut::<{ Self::LEN }>().ok_or(Error::Truncated)?;
         let mut w = Writer::new(head);
         write_prefix(&mut w, AccountKind::Server, self.bump)?;
-        w.bool(self.active)?;
+        w.u8(match (self.retired, self.active) {
+            (true, _) => STATE_RETIRED,
+            (false, true) => STATE_ACTIVE,
+            (false, false) => STATE_INACTIVE,
+        })?;
         w.u32(self.locked_count)?;
         w.i64(self.registered_at)?;
         let s = &self.stats;
-        for v in [s.completed, s.flagged, s.timed_out, s.released, s.comparisons, s.preferred] {
+        for v in [s.completed, s.counted, s.fees, s.flagged, s.timed_out, s.released, s.comparisons, s.preferred] {
             w.u64(v)?;
         }
         w.put(&self.authority)?;
@@ -107,6 +133,9 @@ pub struct Offers<'a> {
 }
 
 impl<'a> Offers<'a> {
+    /// No offers: what a retired server publishes.
+    pub const NONE: Offers<'static> = Offers { bytes: &[0, 0, 0, 0], count: 0 };
+
     /// Reads and validates an offer list from `r`: 1..=8 offers, canonical model ids, no model
     /// offered twice.
     pub fn read(r: &mut Reader<'a>) -> Result<Self> {
@@ -142,7 +171,7 @@ impl<'a> Offers<'a> {
         self.count as usize
     }
 
-    /// Whether there are none (never true for a validated list).
+    /// Whether there are none (only a retired server's list).
     pub const fn is_empty(&self) -> bool {
         self.count == 0
     }
@@ -183,9 +212,16 @@ pub struct ServerAccount<'a> {
 }
 
 impl<'a> ServerAccount<'a> {
-    /// Decodes the exact account data.
+    /// Decodes the exact account data. A retired server has no tail: its endpoint is empty and
+    /// its offer list is empty.
     pub fn decode(data: &'a [u8]) -> Result<Self> {
         let header = ServerHeader::decode(data)?;
+        if header.retired {
+            if data.len() != ServerHeader::LEN {
+                return Err(Error::TrailingBytes);
+            }
+            return Ok(ServerAccount { header, endpoint: "", offers: Offers::NONE });
+        }
         let mut r = Reader::new(data.get(ServerHeader::TAIL_OFFSET..).ok_or(Error::Truncated)?);
         let endpoint = r.ascii(MAX_ENDPOINT_LEN, Error::InvalidEndpoint)?;
         check_endpoint(endpoint)?;
@@ -198,6 +234,9 @@ impl<'a> ServerAccount<'a> {
     /// validated) offers for `model`, walking the tail with bounds checks but without re-validating
     /// each model id: the cheap path the program's lock takes.
     pub fn price_of_model(data: &[u8], model: &[u8]) -> Result<Option<u64>> {
+        if data.len() == ServerHeader::LEN {
+            return Ok(None); // retired: no tail, no offers
+        }
         let mut r = Reader::new(data.get(ServerHeader::TAIL_OFFSET..).ok_or(Error::Truncated)?);
         r.bytes(MAX_ENDPOINT_LEN)?;
         let count = r.u32()?;

@@ -168,14 +168,18 @@ pub struct ServerCounters {
     pub lost_races: u64,
     /// Requests that failed.
     pub failed: u64,
-    /// Lamports earned (server shares of completed requests).
+    /// Lamports earned (server shares of completed requests, held in each request until its
+    /// flag window closes).
     pub earned: u64,
+    /// Lamports claimed: held shares and response rent taken back after flag windows closed.
+    pub claimed: u64,
     /// Lamports paid in transaction fees.
     pub fees_paid: u64,
 }
 
 #[derive(Default)]
 pub(crate) struct Counters {
+    pub(crate) claimed: AtomicU64,
     pub(crate) completed: AtomicU64,
     pub(crate) released: AtomicU64,
     pub(crate) lost_races: AtomicU64,
@@ -192,6 +196,7 @@ impl Counters {
             lost_races: self.lost_races.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             earned: self.earned.load(Ordering::Relaxed),
+            claimed: self.claimed.load(Ordering::Relaxed),
             fees_paid: self.fees_paid.load(Ordering::Relaxed),
         }
     }

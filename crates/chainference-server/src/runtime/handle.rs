@@ -45,6 +45,13 @@ impl ServerHandle {
         self.shared.counters.snapshot()
     }
 
+    /// Claims every held share (and response rent) of this server's completed requests whose
+    /// flag window has closed; the runtime also does it on its own every few minutes. Returns
+    /// the lamports claimed.
+    pub async fn claim_payments(&self) -> Result<u64, ServerError> {
+        self.shared.claim_payments().await
+    }
+
     /// Publishes a new HPKE key (the next wallet generation, or a fresh random key for a fixed
     /// source) and returns it; prompts sealed to the previous key still open.
     pub async fn rotate_key(&self) -> Result<[u8; 32], ServerError> {

@@ -58,6 +58,9 @@ pub(crate) use events::Counters;
 
 use crate::backend::InferenceBackend;
 
+/// How often the runtime claims held payments whose flag window has closed.
+const CLAIM_INTERVAL: Duration = Duration::from_secs(300);
+
 /// What the watcher and the request tasks share.
 pub(crate) struct Shared {
     pub(crate) chain: Box<dyn Chain>,
@@ -93,6 +96,11 @@ pub(crate) struct Job {
     pub(crate) budget: u32,
     /// A previous run locked it (recovery): no lock to send.
     pub(crate) already_locked: bool,
+    /// Bytes of the sealed prompt: with the answer's, the most tokens the program lets it bill.
+    pub(crate) prompt_len: u32,
+    /// Whether this server is the only one the request allows: no other can lock it, so there
+    /// is no race to claim it early (a short answer then costs one transaction).
+    pub(crate) sole_server: bool,
 }
 
 impl Shared {
@@ -227,13 +235,63 @@ impl Shared {
         Ok(())
     }
 
-    /// Polls for open requests until told to stop locking.
+    /// Claims held shares whose flag window has closed: one ClaimPayment per request, four to
+    /// a transaction. Returns the lamports that came back.
+    pub(crate) async fn claim_payments(&self) -> Result<u64, ServerError> {
+        let mut filters = Self::request_filters(RequestStatus::Completed);
+        filters.push(AccountFilter::Memcmp {
+            offset: RequestHeader::LOCKED_BY_OFFSET,
+            bytes: self.authority_bytes().to_vec(),
+        });
+        let completed = self.chain.program_accounts(&address(&self.program.id), &filters).await?;
+        if completed.is_empty() {
+            return Ok(0);
+        }
+        let config = self.chain.account(&address(&self.program.config)).await?;
+        let Some(params) = config.and_then(|c| chainference_core::state::Config::params_of(&c.data).ok()) else {
+            return Ok(0);
+        };
+        let now = self.chain.clock().await?.unix_timestamp;
+        let authority = self.authority_bytes();
+        let due: Vec<Instruction> = completed
+            .iter()
+            .filter_map(|(request, account)| {
+                let h = RequestHeader::decode(&account.data).ok()?;
+                let window_closed = now >= h.settled_at.saturating_add(i64::from(params.flag_window));
+                (window_closed && (h.server_due > 0 || h.has_response())).then(|| {
+                    let request = request.to_bytes();
+                    let response = self.program.response(&request).0;
+                    instruction(builders::claim_payment(&self.program, &authority, &request, &response))
+                })
+            })
+            .collect();
+        let before = self.chain.balance(&self.wallet.pubkey()).await?;
+        for batch in due.chunks(4) {
+            self.send(batch).await?;
+        }
+        let after = self.chain.balance(&self.wallet.pubkey()).await?;
+        let claimed = after.saturating_sub(before);
+        if !due.is_empty() {
+            tracing::info!(requests = due.len(), claimed, "claimed held payments");
+            self.counters.claimed.fetch_add(claimed, Ordering::Relaxed);
+        }
+        Ok(claimed)
+    }
+
+    /// Polls for open requests until told to stop locking; claims held payments now and then.
     async fn watch(self: Arc<Self>) {
         let mut stop = self.stop_locking.subscribe();
         let mut reported = HashMap::new();
+        let mut next_claim = tokio::time::Instant::now();
         loop {
             if *stop.borrow() {
                 break;
+            }
+            if tokio::time::Instant::now() >= next_claim {
+                next_claim = tokio::time::Instant::now().checked_add(CLAIM_INTERVAL).unwrap_or(next_claim);
+                if let Err(err) = self.claim_payments().await {
+                    tracing::warn!(error = %err, "claiming held payments failed; retrying later");
+                }
             }
             if self.permits.available_permits() > 0
                 && let Err(err) = self.poll_once(&mut reported).await
@@ -275,7 +333,7 @@ impl Shared {
                 continue;
             }
             let Ok(decoded) = RequestAccount::decode(&account.data) else { continue };
-            let checked = match self.lock_check(&decoded, &own, now) {
+            let checked = match self.lock_check(&request, &decoded, &own, now) {
                 Ok(()) => self.prepare(&request, &decoded, false).await,
                 Err(reason) => Err(reason),
             };
@@ -302,7 +360,13 @@ impl Shared {
     }
 
     /// The program's lock rules (core's state machine on a copy) and the policy's own.
-    fn lock_check(&self, decoded: &RequestAccount<'_>, own: &ServerHeader, now: i64) -> Result<(), SkipReason> {
+    fn lock_check(
+        &self,
+        request: &Address,
+        decoded: &RequestAccount<'_>,
+        own: &ServerHeader,
+        now: i64,
+    ) -> Result<(), SkipReason> {
         let authority = self.authority_bytes();
         if !decoded.allowed.contains(&authority) {
             return Err(SkipReason::NotAllowed);
@@ -326,7 +390,15 @@ impl Shared {
             price_for_model: Some(self.price_per_mtok),
         };
         let mut header = decoded.header;
-        header.apply(Event::Lock { server: view, allowed: decoded.allowed }, now).map_err(SkipReason::LockRefused)?;
+        // The fee snapshot does not change whether the lock succeeds.
+        header
+            .apply(Event::Lock { server: view, allowed: decoded.allowed, fee_bps: 0 }, now)
+            .map_err(SkipReason::LockRefused)?;
+        // The response must live at bump 255 (the SDKs only open such requests); a request
+        // crafted otherwise could never be answered, so it is not worth a lock and a release.
+        if self.program.response(&request.to_bytes()).1 != chainference_core::state::REQUEST_BUMP {
+            return Err(SkipReason::LockRefused(chainference_core::Error::NonCanonicalBump));
+        }
         let seconds_left = decoded.header.deadline.saturating_sub(now);
         if u64::try_from(seconds_left).unwrap_or(0) < self.accept.min_time_left.as_secs() {
             return Err(SkipReason::TooLittleTime { seconds_left });
@@ -370,6 +442,8 @@ impl Shared {
             payload,
             budget: u32::try_from(affordable).unwrap_or(u32::MAX),
             already_locked,
+            prompt_len: decoded.header.prompt_len,
+            sole_server: decoded.allowed.len() == 1,
         })
     }
 

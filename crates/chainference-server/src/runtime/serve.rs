@@ -112,6 +112,12 @@ struct Stream<'a> {
     locked: bool,
     buffer: String,
     transactions: u32,
+    /// Bytes of the response account's chunk data written so far (length prefixes included).
+    response_bytes: u64,
+    /// Bytes of the sealed prompt.
+    prompt_len: u32,
+    /// The request allows only this server (no race to lock it early).
+    sole_server: bool,
     budget: u32,
     /// When to stop generating and complete with what was sent.
     finish_by: Instant,
@@ -134,6 +140,9 @@ async fn run(shared: &Shared, job: &Job) -> Outcome {
         locked: job.already_locked,
         buffer: String::new(),
         transactions: 0,
+        response_bytes: 0,
+        prompt_len: job.prompt_len,
+        sole_server: job.sole_server,
         budget: job.budget,
         finish_by: Instant::now(),
     };
@@ -314,7 +323,12 @@ impl Stream<'_> {
     /// Sends everything buffered as non-final chunks (the first transaction also locks).
     async fn flush(&mut self) -> Result<(), Outcome> {
         if self.buffer.is_empty() && !self.locked {
-            // Nothing to show yet, but a flush interval has passed: claim the request.
+            if self.sole_server {
+                // Nobody else may lock it: the lock waits for the first text (or the answer).
+                return Ok(());
+            }
+            // Nothing to show yet, but a flush interval has passed: claim the request before
+            // another allowed server does.
             return self.send_step(&[self.lock_ix()], &[], None).await;
         }
         while !self.buffer.is_empty() {
@@ -337,7 +351,17 @@ impl Stream<'_> {
     async fn finish(&mut self, tokens: u64) -> Result<(), Outcome> {
         loop {
             let before = if self.locked { Vec::new() } else { vec![self.lock_ix()] };
-            let complete = [self.complete_ix(tokens)];
+            // The program bounds the bill by the bytes of prompt and answer (every token is at
+            // least a byte); a backend whose count is higher bills the bound.
+            let final_chunk = ResponseSealer::sealed_len(self.sealer.chunks_sealed(), self.buffer.len());
+            let bound = u64::from(self.prompt_len)
+                .saturating_add(self.response_bytes)
+                .saturating_add(4)
+                .saturating_add(final_chunk as u64);
+            if tokens > bound {
+                tracing::warn!(tokens, bound, "more tokens than bytes of prompt and answer; billing the bound");
+            }
+            let complete = [self.complete_ix(tokens.min(bound))];
             let with_complete =
                 self.fitting_prefix(&before, &complete, true).map_err(|e| self.failure(format!("{e:?}")))?;
             if with_complete == self.buffer.len() {
@@ -360,6 +384,7 @@ impl Stream<'_> {
         chunk: Option<(usize, bool)>,
     ) -> Result<(), Outcome> {
         let mut ixs = before.to_vec();
+        let mut appended = 0u64;
         if let Some((len, is_final)) = chunk {
             let piece = self.buffer.get(..len).unwrap_or_default();
             let sealed = self
@@ -367,6 +392,7 @@ impl Stream<'_> {
                 .seal_chunk(piece.as_bytes(), is_final)
                 .map_err(|e| self.failure(format!("sealing: {e:?}")))?;
             ixs.push(self.append_ix(is_final, &sealed).map_err(|e| self.failure(format!("{e:?}")))?);
+            appended = (sealed.len() as u64).saturating_add(4);
         }
         ixs.extend_from_slice(after);
         let locking = !self.locked;
@@ -377,6 +403,7 @@ impl Stream<'_> {
         match self.shared.send(&ixs).await {
             Ok(_) => {
                 self.transactions = self.transactions.saturating_add(1);
+                self.response_bytes = self.response_bytes.saturating_add(appended);
                 if locking {
                     self.locked = true;
                     self.shared.emit(ServerEvent::Locked { request: address(&self.refs.request), budget: self.budget });

@@ -72,7 +72,13 @@ test('instructions come in web3.js and @solana/kit shapes', () => {
 test('bad input throws a clear Error, never a trap', () => {
   assert.throws(() => cf.ClientKeys.fromWalletSignature(new Uint8Array(3)), (e) => e instanceof Error && e.code === 7);
   assert.throws(() => cf.sealPrompt(new Uint8Array(32), 'nope', new Uint8Array(32), new Uint8Array(1)), TypeError);
-  assert.throws(() => cf.decodeRequest(new Uint8Array([3, 1])), (e) => e.name === 'Truncated' && e.code === 1);
+  assert.throws(() => cf.decodeRequest(new Uint8Array([3, 2])), (e) => e.name === 'Truncated' && e.code === 1);
+  // A version-1 account (before the protocol v2 layout) is refused by name.
+  assert.throws(() => cf.decodeRequest(new Uint8Array([3, 1])), (e) => e.name === 'UnsupportedVersion' && e.code === 4);
+  // A nonce must be usable (request and response at bump 255): usableNonce picks one.
+  const client = new Uint8Array(32).fill(7);
+  const nonce = cf.usableNonce(client, 0n);
+  assert.ok(nonce >= 0n);
   assert.throws(() => cf.settle(1n, 1n, 1n, 10001), (e) => e.code === 40);
   assert.throws(() => cf.parseModelId('no slash'), (e) => e.code === 8);
   // The module still works after every error.
