@@ -53,6 +53,9 @@ errors! {
     InvalidModelId = 8 => "malformed model id: expected org/name[@revision][:quant]",
     /// The first byte of the instruction data names no instruction.
     UnknownInstruction = 9 => "unknown instruction",
+    /// Account data handed to an in-place view is not aligned for its layout (only a host
+    /// buffer can be: the runtime aligns every account's data to 8 bytes).
+    Misaligned = 10 => "account data is not aligned for its layout",
 
     // ---- accounts (20..=39) ----
     /// Fewer accounts were passed than the instruction expects.

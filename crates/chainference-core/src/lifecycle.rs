@@ -96,6 +96,9 @@ impl NewRequest {
         }
         let timeout = params.effective_timeout(self.timeout)?;
         Ok(RequestHeader {
+            kind: crate::state::AccountKind::Request as u8,
+            version: crate::state::LAYOUT_VERSION,
+            reserved: 0,
             bump: self.bump,
             status: RequestStatus::Draft,
             flags: 0,

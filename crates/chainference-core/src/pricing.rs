@@ -57,6 +57,15 @@ pub const fn mul_div(a: u64, b: u64, d: u32, rounding: Rounding) -> Option<u64> 
     }
     let d = d as u64;
     let (high, low) = wide_mul(a, b);
+    if high == 0 {
+        // The common case (a product below 2^64): one division instead of four.
+        let (q, rem) = (low / d, low % d);
+        return match rounding {
+            Rounding::Down => Some(q),
+            Rounding::Up if rem == 0 => Some(q),
+            Rounding::Up => q.checked_add(1),
+        };
+    }
     // Long division of the four 32-bit limbs, most significant first.
     let limbs = [high >> 32, high & 0xFFFF_FFFF, low >> 32, low & 0xFFFF_FFFF];
     let mut quotient = [0u64; 4];
@@ -180,6 +189,7 @@ pub const fn ratio_bps(numerator: u64, denominator: u64) -> Option<u16> {
 /// request paid at least the config's `min_counted_fee` in protocol fee, so farming by dealing
 /// with yourself costs real lamports per step (docs/protocol.md, "Reputation").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(C)]
 pub struct ServerStats {
     /// Every request completed (and billed), counted or not.
     pub completed: u64,

@@ -22,6 +22,7 @@ const PINNED: &[(u32, &str)] = &[
     (7, "LengthOutOfRange"),
     (8, "InvalidModelId"),
     (9, "UnknownInstruction"),
+    (10, "Misaligned"),
     (20, "NotEnoughAccounts"),
     (21, "MissingSigner"),
     (22, "NotWritable"),

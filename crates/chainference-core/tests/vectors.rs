@@ -179,24 +179,17 @@ fn generate() -> Value {
     Treasury { bump: treasury_bump }.encode_into(&mut treasury_bytes).unwrap();
     let offer_bytes = encode_offers(&[(MODEL, 2_000_000), ("HuggingFaceTB/SmolLM2-360M-Instruct", 5_000_000)]).unwrap();
     let offers = Offers::read(&mut Reader::new(&offer_bytes)).unwrap();
-    let server_header = ServerHeader {
-        bump: server_bump,
-        active: true,
-        retired: false,
-        locked_count: 1,
-        registered_at: 1_800_000_000,
-        stats: ServerStats {
-            completed: 12,
-            counted: 10,
-            fees: 1_000,
-            flagged: 1,
-            timed_out: 1,
-            released: 0,
-            comparisons: 4,
-            preferred: 2,
-        },
-        authority: authorities[0],
-        hpke_key: pks[0],
+    let mut server_header = ServerHeader::new(server_bump, 1_800_000_000, authorities[0], pks[0]);
+    server_header.locked_count = 1;
+    server_header.stats = ServerStats {
+        completed: 12,
+        counted: 10,
+        fees: 1_000,
+        flagged: 1,
+        timed_out: 1,
+        released: 0,
+        comparisons: 4,
+        preferred: 2,
     };
     let endpoint = "https://server-a.example/stream";
     let mut server_bytes = vec![0u8; ServerAccount::size(endpoint.len(), offer_bytes.len())];
@@ -231,14 +224,10 @@ fn generate() -> Value {
     request_bytes[tail + 4 + MODEL.len()..].copy_from_slice(&sealed);
     let response_tail: Vec<u8> =
         chunks.iter().flat_map(|c| [&(c.len() as u32).to_le_bytes()[..], c].concat()).collect();
-    let response_header = ResponseHeader {
-        bump: response_bump,
-        finished: true,
-        chunk_count: chunks.len() as u32,
-        data_len: response_tail.len() as u32,
-        request,
-        server: authorities[1],
-    };
+    let mut response_header = ResponseHeader::new(response_bump, request, authorities[1]);
+    response_header.finished = true;
+    response_header.chunk_count = chunks.len() as u32;
+    response_header.data_len = response_tail.len() as u32;
     let mut response_bytes = vec![0u8; ResponseHeader::LEN];
     response_header.encode_into(&mut response_bytes).unwrap();
     response_bytes.extend_from_slice(&response_tail);

@@ -308,14 +308,14 @@ fn servers_update_deactivate_and_close() {
     assert_eq!(b.data(&server_account).len(), size0);
     assert_eq!(b.lamports(&server_account), b.svm.minimum_balance_for_rent_exemption(size0));
     b.ok(vec![builders::set_server_active(&b.program, &a, false)], &[&w]);
-    assert!(!b.server_header(&a).active);
+    assert!(!b.server_header(&a).active());
     b.ok(vec![builders::set_server_active(&b.program, &a, true)], &[&w]);
-    assert!(b.server_header(&a).active);
+    assert!(b.server_header(&a).active());
     // Close retires: the offers and endpoint go with their rent, the header (reputation) stays.
     b.ok(vec![builders::close_server(&b.program, &a)], &[&w]);
     let retired_data = b.data(&server_account);
     let retired = chainference_core::state::ServerAccount::decode(&retired_data).unwrap();
-    assert!(retired.header.retired && !retired.header.active && retired.offers.is_empty());
+    assert!(retired.header.retired() && !retired.header.active() && retired.offers.is_empty());
     assert_eq!(b.data(&server_account).len(), chainference_core::state::ServerHeader::LEN);
     assert_eq!(
         b.lamports(&server_account),
@@ -324,7 +324,7 @@ fn servers_update_deactivate_and_close() {
     // Registering again revives it in place.
     b.ok(vec![builders::register_server(&b.program, &a, &profile).unwrap()], &[&w]);
     let revived = b.server_header(&a);
-    assert!(revived.active && !revived.retired);
+    assert!(revived.active() && !revived.retired());
     assert_eq!(b.data(&server_account).len(), size0);
     assert_conserved(&b, &accounts, before, fees0);
 }

@@ -1012,14 +1012,14 @@ fn attack_13_closing_and_registering_again_keeps_the_reputation() {
     // ...its answer stays flaggable, and the flag lands on the retired record.
     b.ok(vec![builders::flag_response(&b.program, &key(&client), &req.address, &a)], &[&client]);
     let retired = b.server_header(&a);
-    assert!(retired.retired);
+    assert!(retired.retired());
     assert_eq!((retired.stats.counted, retired.stats.flagged), (1, 1));
     // Registering again revives the same record: no fresh 100% success ratio.
     let pk = s.keys.public_key();
     let profile = builders::ServerProfile { hpke_key: &pk, endpoint: "", offers: &[(MODEL, 1)] };
     b.ok(vec![builders::register_server(&b.program, &a, &profile).unwrap()], &[&sw]);
     let revived = b.server_header(&a);
-    assert!(revived.active && !revived.retired);
+    assert!(revived.active() && !revived.retired());
     assert_eq!((revived.stats.counted, revived.stats.flagged, revived.stats.success_bps()), (1, 1, 0));
     assert_eq!(revived.registered_at, retired.registered_at, "the first registration time is kept");
     // A retired server cannot lock, nor be updated or toggled until it registers again.

@@ -11,10 +11,10 @@ use chainference_core::lifecycle::{
 use chainference_core::model::check_canonical_model;
 use chainference_core::pda::{self, BPF_LOADER_UPGRADEABLE_ID};
 use chainference_core::state::{
-    Config, ConfigParams, REQUEST_BUMP, RequestAccount, RequestHeader, ResponseHeader, ServerAccount, ServerHeader,
-    Treasury, allowed_slice, read_array,
+    Config, ConfigParams, REQUEST_BUMP, RequestAccount, RequestHeader, RequestTail, ResponseHeader, ServerAccount,
+    ServerHeader, ServerState, Treasury, read_array,
 };
-use chainference_core::wire::{Reader, Writer};
+use chainference_core::wire::Writer;
 use pinocchio::cpi::Seed;
 use pinocchio::error::ProgramError;
 use pinocchio::{AccountView, Address, ProgramResult};
@@ -102,15 +102,6 @@ fn store_server(server: &mut AccountView, header: &ServerHeader) -> R {
     header.encode_into(&mut server.try_borrow_mut()?).or_fail()
 }
 
-/// Applies a step's server-counter changes to the server account.
-fn apply_stats(server: &mut AccountView, mut header: ServerHeader, fx: &Effects) -> R {
-    if fx.server.is_empty() {
-        return Ok(());
-    }
-    fx.server.apply(&mut header.stats, &mut header.locked_count).or_fail()?;
-    store_server(server, &header)
-}
-
 /// The response account of a request, if it exists: its header, checked against the request.
 fn load_response(response: &AccountView, program_id: &Address, request: &AccountView) -> R<Option<ResponseHeader>> {
     if !response.owned_by(program_id) {
@@ -121,6 +112,22 @@ fn load_response(response: &AccountView, program_id: &Address, request: &Account
         return Err(fail(Error::ResponseMismatch));
     }
     Ok(Some(header))
+}
+
+/// A server account's header in place, named by `authority` (`mismatch` otherwise): the
+/// program-owned check first, then kind, version and authority.
+fn server_in<'a>(data: &'a mut [u8], authority: &[u8; 32], mismatch: Error) -> R<&'a mut ServerHeader> {
+    let header = ServerHeader::view_mut(data).or_fail()?;
+    if &header.authority != authority {
+        return Err(fail(mismatch));
+    }
+    Ok(header)
+}
+
+/// Applies a step's server-counter changes in place.
+#[inline(always)]
+fn count(server: &mut ServerHeader, fx: &Effects) -> R {
+    fx.server.apply(&mut server.stats, &mut server.locked_count).or_fail()
 }
 
 fn request_client_is(client: &AccountView, header: &RequestHeader) -> R {
@@ -258,11 +265,10 @@ fn register_server(ctx: &mut Ctx<'_>, args: &ServerArgs<'_>) -> ProgramResult {
         // A retired server of this authority comes back with its history: reputation is kept
         // under the operator's wallet, so closing and registering again cannot wash it.
         let mut header = load_server(server, program_id, authority)?;
-        if !header.retired {
+        if !header.retired() {
             return Err(fail(Error::AlreadyInitialized));
         }
-        header.retired = false;
-        header.active = true;
+        header.state = ServerState::Active;
         header.hpke_key = *args.hpke_key;
         resize_paid(server, authority, space)?;
         return write_server(server, &header, args);
@@ -274,16 +280,7 @@ fn register_server(ctx: &mut Ctx<'_>, args: &ServerArgs<'_>) -> ProgramResult {
     let bump_seed = [bump];
     let seeds = [Seed::from(pda::SERVER_SEED), Seed::from(authority.address().as_ref()), Seed::from(&bump_seed)];
     create_pda(authority, server, &NewAccount { owner: program_id, space, lamports: rent_for(space)?, seeds: &seeds })?;
-    let header = ServerHeader {
-        bump,
-        active: true,
-        retired: false,
-        locked_count: 0,
-        registered_at: now()?,
-        stats: Default::default(),
-        authority: *authority.address().as_array(),
-        hpke_key: *args.hpke_key,
-    };
+    let header = ServerHeader::new(bump, now()?, *authority.address().as_array(), *args.hpke_key);
     write_server(server, &header, args)
 }
 
@@ -292,7 +289,7 @@ fn update_server(ctx: &mut Ctx<'_>, args: &ServerArgs<'_>) -> ProgramResult {
     let [authority, server, system, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
     check_server_write(authority, server, system, args)?;
     let mut header = load_server(server, program_id, authority)?;
-    if header.retired {
+    if header.retired() {
         // A retired server comes back through RegisterServer, which says so.
         return Err(fail(Error::ServerInactive));
     }
@@ -307,10 +304,10 @@ fn set_server_active(ctx: &mut Ctx<'_>, active: bool) -> ProgramResult {
     signer(authority)?;
     writable(server)?;
     let mut header = load_server(server, program_id, authority)?;
-    if header.retired {
+    if header.retired() {
         return Err(fail(Error::ServerInactive));
     }
-    header.active = active;
+    header.state = if active { ServerState::Active } else { ServerState::Inactive };
     store_server(server, &header)
 }
 
@@ -324,12 +321,11 @@ fn close_server(ctx: &mut Ctx<'_>) -> ProgramResult {
     if header.locked_count != 0 {
         return Err(fail(Error::ServerBusy));
     }
-    if header.retired {
+    if header.retired() {
         return Err(fail(Error::ServerInactive));
     }
     // Retire: the offers and endpoint go (their rent back), the header and its reputation stay.
-    header.retired = true;
-    header.active = false;
+    header.state = ServerState::Retired;
     resize_paid(server, authority, ServerHeader::LEN)?;
     store_server(server, &header)
 }
@@ -404,26 +400,21 @@ fn open_request(ctx: &mut Ctx<'_>, args: &OpenRequestArgs<'_>) -> ProgramResult 
     w.put(args.prompt_chunk).or_fail()
 }
 
-/// Offset of the prompt region: after the model id at the start of the tail.
-fn prompt_offset(data: &[u8]) -> R<usize> {
-    let mut r = Reader::new(data.get(RequestHeader::TAIL_OFFSET..).ok_or(fail(Error::Truncated))?);
-    let model_len = r.u32().or_fail()? as usize;
-    Ok(RequestAccount::prompt_offset(model_len))
-}
-
 fn write_prompt(ctx: &mut Ctx<'_>, offset: u32, chunk: &[u8]) -> ProgramResult {
     let program_id = ctx.program_id;
     let [client, request, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
     signer(client)?;
     writable(request)?;
-    let mut header = load_request(request, program_id)?;
+    owned(request, program_id)?;
     let len = u32::try_from(chunk.len()).map_err(|_| fail(Error::PromptChunkOutOfPlace))?;
-    header.apply(Event::PromptWritten { signer: client.address().as_array(), offset, len }, now()?).or_fail()?;
     let mut data = request.try_borrow_mut()?;
-    let start = prompt_offset(&data)?.checked_add(offset as usize).ok_or(fail(Error::ArithmeticOverflow))?;
+    let (header, tail) = RequestHeader::split_mut(&mut data).or_fail()?;
+    header.apply(Event::PromptWritten { signer: client.address().as_array(), offset, len }, now()?).or_fail()?;
+    let start = RequestTail::new(tail).prompt_offset().or_fail()?.checked_add(offset as usize);
+    let start = start.ok_or(fail(Error::ArithmeticOverflow))?;
     let end = start.checked_add(chunk.len()).ok_or(fail(Error::ArithmeticOverflow))?;
-    data.get_mut(start..end).ok_or(fail(Error::PromptChunkOutOfPlace))?.copy_from_slice(chunk);
-    header.encode_into(&mut data).or_fail()
+    tail.get_mut(start..end).ok_or(fail(Error::PromptChunkOutOfPlace))?.copy_from_slice(chunk);
+    Ok(())
 }
 
 fn cancel_request(ctx: &mut Ctx<'_>) -> ProgramResult {
@@ -432,9 +423,12 @@ fn cancel_request(ctx: &mut Ctx<'_>) -> ProgramResult {
     signer(client)?;
     writable(client)?;
     writable(request)?;
-    let mut header = load_request(request, program_id)?;
-    let fx = header.apply(Event::Cancel { signer: client.address().as_array() }, now()?).or_fail()?;
-    store_request(request, &header)?;
+    owned(request, program_id)?;
+    let fx = {
+        let mut data = request.try_borrow_mut()?;
+        let header = RequestHeader::view_mut(&mut data).or_fail()?;
+        header.apply(Event::Cancel { signer: client.address().as_array() }, now()?).or_fail()?
+    };
     move_lamports(request, client, fx.to_client)
 }
 
@@ -444,26 +438,25 @@ fn lock_request(ctx: &mut Ctx<'_>) -> ProgramResult {
     signer(authority)?;
     writable(server)?;
     writable(request)?;
-    let params = load_params(config, program_id)?;
-    let server_header = load_server(server, program_id, authority)?;
+    let fee_bps = load_params(config, program_id)?.fee_bps;
+    owned(server, program_id)?;
     owned(request, program_id)?;
-    let (header, fx) = {
-        let data = request.try_borrow()?;
-        let mut header = RequestHeader::decode(&data).or_fail()?;
-        let allowed = allowed_slice(&data, header.allowed_count).or_fail()?;
-        let model = RequestAccount::model_bytes(&data).or_fail()?;
-        let price_for_model = ServerAccount::price_of_model(&server.try_borrow()?, model).or_fail()?;
-        let candidate = ServerView {
-            authority: &server_header.authority,
-            active: server_header.active,
-            stats: server_header.stats,
-            price_for_model,
-        };
-        let fx = header.apply(Event::Lock { server: candidate, allowed, fee_bps: params.fee_bps }, now()?).or_fail()?;
-        (header, fx)
+    let mut server_data = server.try_borrow_mut()?;
+    // The price first, from the offers in the server's tail; then its header in place.
+    let mut request_data = request.try_borrow_mut()?;
+    let (header, tail) = RequestHeader::split_mut(&mut request_data).or_fail()?;
+    let tail = RequestTail::new(tail);
+    let price_for_model = ServerAccount::price_of_model(&server_data, tail.model_bytes().or_fail()?).or_fail()?;
+    let server_header = server_in(&mut server_data, authority.address().as_array(), Error::NotServerAuthority)?;
+    let allowed = tail.allowed(header.allowed_count).or_fail()?;
+    let candidate = ServerView {
+        authority: &server_header.authority,
+        active: server_header.active(),
+        stats: server_header.stats,
+        price_for_model,
     };
-    store_request(request, &header)?;
-    apply_stats(server, server_header, &fx)
+    let fx = header.apply(Event::Lock { server: candidate, allowed, fee_bps }, now()?).or_fail()?;
+    count(server_header, &fx)
 }
 
 fn append_response(ctx: &mut Ctx<'_>, is_final: bool, chunk: &[u8]) -> ProgramResult {
@@ -493,14 +486,7 @@ fn append_response(ctx: &mut Ctx<'_>, is_final: bool, chunk: &[u8]) -> ProgramRe
     let mut resp = match existing {
         Some(h) if &h.server != authority.address().as_array() => return Err(fail(Error::ResponseMismatch)),
         Some(h) => h,
-        None => ResponseHeader {
-            bump: REQUEST_BUMP,
-            finished: false,
-            chunk_count: 0,
-            data_len: 0,
-            request: *request.address().as_array(),
-            server: *authority.address().as_array(),
-        },
+        None => ResponseHeader::new(REQUEST_BUMP, *request.address().as_array(), *authority.address().as_array()),
     };
     let new_len = resp.size_after_append(chunk.len()).or_fail()?;
     if existing.is_none() {
@@ -538,30 +524,36 @@ fn complete_request(ctx: &mut Ctx<'_>, tokens: u64) -> ProgramResult {
     writable(request)?;
     writable(treasury)?;
     writable(client)?;
-    let server_header = load_server(server, program_id, authority)?;
-    let mut header = load_request(request, program_id)?;
-    request_client_is(client, &header)?;
+    owned(server, program_id)?;
+    owned(request, program_id)?;
     let cfg = load_config(config, program_id)?;
     check_treasury(treasury, program_id, &cfg)?;
     let resp = load_response(response, program_id, request)?;
-    if header.has_response() && resp.is_none() {
-        return Err(fail(Error::ResponseMismatch));
-    }
-    let event = Event::Complete {
-        server: authority.address().as_array(),
-        tokens,
-        response_finished: resp.is_some_and(|r| r.finished),
-        response_len: resp.map_or(0, |r| r.data_len),
-        min_counted_fee: cfg.params.min_counted_fee,
+    let fx = {
+        let mut server_data = server.try_borrow_mut()?;
+        let server_header = server_in(&mut server_data, authority.address().as_array(), Error::NotServerAuthority)?;
+        let mut request_data = request.try_borrow_mut()?;
+        let header = RequestHeader::view_mut(&mut request_data).or_fail()?;
+        request_client_is(client, header)?;
+        if header.has_response() && resp.is_none() {
+            return Err(fail(Error::ResponseMismatch));
+        }
+        let event = Event::Complete {
+            server: authority.address().as_array(),
+            tokens,
+            response_finished: resp.is_some_and(|r| r.finished),
+            response_len: resp.map_or(0, |r| r.data_len),
+            min_counted_fee: cfg.params.min_counted_fee,
+        };
+        let fx = header.apply(event, now()?).or_fail()?;
+        // The rule ran first (it names the precise reason: state, locker, deadline); a locker's
+        // response can then only be its own.
+        if resp.is_some_and(|r| &r.server != authority.address().as_array()) {
+            return Err(fail(Error::ResponseMismatch));
+        }
+        count(server_header, &fx)?;
+        fx
     };
-    let fx = header.apply(event, now()?).or_fail()?;
-    // The rule ran first (it names the precise reason: state, locker, deadline); a locker's
-    // response can then only be its own.
-    if resp.is_some_and(|r| &r.server != authority.address().as_array()) {
-        return Err(fail(Error::ResponseMismatch));
-    }
-    store_request(request, &header)?;
-    apply_stats(server, server_header, &fx)?;
     // The server's share stays in the request (server_due) until the flag window closes.
     move_lamports(request, treasury, fx.to_treasury)?;
     refund_client(request, client, fx.to_client)
@@ -594,20 +586,26 @@ fn release_request(ctx: &mut Ctx<'_>) -> ProgramResult {
     signer(caller)?;
     writable(server)?;
     writable(request)?;
-    let params = load_params(config, program_id)?;
-    let mut header = load_request(request, program_id)?;
-    let (had_response, locked_by) = (header.has_response(), header.locked_by);
-    let event = Event::Release { signer: caller.address().as_array(), lock_window: params.lock_window };
-    let fx = header.apply(event, now()?).or_fail()?;
-    let server_header = load_server_of(server, program_id, &locked_by)?;
+    let lock_window = load_params(config, program_id)?.lock_window;
+    owned(request, program_id)?;
     let resp = load_response(response, program_id, request)?;
-    if had_response && resp.is_none_or(|r| &r.server != caller.address().as_array()) {
-        // The request has a response (so the rule let only its server release): it must be
-        // passed, and be this server's, to be discarded.
-        return Err(fail(Error::ResponseMismatch));
-    }
-    store_request(request, &header)?;
-    apply_stats(server, server_header, &fx)?;
+    let fx = {
+        let mut request_data = request.try_borrow_mut()?;
+        let header = RequestHeader::view_mut(&mut request_data).or_fail()?;
+        let (had_response, locked_by) = (header.has_response(), header.locked_by);
+        let event = Event::Release { signer: caller.address().as_array(), lock_window };
+        let fx = header.apply(event, now()?).or_fail()?;
+        owned(server, program_id)?;
+        let mut server_data = server.try_borrow_mut()?;
+        let server_header = server_in(&mut server_data, &locked_by, Error::ServerMismatch)?;
+        if had_response && resp.is_none_or(|r| &r.server != caller.address().as_array()) {
+            // The request has a response (so the rule let only its server release): it must be
+            // passed, and be this server's, to be discarded.
+            return Err(fail(Error::ResponseMismatch));
+        }
+        count(server_header, &fx)?;
+        fx
+    };
     if fx.discard_response && resp.is_some() {
         writable(caller)?;
         writable(response)?;
@@ -622,17 +620,22 @@ fn reclaim_request(ctx: &mut Ctx<'_>) -> ProgramResult {
     let [request, client, rest @ ..] = &mut *ctx.accounts else { return Err(not_enough()) };
     writable(request)?;
     writable(client)?;
-    let mut header = load_request(request, program_id)?;
-    request_client_is(client, &header)?;
-    let locked_by = header.locked_by;
-    let fx = header.apply(Event::Reclaim, now()?).or_fail()?;
-    if !fx.server.is_empty() {
-        let [server, ..] = rest else { return Err(not_enough()) };
-        writable(server)?;
-        let server_header = load_server_of(server, program_id, &locked_by)?;
-        apply_stats(server, server_header, &fx)?;
-    }
-    store_request(request, &header)?;
+    owned(request, program_id)?;
+    let fx = {
+        let mut request_data = request.try_borrow_mut()?;
+        let header = RequestHeader::view_mut(&mut request_data).or_fail()?;
+        request_client_is(client, header)?;
+        let locked_by = header.locked_by;
+        let fx = header.apply(Event::Reclaim, now()?).or_fail()?;
+        if !fx.server.is_empty() {
+            let [server, ..] = rest else { return Err(not_enough()) };
+            writable(server)?;
+            owned(server, program_id)?;
+            let mut server_data = server.try_borrow_mut()?;
+            count(server_in(&mut server_data, &locked_by, Error::ServerMismatch)?, &fx)?;
+        }
+        fx
+    };
     move_lamports(request, client, fx.to_client)
 }
 
@@ -644,16 +647,22 @@ fn flag_response(ctx: &mut Ctx<'_>) -> ProgramResult {
     writable(request)?;
     writable(server)?;
     let params = load_params(config, program_id)?;
-    let mut header = load_request(request, program_id)?;
-    let server_header = load_server_of(server, program_id, &header.locked_by)?;
-    let event = Event::Flag {
-        signer: client.address().as_array(),
-        flag_window: params.flag_window,
-        flag_refund_bps: params.flag_refund_bps,
+    owned(request, program_id)?;
+    owned(server, program_id)?;
+    let fx = {
+        let mut request_data = request.try_borrow_mut()?;
+        let header = RequestHeader::view_mut(&mut request_data).or_fail()?;
+        let mut server_data = server.try_borrow_mut()?;
+        let server_header = server_in(&mut server_data, &header.locked_by, Error::ServerMismatch)?;
+        let event = Event::Flag {
+            signer: client.address().as_array(),
+            flag_window: params.flag_window,
+            flag_refund_bps: params.flag_refund_bps,
+        };
+        let fx = header.apply(event, now()?).or_fail()?;
+        count(server_header, &fx)?;
+        fx
     };
-    let fx = header.apply(event, now()?).or_fail()?;
-    store_request(request, &header)?;
-    apply_stats(server, server_header, &fx)?;
     // The signer is the request's client (the rule checked it): the refund goes to its wallet.
     move_lamports(request, client, fx.to_client)
 }
@@ -702,13 +711,16 @@ fn close_request(ctx: &mut Ctx<'_>) -> ProgramResult {
     signer(caller)?;
     writable(request)?;
     writable(client)?;
-    let params = load_params(config, program_id)?;
-    let mut header = load_request(request, program_id)?;
-    request_client_is(client, &header)?;
-    let event = Event::Close { signer: caller.address().as_array(), retention: params.retention };
-    let had_response = header.has_response();
-    let locked_by = header.locked_by;
-    let fx = header.apply(event, now()?).or_fail()?;
+    let retention = load_params(config, program_id)?.retention;
+    owned(request, program_id)?;
+    let (fx, had_response, locked_by) = {
+        let mut data = request.try_borrow_mut()?;
+        let header = RequestHeader::view_mut(&mut data).or_fail()?;
+        request_client_is(client, header)?;
+        let (had_response, locked_by) = (header.has_response(), header.locked_by);
+        let fx = header.apply(Event::Close { signer: caller.address().as_array(), retention }, now()?).or_fail()?;
+        (fx, had_response, locked_by)
+    };
     let resp = load_response(response, program_id, request)?;
     if had_response && resp.is_none() {
         // Closing the request without its response would strand the server's rent.
@@ -735,16 +747,19 @@ fn claim_payment(ctx: &mut Ctx<'_>) -> ProgramResult {
     signer(authority)?;
     writable(authority)?;
     writable(request)?;
-    let params = load_params(config, program_id)?;
-    let mut header = load_request(request, program_id)?;
-    let had_response = header.has_response();
-    let event = Event::Claim { signer: authority.address().as_array(), flag_window: params.flag_window };
-    let fx = header.apply(event, now()?).or_fail()?;
+    let flag_window = load_params(config, program_id)?.flag_window;
+    owned(request, program_id)?;
     let resp = load_response(response, program_id, request)?;
+    let (fx, had_response) = {
+        let mut data = request.try_borrow_mut()?;
+        let header = RequestHeader::view_mut(&mut data).or_fail()?;
+        let had_response = header.has_response();
+        let event = Event::Claim { signer: authority.address().as_array(), flag_window };
+        (header.apply(event, now()?).or_fail()?, had_response)
+    };
     if had_response && resp.is_none_or(|r| &r.server != authority.address().as_array()) {
         return Err(fail(Error::ResponseMismatch));
     }
-    store_request(request, &header)?;
     if let Some(_resp) = resp.filter(|_| fx.discard_response) {
         writable(response)?;
         close_into(response, authority)?;

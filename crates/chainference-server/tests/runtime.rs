@@ -136,7 +136,7 @@ async fn a_client_asks_the_server_answers_and_settlement_is_exact() {
     let registered_address = server.server_address();
     let registered =
         ServerHeader::decode(&chain.account(&server.server_address()).await.unwrap().unwrap().data).unwrap();
-    assert!(registered.active);
+    assert!(registered.active());
     assert_eq!(registered.hpke_key, server.public_key().await);
 
     let client = Client::with_program(Arc::clone(&chain), client_wallet, *chain.program());
@@ -182,7 +182,7 @@ async fn a_client_asks_the_server_answers_and_settlement_is_exact() {
     assert_eq!(counters.completed, 2);
     assert_eq!(counters.earned, receipt.server_share + long.receipt.server_share);
     let after = ServerHeader::decode(&chain.account(&registered_address).await.unwrap().unwrap().data).unwrap();
-    assert!(!after.active, "shutdown marks the server inactive");
+    assert!(!after.active(), "shutdown marks the server inactive");
     assert_eq!(after.stats.completed, 2);
 
     let fees = counters.fees_paid + request.transaction_fees() + second.transaction_fees();

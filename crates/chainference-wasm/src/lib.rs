@@ -603,8 +603,8 @@ pub fn decode_server(data: &[u8]) -> JsResult<JsValue> {
     let o = Object::new();
     set(&o, "authority", b58(&s.header.authority));
     set(&o, "hpkeKey", bytes(&s.header.hpke_key));
-    set(&o, "active", s.header.active);
-    set(&o, "retired", s.header.retired);
+    set(&o, "active", s.header.active());
+    set(&o, "retired", s.header.retired());
     set(&o, "lockedCount", s.header.locked_count);
     set(&o, "registeredAt", s.header.registered_at as f64);
     set(&o, "endpoint", s.endpoint);

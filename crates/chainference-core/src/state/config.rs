@@ -4,7 +4,7 @@ use crate::Address;
 use crate::error::{Error, Result};
 use crate::wire::{Reader, Writer};
 
-use super::{AccountKind, fixed_head, read_prefix, write_prefix};
+use super::{AccountKind, Header, read, read_prefix, write, write_prefix};
 
 /// Tunable protocol parameters, set at init and by the admin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +157,67 @@ pub struct Config {
     pub treasury: Address,
 }
 
+/// The config account's bytes as a struct (the layout in the table above), so the program reads
+/// the parameters with aligned loads instead of parsing them.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct ConfigLayout {
+    kind: u8,
+    version: u8,
+    bump: u8,
+    treasury_bump: u8,
+    fee_bps: u16,
+    flag_refund_bps: u16,
+    default_timeout: u32,
+    min_timeout: u32,
+    max_timeout: u32,
+    flag_window: u32,
+    retention: u32,
+    lock_window: u32,
+    min_counted_fee: u64,
+    admin: Address,
+    treasury: Address,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<ConfigLayout>() == Config::LEN);
+    assert!(core::mem::offset_of!(ConfigLayout, fee_bps) == 4);
+    assert!(core::mem::offset_of!(ConfigLayout, min_counted_fee) == 32);
+    assert!(core::mem::offset_of!(ConfigLayout, admin) == 40);
+};
+
+// SAFETY: `#[repr(C)]`, 104 bytes with no padding (asserted above), integers and byte arrays
+// only: every bit pattern is valid.
+#[allow(unsafe_code)] // see `Header`'s safety contract
+unsafe impl Header for ConfigLayout {
+    const LEN: usize = Config::LEN;
+    const KIND: AccountKind = AccountKind::Config;
+
+    fn check_bytes(_: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl ConfigLayout {
+    const fn params(&self) -> ConfigParams {
+        ConfigParams {
+            fee_bps: self.fee_bps,
+            default_timeout: self.default_timeout,
+            min_timeout: self.min_timeout,
+            max_timeout: self.max_timeout,
+            flag_window: self.flag_window,
+            retention: self.retention,
+            lock_window: self.lock_window,
+            flag_refund_bps: self.flag_refund_bps,
+            min_counted_fee: self.min_counted_fee,
+        }
+    }
+}
+
 impl Config {
     /// Encoded size.
     pub const LEN: usize = 4 + ConfigParams::LEN + 32 + 32;
@@ -166,25 +227,22 @@ impl Config {
         if data.len() > Self::LEN {
             return Err(Error::TrailingBytes);
         }
-        let head = fixed_head::<{ Self::LEN }>(data, AccountKind::Config)?;
-        ConfigParams::read(&mut Reader::new(head.get(4..).ok_or(Error::Truncated)?))
+        Ok(read::<ConfigLayout>(data)?.params())
     }
 
     /// Decodes the exact account data.
     pub fn decode(data: &[u8]) -> Result<Self> {
-        let mut r = Reader::new(fixed_head::<{ Self::LEN }>(data, AccountKind::Config)?);
-        let bump = read_prefix(&mut r, AccountKind::Config)?;
-        let cfg = Config {
-            bump,
-            treasury_bump: r.u8()?,
-            params: ConfigParams::read(&mut r)?,
-            admin: *r.address()?,
-            treasury: *r.address()?,
-        };
+        let layout = read::<ConfigLayout>(data)?;
         if data.len() > Self::LEN {
             return Err(Error::TrailingBytes);
         }
-        Ok(cfg)
+        Ok(Config {
+            bump: layout.bump,
+            treasury_bump: layout.treasury_bump,
+            params: layout.params(),
+            admin: layout.admin,
+            treasury: layout.treasury,
+        })
     }
 
     /// Encodes into exactly [`Config::LEN`] bytes.
@@ -192,13 +250,25 @@ impl Config {
         if out.len() != Self::LEN {
             return Err(if out.len() < Self::LEN { Error::Truncated } else { Error::TrailingBytes });
         }
-        let mut w = Writer::new(out);
-        write_prefix(&mut w, AccountKind::Config, self.bump)?;
-        w.u8(self.treasury_bump)?;
-        self.params.write(&mut w)?;
-        w.put(&self.admin)?;
-        w.put(&self.treasury)?;
-        w.finish()
+        let p = &self.params;
+        let layout = ConfigLayout {
+            kind: AccountKind::Config as u8,
+            version: super::LAYOUT_VERSION,
+            bump: self.bump,
+            treasury_bump: self.treasury_bump,
+            fee_bps: p.fee_bps,
+            flag_refund_bps: p.flag_refund_bps,
+            default_timeout: p.default_timeout,
+            min_timeout: p.min_timeout,
+            max_timeout: p.max_timeout,
+            flag_window: p.flag_window,
+            retention: p.retention,
+            lock_window: p.lock_window,
+            min_counted_fee: p.min_counted_fee,
+            admin: self.admin,
+            treasury: self.treasury,
+        };
+        write(&layout, out)
     }
 }
 

@@ -19,10 +19,10 @@ mod server;
 pub use config::{Config, ConfigParams, Treasury};
 pub use request::{
     FLAG_COMPARED, FLAG_COUNTED, FLAG_FLAGGED, FLAG_HAS_RESPONSE, REQUEST_BUMP, RequestAccount, RequestHeader,
-    RequestStatus, allowed_slice, read_array,
+    RequestStatus, RequestTail, allowed_slice, read_array,
 };
 pub use response::{ResponseAccount, ResponseHeader};
-pub use server::{Offer, Offers, ServerAccount, ServerHeader, check_endpoint};
+pub use server::{Offer, Offers, ServerAccount, ServerHeader, ServerState, check_endpoint};
 
 /// Moved to [`crate::model::check_canonical_model`], next to the grammar it checks.
 #[deprecated(since = "0.1.0", note = "use chainference_core::model::check_canonical_model")]
@@ -64,6 +64,103 @@ byte_enum! {
     }
 }
 
+/// An account header whose `#[repr(C)]` struct *is* its byte layout: every field at its pinned
+/// offset, naturally aligned, no padding, little-endian. The program views account bytes as the
+/// struct in place ([`view_mut`]), reading and writing only the fields an instruction touches;
+/// hosts copy it out ([`read`]) and back ([`write`]). One definition, no encoder to drift.
+///
+/// # Safety
+/// Implementors are `#[repr(C)]` with `size_of::<Self>() == Self::LEN` and no padding, and every
+/// byte pattern that [`Header::check_bytes`] accepts is a valid value of every field.
+#[allow(unsafe_code)] // implementors promise the layout contract below
+pub(crate) unsafe trait Header: Copy {
+    /// Size of the header in bytes.
+    const LEN: usize;
+    /// The kind byte it starts with.
+    const KIND: AccountKind;
+    /// Checks the bytes a valid value depends on (enum bytes); `head` is exactly `LEN` bytes
+    /// with the right kind and version.
+    fn check_bytes(head: &[u8]) -> Result<()>;
+    /// Checks the invariants of a valid value (counts, lengths).
+    fn check(&self) -> Result<()>;
+}
+
+// Layouts are little-endian; so are SBF, x86, ARM hosts and wasm.
+#[cfg(not(target_endian = "little"))]
+compile_error!("chainference account layouts are little-endian");
+
+/// The first `T::LEN` bytes, with kind and version checked first (so a short account of another
+/// kind reports the kind).
+#[inline(always)]
+fn head<T: Header>(data: &[u8]) -> Result<&[u8]> {
+    match data {
+        [k, ..] if *k != T::KIND as u8 => Err(Error::WrongAccountKind),
+        [_, v, ..] if *v != LAYOUT_VERSION => Err(Error::UnsupportedVersion),
+        _ => data.get(..T::LEN).ok_or(Error::Truncated),
+    }
+}
+
+/// A copy of the header at the start of `data` (any alignment).
+#[inline(always)]
+#[allow(unsafe_code)] // one cast, justified below
+pub(crate) fn read<T: Header>(data: &[u8]) -> Result<T> {
+    let head = head::<T>(data)?;
+    T::check_bytes(head)?;
+    let ptr = head.as_ptr().cast::<T>();
+    // SAFETY: `head` holds `T::LEN == size_of::<T>()` bytes that `check_bytes` accepted, which by
+    // the trait's contract form a valid `T`. Account data is aligned (the program's case: a
+    // plain aligned copy); host buffers may not be (`read_unaligned` needs no alignment).
+    let value = unsafe {
+        if (ptr as usize).is_multiple_of(core::mem::align_of::<T>()) {
+            core::ptr::read(ptr)
+        } else {
+            core::ptr::read_unaligned(ptr)
+        }
+    };
+    value.check()?;
+    Ok(value)
+}
+
+/// The header at the start of `data`, in place. `data` must be 8-byte aligned, as the runtime
+/// lays out every account's data ([`Error::Misaligned`] otherwise, which only a host buffer can be).
+#[inline(always)]
+#[allow(unsafe_code)] // one cast, justified below
+pub(crate) fn view<T: Header>(data: &[u8]) -> Result<&T> {
+    let head = head::<T>(data)?;
+    T::check_bytes(head)?;
+    if !(head.as_ptr() as usize).is_multiple_of(core::mem::align_of::<T>()) {
+        return Err(Error::Misaligned);
+    }
+    // SAFETY: `head` is `size_of::<T>()` bytes, aligned for `T` (checked above), accepted by
+    // `check_bytes` (so a valid `T`), and borrowed for the returned lifetime.
+    let value = unsafe { &*head.as_ptr().cast::<T>() };
+    value.check()?;
+    Ok(value)
+}
+
+/// The header at the start of `data`, in place and writable (see [`view`]).
+#[inline(always)]
+#[allow(unsafe_code)] // one cast, justified below
+pub(crate) fn view_mut<T: Header>(data: &mut [u8]) -> Result<&mut T> {
+    view::<T>(data)?;
+    // SAFETY: `view` checked size, alignment and validity of these bytes; the exclusive borrow
+    // of `data` is carried into the returned reference, and every later write goes through a
+    // field of `T`, so the bytes stay a valid `T`.
+    Ok(unsafe { &mut *data.as_mut_ptr().cast::<T>() })
+}
+
+/// Writes `value` into the first `T::LEN` bytes of `out`.
+#[inline(always)]
+#[allow(unsafe_code)] // one cast, justified below
+pub(crate) fn write<T: Header>(value: &T, out: &mut [u8]) -> Result<()> {
+    let out = out.get_mut(..T::LEN).ok_or(Error::Truncated)?;
+    // SAFETY: `T` has no padding (the trait's contract), so all `T::LEN` bytes of `value` are
+    // initialized; the slice borrows `value` only for this copy.
+    let bytes = unsafe { core::slice::from_raw_parts((value as *const T).cast::<u8>(), T::LEN) };
+    out.copy_from_slice(bytes);
+    Ok(())
+}
+
 /// Reads and checks the `kind, version` prefix; returns the bump.
 #[inline(always)]
 pub(crate) fn read_prefix(r: &mut Reader<'_>, kind: AccountKind) -> Result<u8> {
@@ -74,18 +171,6 @@ pub(crate) fn read_prefix(r: &mut Reader<'_>, kind: AccountKind) -> Result<u8> {
         return Err(Error::UnsupportedVersion);
     }
     r.u8()
-}
-
-/// The fixed-size head of an account of `kind`: kind and version are checked first (so a short
-/// account of another kind reports the kind), then the length.
-#[inline(always)]
-pub(crate) fn fixed_head<const N: usize>(data: &[u8], kind: AccountKind) -> Result<&[u8; N]> {
-    match data {
-        [k, ..] if *k != kind as u8 => return Err(Error::WrongAccountKind),
-        [_, v, ..] if *v != LAYOUT_VERSION => return Err(Error::UnsupportedVersion),
-        _ => {}
-    }
-    data.first_chunk::<N>().ok_or(Error::Truncated)
 }
 
 #[inline(always)]
@@ -111,6 +196,9 @@ mod tests {
 
     fn sample_request() -> RequestHeader {
         RequestHeader {
+            kind: AccountKind::Request as u8,
+            version: LAYOUT_VERSION,
+            reserved: 0,
             bump: 255,
             status: RequestStatus::Locked,
             flags: FLAG_FLAGGED,

@@ -2,10 +2,10 @@
 
 use crate::Address;
 use crate::error::{Error, Result};
-use crate::wire::{Reader, Writer};
+use crate::wire::Reader;
 
 use super::MAX_ALLOWED_SERVERS;
-use super::{AccountKind, fixed_head, read_prefix, write_prefix};
+use super::{AccountKind, Header, read, view, view_mut, write};
 
 byte_enum! {
     /// Where a request is in its life. See [`crate::lifecycle`].
@@ -89,7 +89,12 @@ pub const REQUEST_BUMP: u8 = 255;
 /// | 264 | allowed (8 slots, first `allowed_count` used) | [u8; 32] ×8 |
 /// | 520 | tail: model id (string), prompt envelope (`prompt_len` bytes) | |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub struct RequestHeader {
+    /// [`AccountKind::Request`].
+    pub(crate) kind: u8,
+    /// [`super::LAYOUT_VERSION`].
+    pub(crate) version: u8,
     /// Bump of the request PDA ([`REQUEST_BUMP`]).
     pub bump: u8,
     /// Lifecycle status.
@@ -133,6 +138,8 @@ pub struct RequestHeader {
     pub server_due: u64,
     /// Filter: least success ratio (bps) a server needs to lock.
     pub min_success_bps: u16,
+    /// Always 0.
+    pub(crate) reserved: u16,
     /// How many times it was released.
     pub release_count: u32,
     /// Size of the prompt envelope.
@@ -143,6 +150,50 @@ pub struct RequestHeader {
     pub client: Address,
     /// The authority of the server that locked (and, once completed, served) it; zeros if none.
     pub locked_by: Address,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<RequestHeader>() == RequestHeader::LEN);
+    assert!(core::mem::align_of::<RequestHeader>() == 8);
+    assert!(core::mem::offset_of!(RequestHeader, status) == RequestHeader::STATUS_OFFSET);
+    assert!(core::mem::offset_of!(RequestHeader, flags) == RequestHeader::FLAGS_OFFSET);
+    assert!(core::mem::offset_of!(RequestHeader, fee_bps) == 6);
+    assert!(core::mem::offset_of!(RequestHeader, nonce) == 16);
+    assert!(core::mem::offset_of!(RequestHeader, server_due) == 112);
+    assert!(core::mem::offset_of!(RequestHeader, min_success_bps) == 120);
+    assert!(core::mem::offset_of!(RequestHeader, release_count) == 124);
+    assert!(core::mem::offset_of!(RequestHeader, client) == RequestHeader::CLIENT_OFFSET);
+    assert!(core::mem::offset_of!(RequestHeader, locked_by) == RequestHeader::LOCKED_BY_OFFSET);
+};
+
+// SAFETY: `#[repr(C)]`, 200 bytes with no padding (asserted above: every field sits at its
+// natural alignment and the sizes add up), and every field accepts any bit pattern except
+// `status`, whose byte `check_bytes` checks.
+#[allow(unsafe_code)] // see `Header`'s safety contract
+unsafe impl Header for RequestHeader {
+    const LEN: usize = Self::LEN;
+    const KIND: AccountKind = AccountKind::Request;
+
+    #[inline(always)]
+    fn check_bytes(head: &[u8]) -> Result<()> {
+        match head.get(Self::STATUS_OFFSET).copied().and_then(RequestStatus::from_u8) {
+            Some(_) => Ok(()),
+            None => Err(Error::InvalidTag),
+        }
+    }
+
+    #[inline(always)]
+    fn check(&self) -> Result<()> {
+        if self.reserved != 0
+            || self.flags & !(FLAG_FLAGGED | FLAG_COMPARED | FLAG_HAS_RESPONSE | FLAG_COUNTED) != 0
+            || self.allowed_count == 0
+            || self.allowed_count as usize > MAX_ALLOWED_SERVERS
+            || self.prompt_written > self.prompt_len
+        {
+            return Err(Error::InvalidTag);
+        }
+        Ok(())
+    }
 }
 
 impl RequestHeader {
@@ -185,109 +236,95 @@ impl RequestHeader {
         self.flags & FLAG_COUNTED != 0
     }
 
-    /// Decodes the scalar header from the start of the account data.
+    /// Decodes the scalar header from the start of the account data (any alignment).
     pub fn decode(data: &[u8]) -> Result<Self> {
-        // A fixed-size view first: with the length known, every read below is check-free.
-        let mut r = Reader::new(fixed_head::<{ Self::LEN }>(data, AccountKind::Request)?);
-        let bump = read_prefix(&mut r, AccountKind::Request)?;
-        let status = RequestStatus::from_u8(r.u8()?).ok_or(Error::InvalidTag)?;
-        let flags = r.u8()?;
-        let allowed_count = r.u8()?;
-        let fee_bps = r.u16()?;
-        let max_tokens = r.u32()?;
-        let timeout = r.u32()?;
-        let nonce = r.u64()?;
-        let stake = r.u64()?;
-        let max_price_per_mtok = r.u64()?;
-        let min_completed = r.u64()?;
-        let created_at = r.i64()?;
-        let deadline = r.i64()?;
-        let locked_at = r.i64()?;
-        let settled_at = r.i64()?;
-        let price_per_mtok = r.u64()?;
-        let tokens = r.u64()?;
-        let cost = r.u64()?;
-        let fee = r.u64()?;
-        let server_due = r.u64()?;
-        let min_success_bps = r.u16()?;
-        let reserved = r.u16()?;
-        let h = RequestHeader {
-            bump,
-            status,
-            flags,
-            allowed_count,
-            fee_bps,
-            max_tokens,
-            timeout,
-            nonce,
-            stake,
-            max_price_per_mtok,
-            min_completed,
-            created_at,
-            deadline,
-            locked_at,
-            settled_at,
-            price_per_mtok,
-            tokens,
-            cost,
-            fee,
-            server_due,
-            min_success_bps,
-            release_count: r.u32()?,
-            prompt_len: r.u32()?,
-            prompt_written: r.u32()?,
-            client: *r.address()?,
-            locked_by: *r.address()?,
-        };
-        if reserved != 0
-            || h.flags & !(FLAG_FLAGGED | FLAG_COMPARED | FLAG_HAS_RESPONSE | FLAG_COUNTED) != 0
-            || h.allowed_count == 0
-            || h.allowed_count as usize > MAX_ALLOWED_SERVERS
-            || h.prompt_written > h.prompt_len
-        {
-            return Err(Error::InvalidTag);
-        }
-        Ok(h)
+        read(data)
     }
 
     /// Encodes the scalar header into the first [`RequestHeader::LEN`] bytes of `out`.
     pub fn encode_into(&self, out: &mut [u8]) -> Result<()> {
-        let head = out.first_chunk_mut::<{ Self::LEN }>().ok_or(Error::Truncated)?;
-        let mut w = Writer::new(head);
-        write_prefix(&mut w, AccountKind::Request, self.bump)?;
-        w.u8(self.status as u8)?;
-        w.u8(self.flags)?;
-        w.u8(self.allowed_count)?;
-        w.u16(self.fee_bps)?;
-        w.u32(self.max_tokens)?;
-        w.u32(self.timeout)?;
-        w.u64(self.nonce)?;
-        w.u64(self.stake)?;
-        w.u64(self.max_price_per_mtok)?;
-        w.u64(self.min_completed)?;
-        w.i64(self.created_at)?;
-        w.i64(self.deadline)?;
-        w.i64(self.locked_at)?;
-        w.i64(self.settled_at)?;
-        w.u64(self.price_per_mtok)?;
-        w.u64(self.tokens)?;
-        w.u64(self.cost)?;
-        w.u64(self.fee)?;
-        w.u64(self.server_due)?;
-        w.u16(self.min_success_bps)?;
-        w.u16(0)?;
-        w.u32(self.release_count)?;
-        w.u32(self.prompt_len)?;
-        w.u32(self.prompt_written)?;
-        w.put(&self.client)?;
-        w.put(&self.locked_by)?;
-        w.finish()
+        write(self, out)
+    }
+
+    /// The header of an account's data in place (8-byte aligned, as the runtime lays it out).
+    pub fn view(data: &[u8]) -> Result<&Self> {
+        view(data)
+    }
+
+    /// The header of an account's data in place, writable: what the program's instructions
+    /// apply the lifecycle to, touching only the fields a step reads or writes.
+    pub fn view_mut(data: &mut [u8]) -> Result<&mut Self> {
+        view_mut(data)
+    }
+
+    /// [`RequestHeader::view_mut`] and the rest of the account (allow-list, model, prompt).
+    pub fn split_mut(data: &mut [u8]) -> Result<(&mut Self, &mut [u8])> {
+        view::<Self>(data)?;
+        let (head, tail) = data.split_at_mut(Self::LEN);
+        Ok((view_mut(head)?, tail))
     }
 
     /// Account size for a request with this model id and prompt envelope length.
     #[allow(clippy::arithmetic_side_effects)] // sizes of bounded fields; callers check the bounds
     pub const fn account_size(model_len: usize, prompt_len: usize) -> usize {
         Self::TAIL_OFFSET + 4 + model_len + prompt_len
+    }
+}
+
+/// The part of a request account after its header: the response key, the commitment, the
+/// allow-list slots, then the tail (model id, prompt). Borrowed beside the header in place
+/// ([`RequestHeader::split_mut`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestTail<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> RequestTail<'a> {
+    const RESPONSE_KEY: usize = RequestHeader::RESPONSE_KEY_OFFSET - RequestHeader::LEN;
+    const COMMITMENT: usize = RequestHeader::COMMITMENT_OFFSET - RequestHeader::LEN;
+    const ALLOWED: usize = RequestHeader::ALLOWED_OFFSET - RequestHeader::LEN;
+    const MODEL: usize = RequestHeader::TAIL_OFFSET - RequestHeader::LEN;
+
+    /// The bytes after the header.
+    pub const fn new(bytes: &'a [u8]) -> Self {
+        RequestTail { bytes }
+    }
+
+    /// The bytes after the header of a whole account's data.
+    pub fn of(data: &'a [u8]) -> Result<Self> {
+        Ok(RequestTail { bytes: data.get(RequestHeader::LEN..).ok_or(Error::Truncated)? })
+    }
+
+    /// The client's X25519 key for the response.
+    pub fn response_key(&self) -> Result<&'a [u8; 32]> {
+        read_array(self.bytes, Self::RESPONSE_KEY)
+    }
+
+    /// The comparison commitment.
+    pub fn commitment(&self) -> Result<&'a [u8; 32]> {
+        read_array(self.bytes, Self::COMMITMENT)
+    }
+
+    /// The used part of the allow-list.
+    pub fn allowed(&self, allowed_count: u8) -> Result<&'a [[u8; 32]]> {
+        let len = 32usize.checked_mul(allowed_count as usize).ok_or(Error::ArithmeticOverflow)?;
+        let end = Self::ALLOWED.checked_add(len).ok_or(Error::ArithmeticOverflow)?;
+        let (slots, rest) = self.bytes.get(Self::ALLOWED..end).ok_or(Error::Truncated)?.as_chunks::<32>();
+        if !rest.is_empty() {
+            return Err(Error::Truncated);
+        }
+        Ok(slots)
+    }
+
+    /// The model id's bytes (the program validated the id when it opened the request).
+    pub fn model_bytes(&self) -> Result<&'a [u8]> {
+        Reader::new(self.bytes.get(Self::MODEL..).ok_or(Error::Truncated)?).bytes(crate::model::MAX_MODEL_ID_LEN)
+    }
+
+    /// Where the prompt region starts, in these bytes (after the model id).
+    pub fn prompt_offset(&self) -> Result<usize> {
+        let model_len = Reader::new(self.bytes.get(Self::MODEL..).ok_or(Error::Truncated)?).u32()? as usize;
+        Self::MODEL.checked_add(4).and_then(|v| v.checked_add(model_len)).ok_or(Error::ArithmeticOverflow)
     }
 }
 
@@ -325,8 +362,7 @@ impl<'a> RequestAccount<'a> {
     /// The model id's bytes without decoding the rest (the cheap path lock and compare take:
     /// they match models by bytes, and the program validated the id when it opened the request).
     pub fn model_bytes(data: &'a [u8]) -> Result<&'a [u8]> {
-        Reader::new(data.get(RequestHeader::TAIL_OFFSET..).ok_or(Error::Truncated)?)
-            .bytes(crate::model::MAX_MODEL_ID_LEN)
+        RequestTail::of(data)?.model_bytes()
     }
 
     /// The uploaded part of the prompt envelope.
@@ -350,13 +386,5 @@ pub fn read_array(data: &[u8], offset: usize) -> Result<&[u8; 32]> {
 /// The used part of a request's allow-list, borrowed from its account data.
 #[inline(always)]
 pub fn allowed_slice(data: &[u8], allowed_count: u8) -> Result<&[[u8; 32]]> {
-    let end = RequestHeader::ALLOWED_OFFSET
-        .checked_add(32usize.checked_mul(allowed_count as usize).ok_or(Error::ArithmeticOverflow)?)
-        .ok_or(Error::ArithmeticOverflow)?;
-    let bytes = data.get(RequestHeader::ALLOWED_OFFSET..end).ok_or(Error::Truncated)?;
-    let (slots, rest) = bytes.as_chunks::<32>();
-    if !rest.is_empty() {
-        return Err(Error::Truncated);
-    }
-    Ok(slots)
+    RequestTail::of(data)?.allowed(allowed_count)
 }

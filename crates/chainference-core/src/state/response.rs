@@ -2,10 +2,10 @@
 
 use crate::Address;
 use crate::error::{Error, Result};
-use crate::wire::{Reader, Writer};
+use crate::wire::Reader;
 
 use super::MAX_RESPONSE_LEN;
-use super::{AccountKind, fixed_head, read_prefix, write_prefix};
+use super::{AccountKind, Header, read, write};
 
 /// The fixed header of a response account, seeds `["response", request]`.
 ///
@@ -19,7 +19,12 @@ use super::{AccountKind, fixed_head, read_prefix, write_prefix};
 /// | 44 | server (authority; paid the rent) | [u8; 32] |
 /// | 76 | tail: `chunk_count` × (u32 len, sealed bytes) | |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub struct ResponseHeader {
+    /// [`AccountKind::Response`].
+    pub(crate) kind: u8,
+    /// [`super::LAYOUT_VERSION`].
+    pub(crate) version: u8,
     /// Bump of the response PDA.
     pub bump: u8,
     /// Whether the final chunk is in.
@@ -34,35 +39,59 @@ pub struct ResponseHeader {
     pub server: Address,
 }
 
+const _: () = {
+    assert!(core::mem::size_of::<ResponseHeader>() == ResponseHeader::LEN);
+    assert!(core::mem::offset_of!(ResponseHeader, data_len) == 8);
+    assert!(core::mem::offset_of!(ResponseHeader, server) == 44);
+};
+
+// SAFETY: `#[repr(C)]`, 76 bytes with no padding (asserted above), and every field accepts any
+// bit pattern except the `finished` bool, whose byte `check_bytes` checks.
+#[allow(unsafe_code)] // see `Header`'s safety contract
+unsafe impl Header for ResponseHeader {
+    const LEN: usize = ResponseHeader::LEN;
+    const KIND: AccountKind = AccountKind::Response;
+
+    #[inline(always)]
+    fn check_bytes(head: &[u8]) -> Result<()> {
+        match head.get(3) {
+            Some(0 | 1) => Ok(()),
+            _ => Err(Error::InvalidTag),
+        }
+    }
+
+    #[inline(always)]
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 impl ResponseHeader {
     /// Size of the fixed header.
     pub const LEN: usize = 76;
 
-    /// Decodes the fixed header from the start of the account data.
-    pub fn decode(data: &[u8]) -> Result<Self> {
-        let mut r = Reader::new(fixed_head::<{ Self::LEN }>(data, AccountKind::Response)?);
-        let bump = read_prefix(&mut r, AccountKind::Response)?;
-        Ok(ResponseHeader {
+    /// An empty response of `request`, streamed by `server`.
+    pub const fn new(bump: u8, request: Address, server: Address) -> Self {
+        ResponseHeader {
+            kind: AccountKind::Response as u8,
+            version: super::LAYOUT_VERSION,
             bump,
-            finished: r.bool()?,
-            chunk_count: r.u32()?,
-            data_len: r.u32()?,
-            request: *r.address()?,
-            server: *r.address()?,
-        })
+            finished: false,
+            chunk_count: 0,
+            data_len: 0,
+            request,
+            server,
+        }
+    }
+
+    /// Decodes the fixed header from the start of the account data (any alignment).
+    pub fn decode(data: &[u8]) -> Result<Self> {
+        read(data)
     }
 
     /// Encodes the fixed header into the first [`ResponseHeader::LEN`] bytes of `out`.
     pub fn encode_into(&self, out: &mut [u8]) -> Result<()> {
-        let head = out.first_chunk_mut::<{ Self::LEN }>().ok_or(Error::Truncated)?;
-        let mut w = Writer::new(head);
-        write_prefix(&mut w, AccountKind::Response, self.bump)?;
-        w.bool(self.finished)?;
-        w.u32(self.chunk_count)?;
-        w.u32(self.data_len)?;
-        w.put(&self.request)?;
-        w.put(&self.server)?;
-        w.finish()
+        write(self, out)
     }
 
     /// The account size after appending a chunk of `chunk_len` bytes, or

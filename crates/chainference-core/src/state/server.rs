@@ -4,7 +4,7 @@ use crate::Address;
 use crate::error::{Error, Result};
 use crate::wire::{Reader, Writer};
 
-use super::{AccountKind, fixed_head, read_prefix, write_prefix};
+use super::{AccountKind, Header, read, view_mut, write};
 use super::{MAX_ENDPOINT_LEN, MAX_OFFERS};
 use crate::model::check_canonical_model;
 use crate::pricing::ServerStats;
@@ -26,13 +26,16 @@ use crate::pricing::ServerStats;
 /// | 112 | hpke_key | [u8; 32] |
 /// | 144 | tail: endpoint (string ≤ 128), offers (u32 count ≤ 8, each model string + price u64); empty when retired | |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub struct ServerHeader {
+    /// [`AccountKind::Server`].
+    pub(crate) kind: u8,
+    /// [`super::LAYOUT_VERSION`].
+    pub(crate) version: u8,
     /// Bump of the server PDA.
     pub bump: u8,
-    /// Whether the server accepts new requests.
-    pub active: bool,
-    /// Whether the server was closed: no offers, no endpoint, only its reputation remains.
-    pub retired: bool,
+    /// Active, inactive (switched off) or retired (closed, only its reputation left).
+    pub state: ServerState,
     /// Requests this server holds locked now (it cannot close while any are).
     pub locked_count: u32,
     /// When the server first registered (unix seconds); kept across retire and re-register.
@@ -45,10 +48,49 @@ pub struct ServerHeader {
     pub hpke_key: [u8; 32],
 }
 
-/// The state byte at [`ServerHeader::ACTIVE_OFFSET`].
-const STATE_INACTIVE: u8 = 0;
-const STATE_ACTIVE: u8 = 1;
-const STATE_RETIRED: u8 = 2;
+byte_enum! {
+    /// Whether a server takes requests: the state byte of its account.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum ServerState {
+        /// Switched off by its operator: it cannot lock.
+        Inactive = 0,
+        /// Takes requests.
+        Active = 1,
+        /// Closed by its operator: no offers, no endpoint; only its reputation remains, and
+        /// registering again revives it.
+        Retired = 2,
+    }
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<ServerHeader>() == ServerHeader::LEN);
+    assert!(core::mem::offset_of!(ServerHeader, state) == ServerHeader::ACTIVE_OFFSET);
+    assert!(core::mem::offset_of!(ServerHeader, locked_count) == ServerHeader::LOCKED_COUNT_OFFSET);
+    assert!(core::mem::offset_of!(ServerHeader, stats) == ServerHeader::STATS_OFFSET);
+    assert!(core::mem::offset_of!(ServerHeader, authority) == ServerHeader::AUTHORITY_OFFSET);
+    assert!(core::mem::size_of::<ServerStats>() == 64);
+};
+
+// SAFETY: `#[repr(C)]`, 144 bytes with no padding (asserted above; `ServerStats` is eight
+// `u64`s), and every field accepts any bit pattern except `state`, checked by `check_bytes`.
+#[allow(unsafe_code)] // see `Header`'s safety contract
+unsafe impl Header for ServerHeader {
+    const LEN: usize = ServerHeader::LEN;
+    const KIND: AccountKind = AccountKind::Server;
+
+    #[inline(always)]
+    fn check_bytes(head: &[u8]) -> Result<()> {
+        match head.get(ServerHeader::ACTIVE_OFFSET).copied().and_then(ServerState::from_u8) {
+            Some(_) => Ok(()),
+            None => Err(Error::InvalidTag),
+        }
+    }
+
+    #[inline(always)]
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+}
 
 impl ServerHeader {
     /// Size of the fixed header.
@@ -64,54 +106,54 @@ impl ServerHeader {
     /// Offset of `authority` (a filter for one operator's servers).
     pub const AUTHORITY_OFFSET: usize = 80;
 
-    /// Decodes the fixed header from the start of the account data.
-    pub fn decode(data: &[u8]) -> Result<Self> {
-        let mut r = Reader::new(fixed_head::<{ Self::LEN }>(data, AccountKind::Server)?);
-        let bump = read_prefix(&mut r, AccountKind::Server)?;
-        let state = r.u8()?;
-        if state > STATE_RETIRED {
-            return Err(Error::InvalidTag);
-        }
-        Ok(ServerHeader {
+    /// A newly registered, active server with no history.
+    pub const fn new(bump: u8, registered_at: i64, authority: Address, hpke_key: [u8; 32]) -> Self {
+        ServerHeader {
+            kind: AccountKind::Server as u8,
+            version: super::LAYOUT_VERSION,
             bump,
-            active: state == STATE_ACTIVE,
-            retired: state == STATE_RETIRED,
-            locked_count: r.u32()?,
-            registered_at: r.i64()?,
+            state: ServerState::Active,
+            locked_count: 0,
+            registered_at,
             stats: ServerStats {
-                completed: r.u64()?,
-                counted: r.u64()?,
-                fees: r.u64()?,
-                flagged: r.u64()?,
-                timed_out: r.u64()?,
-                released: r.u64()?,
-                comparisons: r.u64()?,
-                preferred: r.u64()?,
+                completed: 0,
+                counted: 0,
+                fees: 0,
+                flagged: 0,
+                timed_out: 0,
+                released: 0,
+                comparisons: 0,
+                preferred: 0,
             },
-            authority: *r.address()?,
-            hpke_key: *r.address()?,
-        })
+            authority,
+            hpke_key,
+        }
+    }
+
+    /// Whether it accepts new requests.
+    pub const fn active(&self) -> bool {
+        matches!(self.state, ServerState::Active)
+    }
+
+    /// Whether its operator closed it.
+    pub const fn retired(&self) -> bool {
+        matches!(self.state, ServerState::Retired)
+    }
+
+    /// Decodes the fixed header from the start of the account data (any alignment).
+    pub fn decode(data: &[u8]) -> Result<Self> {
+        read(data)
     }
 
     /// Encodes the fixed header into the first [`ServerHeader::LEN`] bytes of `out`.
     pub fn encode_into(&self, out: &mut [u8]) -> Result<()> {
-        let head = out.first_chunk_mut::<{ Self::LEN }>().ok_or(Error::Truncated)?;
-        let mut w = Writer::new(head);
-        write_prefix(&mut w, AccountKind::Server, self.bump)?;
-        w.u8(match (self.retired, self.active) {
-            (true, _) => STATE_RETIRED,
-            (false, true) => STATE_ACTIVE,
-            (false, false) => STATE_INACTIVE,
-        })?;
-        w.u32(self.locked_count)?;
-        w.i64(self.registered_at)?;
-        let s = &self.stats;
-        for v in [s.completed, s.counted, s.fees, s.flagged, s.timed_out, s.released, s.comparisons, s.preferred] {
-            w.u64(v)?;
-        }
-        w.put(&self.authority)?;
-        w.put(&self.hpke_key)?;
-        w.finish()
+        write(self, out)
+    }
+
+    /// The header of an account's data in place, writable (8-byte aligned, as the runtime lays
+    /// it out): what the program updates counters through.
+    pub fn view_mut(data: &mut [u8]) -> Result<&mut Self> {
+        view_mut(data)
     }
 }
 
@@ -216,7 +258,7 @@ impl<'a> ServerAccount<'a> {
     /// its offer list is empty.
     pub fn decode(data: &'a [u8]) -> Result<Self> {
         let header = ServerHeader::decode(data)?;
-        if header.retired {
+        if header.retired() {
             if data.len() != ServerHeader::LEN {
                 return Err(Error::TrailingBytes);
             }

@@ -170,7 +170,7 @@ impl Shared {
                 if !same_offers || current.endpoint != self.endpoint || current.header.hpke_key != key {
                     ixs.push(instruction(builders::update_server(&self.program, &authority, &profile)?));
                 }
-                if !current.header.active {
+                if !current.header.active() {
                     ixs.push(instruction(builders::set_server_active(&self.program, &authority, true)));
                 }
                 if !ixs.is_empty() {
@@ -385,7 +385,7 @@ impl Shared {
         }
         let view = ServerView {
             authority: &authority,
-            active: own.active,
+            active: own.active(),
             stats: own.stats,
             price_for_model: Some(self.price_per_mtok),
         };
