@@ -44,62 +44,102 @@ enum QuantCase {
 /// - `quant` (after `:`): 1..=16 of `[A-Za-z0-9_]` (upper-case letters only for [`QuantCase::Upper`]);
 /// - at most [`MAX_MODEL_ID_LEN`] bytes in all.
 fn scan(bytes: &[u8], quant_case: QuantCase) -> Result<()> {
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    enum Part {
-        Org,
-        Name,
-        Revision,
-        Quant,
-    }
-    /// Whether a part of `len` bytes ending in `last` may end here.
-    fn may_end(part: Part, len: usize, last: u8) -> bool {
-        match part {
-            Part::Org | Part::Name => len > 0 && len <= MAX_MODEL_PART_LEN && !matches!(last, b'-' | b'.'),
-            Part::Revision => len > 0 && len <= MAX_REVISION_LEN && last != b'/',
-            Part::Quant => len > 0 && len <= MAX_QUANT_LEN,
-        }
-    }
     if bytes.is_empty() || bytes.len() > MAX_MODEL_ID_LEN {
         return Err(Error::InvalidModelId);
     }
-    let (mut part, mut len, mut prev) = (Part::Org, 0usize, 0u8);
-    for &c in bytes {
-        let next = match (c, part) {
-            (b'/', Part::Org) => Some(Part::Name),
-            (b'@', Part::Name) => Some(Part::Revision),
-            (b':', Part::Name | Part::Revision) => Some(Part::Quant),
-            _ => None,
-        };
-        if let Some(next) = next {
-            if !may_end(part, len, prev) {
-                return Err(Error::InvalidModelId);
-            }
-            (part, len, prev) = (next, 0, 0);
+    // The program runs this on every request and offer: most bytes take the first branch, one
+    // table lookup and one bit test, and nothing is tracked per byte. A part's `plain` classes
+    // may appear anywhere in it; its `edges` neither first nor last (nor `..` in org and name);
+    // separators start the next part. A part is `bytes[start..i]`.
+    let (mut order, mut start) = (0u8, 0usize);
+    let (mut plain, mut edges, mut max_len) = part_rules(0, quant_case);
+    for (i, &c) in bytes.iter().enumerate() {
+        let class = class_of(c);
+        if class & plain != 0 {
             continue;
         }
-        let allowed = match part {
-            Part::Org | Part::Name => {
-                c.is_ascii_alphanumeric()
-                    || c == b'_'
-                    || (matches!(c, b'-' | b'.') && len > 0 && !(c == b'.' && prev == b'.'))
+        let prev = if i > start { bytes.get(i.wrapping_sub(1)).copied().unwrap_or(0) } else { 0 };
+        if class & edges != 0 {
+            if i == start || (order < 2 && c == b'.' && prev == b'.') {
+                return Err(Error::InvalidModelId);
             }
-            Part::Revision => c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.') || (c == b'/' && len > 0),
-            Part::Quant => match quant_case {
-                QuantCase::Any => c.is_ascii_alphanumeric() || c == b'_',
-                QuantCase::Upper => c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_',
-            },
+            continue;
+        }
+        let next = match (c, order) {
+            (b'/', 0) => 1,
+            (b'@', 1) => 2,
+            (b':', 1 | 2) => 3,
+            _ => return Err(Error::InvalidModelId),
         };
-        if !allowed {
+        if !may_end(i.wrapping_sub(start), prev, edges, max_len) {
             return Err(Error::InvalidModelId);
         }
-        len = len.saturating_add(1);
-        prev = c;
+        (order, start) = (next, i.wrapping_add(1));
+        (plain, edges, max_len) = part_rules(next, quant_case);
     }
-    if part == Part::Org || !may_end(part, len, prev) {
+    let last = bytes.last().copied().unwrap_or(0);
+    if order == 0 || !may_end(bytes.len().wrapping_sub(start), last, edges, max_len) {
         return Err(Error::InvalidModelId);
     }
     Ok(())
 }
+
+/// `(plain classes, edge classes, longest)` of part `order` (0 org, 1 name, 2 revision, 3 quant).
+const fn part_rules(order: u8, quant_case: QuantCase) -> (u8, u8, usize) {
+    match order {
+        0 | 1 => (ALNUM | UNDERSCORE, DASH | DOT, MAX_MODEL_PART_LEN),
+        2 => (ALNUM | UNDERSCORE | DASH | DOT, SLASH, MAX_REVISION_LEN),
+        _ => match quant_case {
+            QuantCase::Any => (ALNUM | UNDERSCORE, 0, MAX_QUANT_LEN),
+            QuantCase::Upper => (UPPER_OR_DIGIT | UNDERSCORE, 0, MAX_QUANT_LEN),
+        },
+    }
+}
+
+/// Whether a part of `len` bytes ending in `last` may end here.
+fn may_end(len: usize, last: u8, edges: u8, max_len: usize) -> bool {
+    len > 0 && len <= max_len && class_of(last) & edges == 0
+}
+
+/// Byte classes of the model-id grammar (bits of [`CLASS`]).
+const ALNUM: u8 = 1;
+const UPPER_OR_DIGIT: u8 = 2;
+const UNDERSCORE: u8 = 4;
+const DASH: u8 = 8;
+const DOT: u8 = 16;
+const SLASH: u8 = 32;
+
+/// The class bits of byte `c`.
+#[inline(always)]
+#[allow(clippy::indexing_slicing)] // a u8 indexes 256 entries
+fn class_of(c: u8) -> u8 {
+    CLASS[usize::from(c)]
+}
+
+/// The class bits of every byte value.
+#[allow(clippy::cast_possible_truncation, clippy::indexing_slicing)] // c < 256
+static CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut c = 0usize;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = if b.is_ascii_uppercase() || b.is_ascii_digit() {
+            ALNUM | UPPER_OR_DIGIT
+        } else if b.is_ascii_lowercase() {
+            ALNUM
+        } else {
+            match b {
+                b'_' => UNDERSCORE,
+                b'-' => DASH,
+                b'.' => DOT,
+                b'/' => SLASH,
+                _ => 0,
+            }
+        };
+        c += 1;
+    }
+    table
+};
 
 /// Checks that `model` is a model id in canonical form (quantization upper-case): what the
 /// program requires of every request and offer, since it matches models by their bytes.
