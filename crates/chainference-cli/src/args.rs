@@ -74,10 +74,14 @@ pub enum Command {
     Ask(AskArgs),
     /// Your requests on chain, decrypted.
     History,
-    /// Flags a completed answer as bad.
+    /// Flags a completed answer as bad: a mark on the server's reputation, or with `--refund`
+    /// a dispute that takes part of the server's held share back instead (one or the other, once).
     Flag {
         /// The request address.
         request: String,
+        /// Dispute the bill: money back, no mark on the server.
+        #[arg(long)]
+        refund: bool,
     },
     /// Compares two completed answers to the same prompt.
     Compare {

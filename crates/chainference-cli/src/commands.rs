@@ -191,10 +191,20 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Flag { request } => {
+        Command::Flag { request, refund: false } => {
             let client = Client::new(rpc_chain(&cli), wallet(&cli)?);
             client.flag(&parse_address(request)?).await?;
             done(&cli, json!({ "flagged": request }), &format!("flagged {request}"));
+            Ok(())
+        }
+        Command::Flag { request, refund: true } => {
+            let client = Client::new(rpc_chain(&cli), wallet(&cli)?);
+            let back = client.dispute(&parse_address(request)?).await?;
+            done(
+                &cli,
+                json!({ "disputed": request, "refund_lamports": back }),
+                &format!("disputed {request}: {back} lamports of the server's held share came back"),
+            );
             Ok(())
         }
         Command::Compare { a, b, preferred } => {

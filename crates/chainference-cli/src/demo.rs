@@ -319,7 +319,7 @@ pub async fn run() -> Result<()> {
     }
     println!(
         "The server's share stays in the request until the flag window closes (then the server claims it) or the \
-         client closes the request; a flag returns {}% of it. Each request was closed inside the client's next open \
+         client closes the request; a dispute returns {}% of it (a flag marks the server instead). Each request was closed inside the client's next open \
          transaction (no signature of its own); the {closed_at_end} left at the end in one more transaction, \
          returning {} lamports. A server signs once per transaction it streams: a short answer is one (lock, \
          answer and bill together), a long one one per flush.",

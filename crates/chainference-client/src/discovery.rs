@@ -217,6 +217,16 @@ impl ServerInfo {
         })
     }
 
+    /// The success ratio the default ranking uses, in bps:
+    /// `(counted - flagged) / (counted + timed_out + released + 2)`. The two phantom failures
+    /// are a prior: a server with no record scores 0 and climbs with paid work, so a fresh wallet
+    /// (a sybil, or an operator washing a bad record) cannot outrank one with a long, clean one.
+    pub fn ranking_bps(&self) -> u16 {
+        let s = &self.stats;
+        let total = s.counted.saturating_add(s.timed_out).saturating_add(s.released).saturating_add(2);
+        chainference_core::pricing::ratio_bps(s.counted.saturating_sub(s.flagged), total).unwrap_or(0)
+    }
+
     /// Why `query`, asked by the wallet `asker`, excludes this server (empty: it is eligible).
     /// Every reason is the program's own lock rule ([`ServerView::refusals`]): the price cap
     /// becomes the request's on-chain cap, and a server of the asking wallet could never lock.
@@ -265,8 +275,10 @@ impl ServerInfo {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Policy {
-    /// Highest success ratio, then most protocol fees paid by counted completions (reputation
-    /// weighted by money, so free self-dealing does not rank), then preference, then cheapest.
+    /// Highest [`ServerInfo::ranking_bps`] (the success ratio with a prior of two failures, so a
+    /// wallet with no history ranks last, not first), then most protocol fees paid by counted
+    /// completions (reputation weighted by money: free self-dealing does not rank), then
+    /// preference, then cheapest.
     #[default]
     MostReliable,
     /// Cheapest, then most reliable.
@@ -276,7 +288,7 @@ pub enum Policy {
 impl Policy {
     /// Sorts `servers` best first.
     pub fn rank(self, servers: &mut [ServerInfo]) {
-        let reliability = |s: &ServerInfo| (s.success_bps, s.stats.fees, s.preference_bps.unwrap_or(5_000));
+        let reliability = |s: &ServerInfo| (s.ranking_bps(), s.stats.fees, s.preference_bps.unwrap_or(5_000));
         match self {
             Policy::MostReliable => servers.sort_by(|a, b| {
                 reliability(b)

@@ -189,21 +189,35 @@ impl<C: Chain + 'static> Client<C> {
     }
 
     /// Flags a completed answer as bad (within the config's flag window): the server's
-    /// `flagged` count grows.
+    /// `flagged` count grows when the completion counted. No lamport comes back: see
+    /// [`Client::dispute`] for that (a request is flagged or disputed, once).
     pub async fn flag(&self, request: &Address) -> Result<(), ClientError> {
+        self.flag_or_dispute(request, false).await.map(|_| ())
+    }
+
+    /// Disputes a completed answer's bill (within the flag window): the config's share of the
+    /// server's held payment comes back to this wallet, and the server's reputation is left
+    /// alone. Returns the lamports that came back, net of the transaction fee.
+    pub async fn dispute(&self, request: &Address) -> Result<u64, ClientError> {
+        self.flag_or_dispute(request, true).await
+    }
+
+    async fn flag_or_dispute(&self, request: &Address, refund: bool) -> Result<u64, ClientError> {
         let account = self.read_request(request).await?;
         let header = RequestAccount::decode(&account)?.header;
         if header.status != RequestStatus::Completed {
             return Err(ClientError::WrongState {
                 request: *request,
                 status: header.status,
-                hint: "only a completed answer can be flagged",
+                hint: "only a completed answer can be flagged or disputed",
             });
         }
         let client = self.address().to_bytes();
-        let ix = builders::flag_response(&self.inner.program, &client, &request.to_bytes(), &header.locked_by);
+        let build = if refund { builders::dispute_response } else { builders::flag_response };
+        let ix = build(&self.inner.program, &client, &request.to_bytes(), &header.locked_by);
+        let before = self.inner.chain.balance(&self.address()).await?;
         self.inner.chain.send(&[instruction(ix)], &[&self.inner.wallet]).await?;
-        Ok(())
+        Ok(self.inner.chain.balance(&self.address()).await?.saturating_sub(before))
     }
 
     /// Compares two completed answers to the same prompt from two servers; `preferred` is the
@@ -248,10 +262,13 @@ impl<C: Chain + 'static> Client<C> {
 
     /// Closes every request queued with [`PendingRequest::close_later`] that no open
     /// transaction has closed yet, up to four per transaction (one signature each). Call it
-    /// before a client that asked goes away. Returns how many were closed.
+    /// before a client that asked goes away: the queue lives in memory only. Returns how many
+    /// were closed; a batch that fails stays queued (the first error is returned after the rest
+    /// were tried).
     pub async fn close_finished(&self) -> Result<usize, ClientError> {
-        let queued = std::mem::take(&mut *request::lock_queue(&self.inner.to_close));
-        let mut closed = 0;
+        let mut queued = std::mem::take(&mut *request::lock_queue(&self.inner.to_close));
+        queued.dedup();
+        let (mut closed, mut failure) = (0usize, None);
         for batch in queued.chunks(4) {
             let mut ixs = Vec::with_capacity(batch.len());
             for finished in batch {
@@ -264,14 +281,18 @@ impl<C: Chain + 'static> Client<C> {
                 continue;
             }
             if let Err(err) = self.inner.chain.send(&ixs, &[&self.inner.wallet]).await {
-                // Keep what is not closed for a later try.
-                let rest = queued.iter().skip(closed).copied();
-                request::lock_queue(&self.inner.to_close).extend(rest);
-                return Err(err.into());
+                // Keep this batch for a later try and go on with the next one.
+                tracing::warn!(%err, "closing finished requests failed; they stay queued");
+                request::requeue(&self.inner.to_close, batch.iter().copied());
+                failure.get_or_insert(err);
+                continue;
             }
             closed = closed.saturating_add(ixs.len());
         }
-        Ok(closed)
+        match failure {
+            Some(err) => Err(err.into()),
+            None => Ok(closed),
+        }
     }
 
     /// Every request of this wallet still on chain, oldest first, with prompts and answers

@@ -435,10 +435,27 @@ pub fn reclaim_request(
     p.build_infallible(&Instruction::ReclaimRequest, accounts)
 }
 
-/// [`Instruction::FlagResponse`]. `served_by` is the authority that completed the request.
+/// [`Instruction::FlagResponse`] as a flag: a mark on the reputation of `served_by` (the
+/// authority that completed the request), no lamport back.
 pub fn flag_response(p: &Program, client: &Address, request: &Address, served_by: &Address) -> BuiltInstruction {
+    flag_or_dispute(p, client, request, served_by, false)
+}
+
+/// [`Instruction::FlagResponse`] as a dispute: a part of the server's held share back to the
+/// client, no mark on the server's reputation.
+pub fn dispute_response(p: &Program, client: &Address, request: &Address, served_by: &Address) -> BuiltInstruction {
+    flag_or_dispute(p, client, request, served_by, true)
+}
+
+fn flag_or_dispute(
+    p: &Program,
+    client: &Address,
+    request: &Address,
+    served_by: &Address,
+    refund: bool,
+) -> BuiltInstruction {
     p.build_infallible(
-        &Instruction::FlagResponse,
+        &Instruction::FlagResponse { refund },
         vec![
             M::writable(*client, true),
             M::writable(*request, false),

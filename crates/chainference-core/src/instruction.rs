@@ -249,9 +249,11 @@ pub enum Instruction<'a> {
     ///
     /// Data expected: nothing.
     ReclaimRequest,
-    /// **15** — The client flags a completed answer, once, within the flag window: a part of
-    /// the server's held share (config `flag_refund_bps`) goes back to the client, and the flag
-    /// counts against the server when the completion counted.
+    /// **15** — The client flags a completed answer, once, within the flag window, in one of two
+    /// ways: a **flag** counts against the server's reputation (when the completion counted) and
+    /// moves no lamport; a **dispute** (`refund`) takes a part of the server's held share back
+    /// (config `flag_refund_bps`) and leaves the reputation alone. A flag that paid the flagger
+    /// would make flagging every answer pay; so a client chooses: money back, or a mark.
     ///
     /// Accounts expected:
     /// 0. `[s, w]` client: receives the flag refund
@@ -259,8 +261,11 @@ pub enum Instruction<'a> {
     /// 2. `[w]` server that served it
     /// 3. `[]` config (flag window, refund share)
     ///
-    /// Data expected: nothing.
-    FlagResponse,
+    /// Data expected: refund `bool` (true: a dispute).
+    FlagResponse {
+        /// Take a part of the held share back instead of marking the server's reputation.
+        refund: bool,
+    },
     /// **16** — The client compares two completed answers to the same prompt from different
     /// servers, revealing both commitments; both servers count a comparison, the winner a
     /// preference. Both completions must have counted (paid at least the config's
@@ -365,7 +370,7 @@ impl<'a> Instruction<'a> {
             Self::CompleteRequest { .. } => tag::COMPLETE_REQUEST,
             Self::ReleaseRequest => tag::RELEASE_REQUEST,
             Self::ReclaimRequest => tag::RECLAIM_REQUEST,
-            Self::FlagResponse => tag::FLAG_RESPONSE,
+            Self::FlagResponse { .. } => tag::FLAG_RESPONSE,
             Self::CompareResponses { .. } => tag::COMPARE_RESPONSES,
             Self::CloseRequest => tag::CLOSE_REQUEST,
             Self::ClaimPayment => tag::CLAIM_PAYMENT,
@@ -427,7 +432,7 @@ impl<'a> Instruction<'a> {
             tag::COMPLETE_REQUEST => Self::CompleteRequest { tokens: r.u64()? },
             tag::RELEASE_REQUEST => Self::ReleaseRequest,
             tag::RECLAIM_REQUEST => Self::ReclaimRequest,
-            tag::FLAG_RESPONSE => Self::FlagResponse,
+            tag::FLAG_RESPONSE => Self::FlagResponse { refund: r.bool()? },
             tag::COMPARE_RESPONSES => Self::CompareResponses {
                 salt_a: r.address()?,
                 salt_b: r.address()?,
@@ -489,6 +494,9 @@ impl<'a> Instruction<'a> {
             Self::CompleteRequest { tokens } => {
                 w.u64(*tokens);
             }
+            Self::FlagResponse { refund } => {
+                w.bool(*refund);
+            }
             Self::CompareResponses { salt_a, salt_b, digest, preferred } => {
                 w.put(*salt_a).put(*salt_b).put(*digest).u8(*preferred);
             }
@@ -497,7 +505,6 @@ impl<'a> Instruction<'a> {
             | Self::LockRequest
             | Self::ReleaseRequest
             | Self::ReclaimRequest
-            | Self::FlagResponse
             | Self::CloseRequest
             | Self::ClaimPayment => {}
         }

@@ -256,15 +256,17 @@ pub enum Event<'a> {
     },
     /// Anyone reclaims the stake for the client after the deadline.
     Reclaim,
-    /// The client flags a completed answer; it counts against the server when the completion
-    /// counted.
+    /// The client flags a completed answer: a flag counts against the server when the
+    /// completion counted; a dispute (`refund`) takes a part of the held share back instead.
     Flag {
         /// Who signed.
         signer: &'a Address,
         /// The config's flag window.
         flag_window: u32,
-        /// The config's share of the held payment a flag returns to the client.
+        /// The config's share of the held payment a dispute returns to the client.
         flag_refund_bps: u16,
+        /// A dispute: money back, no mark on the server's reputation.
+        refund: bool,
     },
     /// The serving server takes its held share and its response's rent after the flag window.
     Claim {
@@ -532,7 +534,7 @@ impl RequestHeader {
                 self.settled_at = now;
                 fx.to_client = self.stake;
             }
-            Event::Flag { signer, flag_window, flag_refund_bps } => {
+            Event::Flag { signer, flag_window, flag_refund_bps, refund } => {
                 self.expect(RequestStatus::Completed)?;
                 if self.client != *signer {
                     return Err(Error::NotClient);
@@ -543,13 +545,18 @@ impl RequestHeader {
                 if now >= self.flag_window_end(flag_window)? {
                     return Err(Error::FlagWindowClosed);
                 }
-                let refund = mul_div(self.server_due, flag_refund_bps as u64, BPS_DENOMINATOR, Rounding::Down)
-                    .filter(|r| *r <= self.server_due)
-                    .ok_or(Error::InvalidFeeBps)?;
-                self.server_due = self.server_due.saturating_sub(refund);
+                let back = if refund {
+                    mul_div(self.server_due, flag_refund_bps as u64, BPS_DENOMINATOR, Rounding::Down)
+                        .filter(|r| *r <= self.server_due)
+                        .ok_or(Error::InvalidFeeBps)?
+                } else {
+                    0
+                };
+                self.server_due = self.server_due.saturating_sub(back);
                 self.flags |= FLAG_FLAGGED;
-                fx.to_client = refund;
-                fx.server.flagged = self.counted();
+                fx.to_client = back;
+                // A mark costs the flagger the refund it could have had; a dispute leaves none.
+                fx.server.flagged = !refund && self.counted();
             }
             Event::Claim { signer, flag_window } => {
                 self.expect(RequestStatus::Completed)?;

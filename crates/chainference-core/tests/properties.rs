@@ -145,7 +145,7 @@ proptest! {
                 5 => Event::Complete { server, tokens: u64::from(x % 2_000), response_finished: true,
                     response_len: u32::from(x % 1_500), min_counted_fee: 100 },
                 6 => Event::Reclaim,
-                7 => Event::Flag { signer: &[1; 32], flag_window: 60, flag_refund_bps: x % 10_001 },
+                7 => Event::Flag { signer: &[1; 32], flag_window: 60, flag_refund_bps: x % 10_001, refund: x % 2 == 0 },
                 8 => Event::Claim { signer: server, flag_window: 60 },
                 _ => Event::Close { signer: &[1; 32], retention: 120 },
             };

@@ -101,27 +101,28 @@ fn a_request_lives_its_whole_life_and_every_lamport_is_accounted_for() {
         "a fee of 600 >= min_counted_fee 100 counts"
     );
 
-    // Flag within the window: half the held share comes back to the client.
+    // Flag within the window: a mark on the server, no lamport back (a dispute would take
+    // part of the share back instead, and leave no mark).
     let client_before_flag = b.lamports(&client);
     b.ok(vec![builders::flag_response(&b.program, &client, &req.address, &a)], &[&b.client.insecure_clone()]);
-    assert_eq!(b.lamports(&client) + 5_000 - client_before_flag, s.server / 2);
-    assert_eq!(b.request(&req.address).server_due, s.server - s.server / 2);
+    assert_eq!(client_before_flag - b.lamports(&client), 5_000, "a flag pays the flagger nothing");
+    assert_eq!(b.request(&req.address).server_due, s.server);
     assert_eq!(b.server_header(&a).stats.flagged, 1);
     assert_eq!(b.server_header(&a).stats.success_bps(), 0);
-    // Close: the rest of the held share and the response's rent to the server, the request's rent
-    // to the client.
+    // Close: the held share and the response's rent to the server, the request's rent to the
+    // client.
     let response_rent = b.lamports(&req.response);
     let server_before_close = b.lamports(&a);
     b.ok(vec![builders::close_request(&b.program, &client, &refs, &a)], &[&b.client.insecure_clone()]);
     assert!(!b.exists(&req.address) && !b.exists(&req.response), "both accounts closed");
     assert_eq!(
         b.lamports(&a) - server_before_close,
-        response_rent + s.server - s.server / 2,
-        "the server's rent and the rest of its share came back"
+        response_rent + s.server,
+        "the server's rent and its share came back"
     );
     assert_conserved(&b, &accounts, before, fees0);
-    // The client paid the cost less the flag refund, plus its own transaction fees (open, flag, close).
-    assert_eq!(client_before - b.lamports(&client), s.cost - s.server / 2 + 3 * 5_000);
+    // The client paid exactly the cost plus its own transaction fees (open, flag, close).
+    assert_eq!(client_before - b.lamports(&client), s.cost + 3 * 5_000);
 }
 
 #[test]

@@ -59,8 +59,10 @@ enum Step {
     Reclaim {
         request: usize,
     },
+    /// A flag (a mark on the server) or a dispute (`refund`: part of the held share back).
     Flag {
         request: usize,
+        refund: bool,
     },
     Close {
         request: usize,
@@ -88,7 +90,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (s, r.clone()).prop_map(|(server, request)| Step::Claim { server, request }),
         1 => r.clone().prop_map(|request| Step::Cancel { request }),
         1 => r.clone().prop_map(|request| Step::Reclaim { request }),
-        1 => r.clone().prop_map(|request| Step::Flag { request }),
+        1 => (r.clone(), any::<bool>()).prop_map(|(request, refund)| Step::Flag { request, refund }),
         1 => r.prop_map(|request| Step::Close { request }),
         2 => (1i64..200).prop_map(|seconds| Step::Wait { seconds }),
         // Past (or just short of, or exactly at) the end of a flag window.
@@ -391,7 +393,7 @@ impl Harness {
                     }
                 }
             }
-            Step::Flag { request } => {
+            Step::Flag { request, refund } => {
                 let Some(t) = self.requests.get(request) else { return };
                 let Some(server) = self.server_of(&t.header.locked_by) else { return };
                 if t.closed {
@@ -403,10 +405,11 @@ impl Harness {
                     signer: &key(&client),
                     flag_window: self.params.flag_window,
                     flag_refund_bps: self.params.flag_refund_bps,
+                    refund,
                 };
                 let predicted = h.apply(event, now);
-                let ix =
-                    builders::flag_response(&self.b.program, &key(&client), &t.req.address, self.server_key(server));
+                let build = if refund { builders::dispute_response } else { builders::flag_response };
+                let ix = build(&self.b.program, &key(&client), &t.req.address, self.server_key(server));
                 if self.send(vec![ix], &client, predicted.map(|_| ())) {
                     let fx = predicted.unwrap();
                     self.requests[request].header = h;

@@ -907,13 +907,19 @@ fn attack_4_billing_is_bounded_and_the_share_held_until_the_flag_window_closes()
     let h = b.request(&req.address);
     assert_eq!(before - b.lamports(&a), 5_000, "nothing paid to the server at completion, only its fee spent");
     assert!(h.server_due > 0);
-    // Claiming inside the window is refused; the client's flag takes half back.
+    // Claiming inside the window is refused; the client's dispute takes half back, and leaves
+    // the server's reputation alone (a flag would mark it and return nothing).
     let claim = builders::claim_payment(&b.program, &a, &req.address, &req.response);
     b.rejects(vec![claim.clone()], &[&sw], Error::FlagWindowOpen, &acc);
     let client = b.client.insecure_clone();
-    b.ok(vec![builders::flag_response(&b.program, &key(&client), &req.address, &a)], &[&client]);
+    let client_before = b.lamports(&key(&client));
+    b.ok(vec![builders::dispute_response(&b.program, &key(&client), &req.address, &a)], &[&client]);
     let due = b.request(&req.address).server_due;
     assert_eq!(due, h.server_due - h.server_due / 2);
+    assert_eq!(b.lamports(&key(&client)) + 5_000 - client_before, h.server_due / 2);
+    assert_eq!(b.server_header(&a).stats.flagged, 0, "a dispute is no mark");
+    let again = builders::flag_response(&b.program, &key(&client), &req.address, &a);
+    b.rejects(vec![again], &[&client], Error::AlreadyFlagged, &acc);
     // After the window the server takes the rest.
     let before = b.lamports(&a);
     let response_rent = b.lamports(&req.response);
@@ -953,7 +959,7 @@ fn attack_6_flags_on_requests_below_the_counted_fee_do_not_count() {
     let stats = b.server_header(&s.authority()).stats;
     assert_eq!((stats.flagged, stats.success_bps()), (0, 10_000), "a flag costs at least the counted fee to count");
     assert!(b.request(&cheap.address).flagged());
-    // A paid request's flag counts; the flagger's fee is never returned.
+    // A paid request's flag counts, and returns nothing: flagging never pays the flagger.
     let paid = b.open(&b.spec(&[&s]));
     b.serve(&s, &paid, 200);
     assert!(b.request(&paid.address).fee < 100, "still below: 200 tokens cost 200");
@@ -1062,4 +1068,33 @@ fn attack_13_price_cap_and_price_and_fee_snapshots() {
     b.ok(vec![builders::complete_request(&b.program, &a, &refs, 100)], &[&sw]);
     let h = b.request(&req.address);
     assert_eq!((h.price_per_mtok, h.fee_bps, h.cost, h.fee), (20_000_000, 1_000, 2_000, 200));
+}
+
+#[test]
+fn a_client_who_empties_its_wallet_cannot_block_the_reclaim() {
+    let mut w = world();
+    let mut spec = w.b.spec(&[&w.s1]);
+    // A stake below the rent-exempt minimum of an empty wallet (890,880 lamports).
+    spec.stake = 500_000;
+    let req = w.b.open(&spec);
+    lock(&mut w.b, &w.s1, &req);
+    let client = w.b.client.insecure_clone();
+    let payer = w.b.wallet();
+    let all = w.b.lamports(&key(&client));
+    w.b.ok(vec![builders::system_transfer(&key(&client), &key(&payer), all)], &[&payer, &client]);
+    // Past the deadline a cranker reclaims: the stake waits in the request, the server's lock
+    // ends (it may retire again) and its timeout counts.
+    let a = w.s1.authority();
+    w.b.set_time(T0 + 300);
+    let cranker = w.b.wallet();
+    let reclaim = builders::reclaim_request(&w.b.program, &req.address, &key(&client), Some(&a));
+    w.b.ok(vec![reclaim], &[&cranker]);
+    let h = w.b.server_header(&a);
+    assert_eq!((h.locked_count, h.stats.timed_out), (0, 1));
+    assert_eq!(w.b.lamports(&key(&client)), 0);
+    let held = w.b.lamports(&req.address);
+    let refs = w.b.refs(&req);
+    let close = builders::close_request(&w.b.program, &key(&client), &refs, &key(&client));
+    w.b.ok(vec![close], &[&payer, &client]);
+    assert_eq!(w.b.lamports(&key(&client)), held, "stake and rent come back at close");
 }

@@ -50,7 +50,7 @@ pub fn process(program_id: &Address, accounts: &mut [AccountView], data: &[u8]) 
         Instruction::CompleteRequest { tokens } => complete_request(ctx, tokens),
         Instruction::ReleaseRequest => release_request(ctx),
         Instruction::ReclaimRequest => reclaim_request(ctx),
-        Instruction::FlagResponse => flag_response(ctx),
+        Instruction::FlagResponse { refund } => flag_response(ctx, refund),
         Instruction::CompareResponses { salt_a, salt_b, digest, preferred } => {
             compare_responses(ctx, &CompareReveal { salt_a, salt_b, digest }, preferred)
         }
@@ -598,9 +598,9 @@ fn release_request(ctx: &mut Ctx<'_>) -> ProgramResult {
         owned(server, program_id)?;
         let mut server_data = server.try_borrow_mut()?;
         let server_header = server_in(&mut server_data, &locked_by, Error::ServerMismatch)?;
-        if had_response && resp.is_none_or(|r| &r.server != caller.address().as_array()) {
+        if had_response != resp.is_some() || resp.is_some_and(|r| &r.server != caller.address().as_array()) {
             // The request has a response (so the rule let only its server release): it must be
-            // passed, and be this server's, to be discarded.
+            // passed, and be this server's, to be discarded; and only then may one be passed.
             return Err(fail(Error::ResponseMismatch));
         }
         count(server_header, &fx)?;
@@ -636,10 +636,11 @@ fn reclaim_request(ctx: &mut Ctx<'_>) -> ProgramResult {
         }
         fx
     };
-    move_lamports(request, client, fx.to_client)
+    // Anyone may crank a reclaim: a client that emptied its wallet gets the stake at close.
+    refund_client(request, client, fx.to_client)
 }
 
-fn flag_response(ctx: &mut Ctx<'_>) -> ProgramResult {
+fn flag_response(ctx: &mut Ctx<'_>, refund: bool) -> ProgramResult {
     let program_id = ctx.program_id;
     let [client, request, server, config, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
     signer(client)?;
@@ -658,6 +659,7 @@ fn flag_response(ctx: &mut Ctx<'_>) -> ProgramResult {
             signer: client.address().as_array(),
             flag_window: params.flag_window,
             flag_refund_bps: params.flag_refund_bps,
+            refund,
         };
         let fx = header.apply(event, now()?).or_fail()?;
         count(server_header, &fx)?;

@@ -416,7 +416,7 @@ pub fn commitment_of(salt: &[u8], digest: &[u8]) -> JsResult<Uint8Array> {
 /// nonce, stake, maxPricePerMtok?, maxTokens, timeout?, minCompleted?, minSuccessBps?, model,
 /// allowed: Uint8Array[], responseKey, commitment, envelope, firstChunk?, chunk?, programId? }`.
 /// `nonce` must be usable ([`usable_nonce`]); `maxPricePerMtok` is the highest price a server
-/// may lock at (set it to what you were quoted; without it any price is accepted)
+/// may lock at (what the allowed servers quoted: the dearest of their prices)
 /// (`firstChunk`/`chunk` override the sizes; by default each transaction keeps
 /// [`builders::TRANSACTION_RESERVE`] bytes free for the wallet's own instructions, as the Rust
 /// client does).
@@ -454,7 +454,7 @@ pub fn open_request_instructions(params: JsValue) -> JsResult<Array> {
         nonce,
         bump,
         stake: get_u64(&params, "stake", None)?,
-        max_price_per_mtok: get_u64(&params, "maxPricePerMtok", Some(u64::MAX))?,
+        max_price_per_mtok: get_u64(&params, "maxPricePerMtok", None)?,
         max_tokens: get_u32(&params, "maxTokens", None)?,
         timeout: get_u32(&params, "timeout", Some(0))?,
         min_completed: get_u64(&params, "minCompleted", Some(0))?,
@@ -497,16 +497,20 @@ pub fn reclaim_request_instruction(
     Ok(instruction(&builders::reclaim_request(&p, &address(request)?, &address(client)?, locked_by.as_ref())))
 }
 
-/// FlagResponse (`servedBy`: the authority that completed it).
+/// FlagResponse (`servedBy`: the authority that completed it): a flag marks the server's
+/// reputation; with `refund` it is a dispute instead, taking part of the server's held share
+/// back and leaving its reputation alone.
 #[wasm_bindgen(js_name = flagResponseInstruction)]
 pub fn flag_response_instruction(
     client: &[u8],
     request: &[u8],
     served_by: &[u8],
+    refund: Option<bool>,
     program_id: Option<Vec<u8>>,
 ) -> JsResult<JsValue> {
     let p = program(program_id)?;
-    Ok(instruction(&builders::flag_response(&p, &address(client)?, &address(request)?, &address(served_by)?)))
+    let build = if refund.unwrap_or(false) { builders::dispute_response } else { builders::flag_response };
+    Ok(instruction(&build(&p, &address(client)?, &address(request)?, &address(served_by)?)))
 }
 
 /// CompareResponses. `a` and `b`: `{ request, servedBy, salt }`; `preferred`: 0 for a, 1 for b.
@@ -542,8 +546,14 @@ pub fn compare_responses_instruction(
 /// CloseRequest (`servedBy`: the authority of the server that completed the request, which
 /// receives its held share and its response's rent; the client when there is none).
 #[wasm_bindgen(js_name = closeRequestInstruction)]
-pub fn close_request_instruction(caller: &[u8], request: &[u8], client: &[u8], served_by: &[u8]) -> JsResult<JsValue> {
-    let p = Program::default();
+pub fn close_request_instruction(
+    caller: &[u8],
+    request: &[u8],
+    client: &[u8],
+    served_by: &[u8],
+    program_id: Option<Vec<u8>>,
+) -> JsResult<JsValue> {
+    let p = program(program_id)?;
     let request = address(request)?;
     let refs = RequestRefs { request, response: p.response(&request).0, client: address(client)? };
     Ok(instruction(&builders::close_request(&p, &address(caller)?, &refs, &address(served_by)?)))

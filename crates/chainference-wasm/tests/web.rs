@@ -138,8 +138,11 @@ fn layouts_pdas_and_instruction_data_match_the_vectors() {
     let accounts = Array::from(&field(&cancel, "accounts"));
     assert_eq!(field(&accounts.get(0), "role").as_f64(), Some(3.0), "writable signer in @solana/kit's roles");
     let a1 = hex::decode("2222222222222222222222222222222222222222222222222222222222222222").unwrap();
-    let flag = flag_response_instruction(&client, &req, &a1, None).unwrap();
+    let flag = flag_response_instruction(&client, &req, &a1, None, None).unwrap();
     assert_eq!(u8s(&field(&flag, "data")), unhex(&by_name("FlagResponse")["data"]));
+    // A dispute is the same instruction with its refund byte set.
+    let dispute = flag_response_instruction(&client, &req, &a1, Some(true), None).unwrap();
+    assert_eq!(u8s(&field(&dispute, "data")), vec![15, 1]);
     let reclaim = reclaim_request_instruction(&req, &client, Some(a1.clone()), None).unwrap();
     assert_eq!(u8s(&field(&reclaim, "data")), unhex(&by_name("ReclaimRequest")["data"]));
     assert_eq!(Array::from(&field(&reclaim, "keys")).length(), 3);
@@ -227,7 +230,8 @@ fn bad_input_throws_errors_with_codes() {
 fn open_request_instructions_chunk_a_large_prompt() {
     let keys = ClientKeys::from_wallet_signature(&[8u8; 64]).unwrap();
     let client = [1u8; 32];
-    let request = request_address(&client, 3, None).unwrap().to_vec();
+    let nonce = usable_nonce(&client, 3, None).unwrap();
+    let request = request_address(&client, nonce, None).unwrap().to_vec();
     let rk = keys.request_keys(&request).unwrap();
     let server = ServerKeys::from_seed(&[2u8; 32]).unwrap();
     let servers = Array::new();
@@ -239,8 +243,9 @@ fn open_request_instructions_chunk_a_large_prompt() {
         Reflect::set(&params, &k.into(), &v).unwrap();
     };
     put("client", Uint8Array::from(&client[..]).into());
-    put("nonce", JsValue::from(3));
+    put("nonce", JsValue::from(js_sys::BigInt::from(nonce)));
     put("stake", JsValue::from(js_sys::BigInt::from(10_000_000u64)));
+    put("maxPricePerMtok", JsValue::from(js_sys::BigInt::from(2_000_000u64)));
     put("maxTokens", JsValue::from(512));
     put("model", JsValue::from_str("HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1"));
     let allowed = Array::new();

@@ -14,7 +14,7 @@ use chainference_core::prompt::{ChatMessage, PromptPayload};
 use chainference_core::state::{MAX_ALLOWED_SERVERS, RequestHeader};
 use zeroize::Zeroizing;
 
-use super::pending::{Finished, PendingRequest, lock_queue};
+use super::pending::{Finished, PendingRequest, lock_queue, requeue};
 use crate::discovery::{Exclusion, Filtered, Policy, ServerFilter, ServerInfo, ServerQuery};
 use crate::{Client, ClientError};
 
@@ -323,8 +323,9 @@ impl Prepared {
             fees: Arc::clone(&fees),
         };
         let wallet = inner.wallet_address();
-        // The queued closes ride in the first transaction; if it fails with them (one was
-        // closed meanwhile, say), it goes again alone and they stay queued.
+        // The queued closes ride in the first transaction. If one of them fails (closed
+        // meanwhile, say), the open goes again alone and the others stay queued; if the open
+        // itself fails, so does the ask; if the outcome is unknown, the chain says which.
         let bundled: Vec<Finished> = {
             let mut queue = lock_queue(&inner.to_close);
             let bundled: Vec<Finished> = self.closes.iter().filter(|f| queue.contains(f)).copied().collect();
@@ -341,12 +342,26 @@ impl Prepared {
                     fees.fetch_add(sent.fee, Ordering::Relaxed);
                     return self.upload_rest(client, pending, 1).await;
                 }
+                Err(chainference_chain::ChainError::Transaction {
+                    error: chainference_chain::TransactionError::InstructionError(index, ..),
+                    charged,
+                    ..
+                }) if index >= 1 => {
+                    fees.fetch_add(charged, Ordering::Relaxed);
+                    let failed = usize::from(index).saturating_sub(1);
+                    tracing::debug!(failed, "a bundled close failed; sending the open alone");
+                    let keep = bundled.iter().enumerate().filter(|(i, _)| *i != failed).map(|(_, f)| *f);
+                    requeue(&inner.to_close, keep);
+                }
                 Err(err) => {
-                    tracing::debug!(%err, "open with bundled closes failed; sending it alone");
                     if let chainference_chain::ChainError::Transaction { charged, .. } = &err {
                         fees.fetch_add(*charged, Ordering::Relaxed);
+                    } else if inner.chain.account(&self.address).await.ok().flatten().is_some() {
+                        // Reported lost, but it landed (closes included: one transaction).
+                        return self.upload_rest(client, pending, 1).await;
                     }
-                    lock_queue(&inner.to_close).extend(bundled);
+                    requeue(&inner.to_close, bundled);
+                    return Err(err.into());
                 }
             }
         }
@@ -369,6 +384,9 @@ impl Prepared {
                     fees.fetch_add(sent.fee, Ordering::Relaxed);
                 }
                 Err(err) => {
+                    if let chainference_chain::ChainError::Transaction { charged, .. } = &err {
+                        fees.fetch_add(*charged, Ordering::Relaxed);
+                    }
                     if index > 0 {
                         // Half uploaded: take the stake and rent back rather than strand them.
                         if let Err(cancel) = pending.cancel().await {

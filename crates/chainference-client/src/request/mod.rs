@@ -7,4 +7,4 @@ mod pending;
 pub(crate) use ask::Prepared;
 pub use ask::{Ask, Estimate, ServerChoice, Stake};
 pub use pending::{Answer, AnswerEvent, PendingRequest, Receipt, RequestState};
-pub(crate) use pending::{Finished, lock_queue};
+pub(crate) use pending::{Finished, lock_queue, requeue};

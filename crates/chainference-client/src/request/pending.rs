@@ -155,6 +155,16 @@ pub(crate) fn lock_queue(queue: &std::sync::Mutex<Vec<Finished>>) -> std::sync::
     queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Puts `items` back in the queue, each at most once.
+pub(crate) fn requeue(queue: &std::sync::Mutex<Vec<Finished>>, items: impl IntoIterator<Item = Finished>) {
+    let mut queue = lock_queue(queue);
+    for item in items {
+        if !queue.contains(&item) {
+            queue.push(item);
+        }
+    }
+}
+
 /// A request this wallet sent, followed on chain.
 pub struct PendingRequest<C: Chain + 'static> {
     pub(super) client: Client<C>,

@@ -267,7 +267,10 @@ impl Shared {
             .collect();
         let before = self.chain.balance(&self.wallet.pubkey()).await?;
         for batch in due.chunks(4) {
-            self.send(batch).await?;
+            // One bad batch (a request closed meanwhile) must not hold up the others.
+            if let Err(err) = self.send(batch).await {
+                tracing::warn!(error = %err, "a claim batch failed; the rest go on");
+            }
         }
         let after = self.chain.balance(&self.wallet.pubkey()).await?;
         let claimed = after.saturating_sub(before);
