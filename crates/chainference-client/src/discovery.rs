@@ -69,24 +69,39 @@ pub struct ServerQuery {
     pub filter: ServerFilter,
     /// List inactive servers as eligible too (they still cannot lock).
     pub include_inactive: bool,
+    /// Weigh each eligible server's comparisons per comparing client
+    /// ([`ServerInfo::preference_by_client_bps`]; one more chain query per eligible server).
+    pub weigh_comparisons: bool,
 }
 
 impl ServerQuery {
     /// Every active server offering `model`.
     pub fn new(model: impl Into<String>) -> Self {
-        ServerQuery { model: Some(model.into()), filter: ServerFilter::default(), include_inactive: false }
+        ServerQuery {
+            model: Some(model.into()),
+            filter: ServerFilter::default(),
+            include_inactive: false,
+            weigh_comparisons: true,
+        }
     }
 
     /// Every active server, whatever it offers (what a model list shows). Without a model
     /// there is no price to compare, so a `max_price` on this query excludes no one; the
     /// reputation filters still apply.
     pub fn any_model() -> Self {
-        ServerQuery { model: None, filter: ServerFilter::default(), include_inactive: false }
+        ServerQuery { model: None, filter: ServerFilter::default(), include_inactive: false, weigh_comparisons: true }
     }
 
     /// Lists inactive servers as eligible too.
     pub fn include_inactive(mut self, include: bool) -> Self {
         self.include_inactive = include;
+        self
+    }
+
+    /// Whether to weigh comparisons per comparing client (on by default; off saves one chain
+    /// query per eligible server, and ranking falls back to the raw preference share).
+    pub fn weigh_comparisons(mut self, weigh: bool) -> Self {
+        self.weigh_comparisons = weigh;
         self
     }
 }
@@ -189,6 +204,12 @@ pub struct ServerInfo {
     pub success_bps: u16,
     /// `preferred / comparisons` in bps, none before a comparison.
     pub preference_bps: Option<u16>,
+    /// The preference share with each comparing client as one voice: the mean over clients of
+    /// each client's `preferred / comparisons` for this server, from the compared requests still
+    /// on chain. A client comparing one pair again and again (a sybil boosting its own server)
+    /// moves it no more than a client comparing once. `None` until weighed
+    /// ([`ServerQuery::weigh_comparisons`]) or before any comparison.
+    pub preference_by_client_bps: Option<u16>,
     /// Requests it holds locked now.
     pub locked_count: u32,
     /// When it registered (unix seconds).
@@ -212,6 +233,7 @@ impl ServerInfo {
             stats: header.stats,
             success_bps: header.stats.success_bps(),
             preference_bps: header.stats.preference_bps(),
+            preference_by_client_bps: None,
             locked_count: header.locked_count,
             registered_at: header.registered_at,
         })
@@ -278,7 +300,8 @@ pub enum Policy {
     /// Highest [`ServerInfo::ranking_bps`] (the success ratio with a prior of two failures, so a
     /// wallet with no history ranks last, not first), then most protocol fees paid by counted
     /// completions (reputation weighted by money: free self-dealing does not rank), then
-    /// preference, then cheapest.
+    /// preference (per comparing client when weighed: [`ServerInfo::preference_by_client_bps`]),
+    /// then cheapest.
     #[default]
     MostReliable,
     /// Cheapest, then most reliable.
@@ -288,7 +311,9 @@ pub enum Policy {
 impl Policy {
     /// Sorts `servers` best first.
     pub fn rank(self, servers: &mut [ServerInfo]) {
-        let reliability = |s: &ServerInfo| (s.ranking_bps(), s.stats.fees, s.preference_bps.unwrap_or(5_000));
+        let reliability = |s: &ServerInfo| {
+            (s.ranking_bps(), s.stats.fees, s.preference_by_client_bps.or(s.preference_bps).unwrap_or(5_000))
+        };
         match self {
             Policy::MostReliable => servers.sort_by(|a, b| {
                 reliability(b)

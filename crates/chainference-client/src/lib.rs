@@ -59,7 +59,8 @@ use chainference_chain::{AccountFilter, address, instruction};
 use chainference_core::builders::{self, CompareSide, Program};
 use chainference_core::envelope::{CLIENT_KEY_MESSAGE, ClientSecret};
 use chainference_core::model::ModelId;
-use chainference_core::state::{AccountKind, RequestAccount, RequestStatus};
+use chainference_core::pricing;
+use chainference_core::state::{AccountKind, RequestAccount, RequestHeader, RequestStatus};
 
 /// A wallet's view of the network: its keys, a chain, and the program's addresses.
 ///
@@ -141,8 +142,43 @@ impl<C: Chain + 'static> Client<C> {
                 Err(err) => discovery.unreadable.push((account, err)),
             }
         }
+        if query.weigh_comparisons {
+            for server in &mut discovery.eligible {
+                server.preference_by_client_bps = self.preference_by_client(&server.authority).await?;
+            }
+        }
         Policy::MostReliable.rank(&mut discovery.eligible);
         Ok(discovery)
+    }
+
+    /// `server`'s preference share with each comparing client as one voice, from the compared
+    /// requests it served that are still on chain (see [`ServerInfo::preference_by_client_bps`]).
+    pub async fn preference_by_client(&self, server: &Address) -> Result<Option<u16>, ClientError> {
+        let filters = [
+            AccountFilter::Memcmp { offset: 0, bytes: vec![AccountKind::Request as u8] },
+            AccountFilter::Memcmp { offset: RequestHeader::STATUS_OFFSET, bytes: vec![RequestStatus::Completed as u8] },
+            AccountFilter::Memcmp { offset: RequestHeader::LOCKED_BY_OFFSET, bytes: server.to_bytes().to_vec() },
+        ];
+        let served = self.inner.chain.program_accounts(&address(&self.inner.program.id), &filters).await?;
+        // Per comparing client: (comparisons, wins).
+        let mut by_client: std::collections::HashMap<[u8; 32], (u64, u64)> = std::collections::HashMap::new();
+        for (_, account) in served {
+            let Ok(header) = RequestHeader::decode(&account.data) else { continue };
+            if header.compared() {
+                let entry = by_client.entry(header.client).or_default();
+                entry.0 = entry.0.saturating_add(1);
+                entry.1 = entry.1.saturating_add(u64::from(header.preferred()));
+            }
+        }
+        if by_client.is_empty() {
+            return Ok(None);
+        }
+        let sum: u64 = by_client
+            .values()
+            .map(|(comparisons, wins)| u64::from(pricing::ratio_bps(*wins, *comparisons).unwrap_or(0)))
+            .sum();
+        let clients = u64::try_from(by_client.len()).unwrap_or(u64::MAX);
+        Ok(Some(u16::try_from(sum.checked_div(clients).unwrap_or(0)).unwrap_or(10_000)))
     }
 
     /// One server by its authority, `None` if it is not registered.

@@ -343,6 +343,38 @@ async fn two_clients_at_once() {
     assert_eq!(start - total(&chain), u128::from(fees));
 }
 
+/// One client comparing one pair again and again is one voice in the SDK's preference score
+/// (issue 18, attack 2): the raw on-chain share follows the comparisons, the weighed one the
+/// clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_comparisons_of_one_pair_count_as_one_voice() {
+    let chain = chain();
+    let a = TestServer::register(chain.as_ref(), 100_000_000).await;
+    let b = TestServer::register(chain.as_ref(), 100_000_000).await;
+    let (eager, other) = (client(&chain).await, client(&chain).await);
+    for (who, rounds, winner) in [(&eager, 3, 0), (&other, 1, 1)] {
+        for _ in 0..rounds {
+            let (to_a, to_b) =
+                who.ask_pair(Ask::new(MODEL, "Name a prime."), a.authority(), b.authority()).await.unwrap();
+            a.serve(chain.as_ref(), &to_a.address(), &["7"], 20).await;
+            b.serve(chain.as_ref(), &to_b.address(), &["5"], 20).await;
+            to_a.wait().await.unwrap();
+            to_b.wait().await.unwrap();
+            let preferred = if winner == 0 { to_a.address() } else { to_b.address() };
+            who.compare(&to_a.address(), &to_b.address(), &preferred).await.unwrap();
+        }
+    }
+    let found = other.servers(&ServerQuery::new(MODEL)).await.unwrap();
+    let info = |authority: chainference_client::Address| {
+        found.eligible.iter().find(|s| s.authority == authority).unwrap().clone()
+    };
+    let (ia, ib) = (info(a.authority()), info(b.authority()));
+    assert_eq!((ia.preference_bps, ia.preference_by_client_bps), (Some(7_500), Some(5_000)));
+    assert_eq!((ib.preference_bps, ib.preference_by_client_bps), (Some(2_500), Some(5_000)));
+    let unweighed = other.servers(&ServerQuery::new(MODEL).weigh_comparisons(false)).await.unwrap();
+    assert!(unweighed.eligible.iter().all(|s| s.preference_by_client_bps.is_none()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_and_flag_build_reputation() {
     let chain = chain();

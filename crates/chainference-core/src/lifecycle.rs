@@ -45,8 +45,8 @@ use crate::error::{Error, Result};
 use crate::pricing::{BPS_DENOMINATOR, Rounding, mul_div};
 use crate::pricing::{ServerStats, settle};
 use crate::state::{
-    ConfigParams, FLAG_COMPARED, FLAG_COUNTED, FLAG_FLAGGED, FLAG_HAS_RESPONSE, MAX_ALLOWED_SERVERS, MAX_PROMPT_LEN,
-    REQUEST_BUMP, RequestHeader, RequestStatus,
+    ConfigParams, FLAG_COMPARED, FLAG_COUNTED, FLAG_FLAGGED, FLAG_HAS_RESPONSE, FLAG_PREFERRED, MAX_ALLOWED_SERVERS,
+    MAX_PROMPT_LEN, REQUEST_BUMP, RequestHeader, RequestStatus,
 };
 
 /// What a new request asks for; [`NewRequest::create`] validates it into a Draft header.
@@ -698,5 +698,10 @@ pub fn compare(
     }
     a.flags |= FLAG_COMPARED;
     b.flags |= FLAG_COMPARED;
+    if preferred == 0 {
+        a.flags |= FLAG_PREFERRED;
+    } else {
+        b.flags |= FLAG_PREFERRED;
+    }
     Ok(CompareEffects { server_a: a.locked_by, server_b: b.locked_by, a_preferred: preferred == 0 })
 }

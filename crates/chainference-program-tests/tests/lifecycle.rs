@@ -276,6 +276,7 @@ fn compare_counts_both_servers_and_the_preferred_one() {
     assert_eq!((h2.stats.comparisons, h2.stats.preferred), (1, 1));
     assert_eq!(h2.stats.preference_bps(), Some(10_000));
     assert!(b.request(&r1.address).compared() && b.request(&r2.address).compared());
+    assert!(b.request(&r2.address).preferred() && !b.request(&r1.address).preferred(), "the winner is marked");
     assert_conserved(&b, &accounts, before, fees0);
 }
 

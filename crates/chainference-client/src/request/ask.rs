@@ -145,7 +145,12 @@ impl Ask {
     }
 
     fn query(&self) -> ServerQuery {
-        ServerQuery { model: Some(self.model.clone()), filter: self.filter, include_inactive: false }
+        ServerQuery {
+            model: Some(self.model.clone()),
+            filter: self.filter,
+            include_inactive: false,
+            weigh_comparisons: true,
+        }
     }
 }
 

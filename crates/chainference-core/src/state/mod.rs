@@ -18,8 +18,8 @@ mod server;
 
 pub use config::{Config, ConfigParams, Treasury};
 pub use request::{
-    FLAG_COMPARED, FLAG_COUNTED, FLAG_FLAGGED, FLAG_HAS_RESPONSE, REQUEST_BUMP, RequestAccount, RequestHeader,
-    RequestStatus, RequestTail, allowed_slice, read_array,
+    FLAG_COMPARED, FLAG_COUNTED, FLAG_FLAGGED, FLAG_HAS_RESPONSE, FLAG_PREFERRED, REQUEST_BUMP, RequestAccount,
+    RequestHeader, RequestStatus, RequestTail, allowed_slice, read_array,
 };
 pub use response::{ResponseAccount, ResponseHeader};
 pub use server::{Offer, Offers, ServerAccount, ServerHeader, ServerState, check_endpoint};

@@ -44,6 +44,10 @@ pub const FLAG_HAS_RESPONSE: u8 = 4;
 /// `min_counted_fee` and counted toward the server's reputation; its flag and comparison count
 /// too (decided once, at completion, so a later config change cannot split them).
 pub const FLAG_COUNTED: u8 = 8;
+/// Bit of [`RequestHeader::flags`]: the request's answer won the comparison it was part of.
+/// With [`FLAG_COMPARED`] and the client on every request, clients can weigh comparisons per
+/// comparing client (one client comparing one pair again and again is one voice).
+pub const FLAG_PREFERRED: u8 = 16;
 
 /// The bump every request PDA and its response PDA use: 255, which is canonical whenever it is
 /// valid, so each (client, nonce) names one request and each request one response without the
@@ -59,7 +63,7 @@ pub const REQUEST_BUMP: u8 = 255;
 /// | --- | --- | --- |
 /// | 0 | kind = 3, version, bump (255) | u8 ×3 |
 /// | 3 | status | u8 ([`RequestStatus`]) |
-/// | 4 | flags | u8 (1 = flagged, 2 = compared, 4 = has a response account, 8 = counted) |
+/// | 4 | flags | u8 (1 = flagged, 2 = compared, 4 = has a response account, 8 = counted, 16 = preferred) |
 /// | 5 | allowed_count | u8 |
 /// | 6 | fee_bps (snapshot at lock) | u16 |
 /// | 8 | max_tokens | u32 |
@@ -185,7 +189,7 @@ unsafe impl Header for RequestHeader {
     #[inline(always)]
     fn check(&self) -> Result<()> {
         if self.reserved != 0
-            || self.flags & !(FLAG_FLAGGED | FLAG_COMPARED | FLAG_HAS_RESPONSE | FLAG_COUNTED) != 0
+            || self.flags & !(FLAG_FLAGGED | FLAG_COMPARED | FLAG_HAS_RESPONSE | FLAG_COUNTED | FLAG_PREFERRED) != 0
             || self.allowed_count == 0
             || self.allowed_count as usize > MAX_ALLOWED_SERVERS
             || self.prompt_written > self.prompt_len
@@ -229,6 +233,11 @@ impl RequestHeader {
     /// Whether a response account exists for this request.
     pub const fn has_response(&self) -> bool {
         self.flags & FLAG_HAS_RESPONSE != 0
+    }
+
+    /// Whether its answer won the comparison it was part of.
+    pub const fn preferred(&self) -> bool {
+        self.flags & FLAG_PREFERRED != 0
     }
 
     /// Whether the completion counted toward reputation (and so its flag and comparison do).
