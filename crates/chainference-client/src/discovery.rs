@@ -70,7 +70,7 @@ pub struct ServerQuery {
     /// List inactive servers as eligible too (they still cannot lock).
     pub include_inactive: bool,
     /// Weigh each eligible server's comparisons per comparing client
-    /// ([`ServerInfo::preference_by_client_bps`]; one more chain query per eligible server).
+    /// ([`ServerInfo::preference_by_client_bps`]; one more scan of the completed requests).
     pub weigh_comparisons: bool,
 }
 
@@ -98,8 +98,8 @@ impl ServerQuery {
         self
     }
 
-    /// Whether to weigh comparisons per comparing client (on by default; off saves one chain
-    /// query per eligible server, and ranking falls back to the raw preference share).
+    /// Whether to weigh comparisons per comparing client (on by default; off saves a scan of
+    /// the completed requests, and ranking falls back to the raw preference share).
     pub fn weigh_comparisons(mut self, weigh: bool) -> Self {
         self.weigh_comparisons = weigh;
         self
@@ -206,9 +206,10 @@ pub struct ServerInfo {
     pub preference_bps: Option<u16>,
     /// The preference share with each comparing client as one voice: the mean over clients of
     /// each client's `preferred / comparisons` for this server, from the compared requests still
-    /// on chain. A client comparing one pair again and again (a sybil boosting its own server)
-    /// moves it no more than a client comparing once. `None` until weighed
-    /// ([`ServerQuery::weigh_comparisons`]) or before any comparison.
+    /// on chain. A client comparing one pair again and again moves it no more than a client
+    /// comparing once (a sybil needs client wallets, each paying for counted requests, rather
+    /// than comparisons). `None` until weighed ([`ServerQuery::weigh_comparisons`]; best effort:
+    /// a cluster whose RPC refuses the scan leaves it `None`) or before any comparison.
     pub preference_by_client_bps: Option<u16>,
     /// Requests it holds locked now.
     pub locked_count: u32,

@@ -142,43 +142,55 @@ impl<C: Chain + 'static> Client<C> {
                 Err(err) => discovery.unreadable.push((account, err)),
             }
         }
-        if query.weigh_comparisons {
-            for server in &mut discovery.eligible {
-                server.preference_by_client_bps = self.preference_by_client(&server.authority).await?;
+        if query.weigh_comparisons && !discovery.eligible.is_empty() {
+            // Best effort: a cluster whose RPC refuses the scan still gets a ranking (raw shares).
+            match self.preferences_by_client().await {
+                Ok(by_server) => {
+                    for server in &mut discovery.eligible {
+                        server.preference_by_client_bps = by_server.get(&server.authority.to_bytes()).copied();
+                    }
+                }
+                Err(err) => tracing::debug!(%err, "comparisons not weighed per client"),
             }
         }
         Policy::MostReliable.rank(&mut discovery.eligible);
         Ok(discovery)
     }
 
-    /// `server`'s preference share with each comparing client as one voice, from the compared
-    /// requests it served that are still on chain (see [`ServerInfo::preference_by_client_bps`]).
-    pub async fn preference_by_client(&self, server: &Address) -> Result<Option<u16>, ClientError> {
+    /// Every server's preference share with each comparing client as one voice (see
+    /// [`ServerInfo::preference_by_client_bps`]), from one scan of the completed requests still
+    /// on chain: the mean over comparing clients of each client's wins / comparisons.
+    pub async fn preferences_by_client(&self) -> Result<std::collections::HashMap<[u8; 32], u16>, ClientError> {
+        use std::collections::HashMap;
         let filters = [
             AccountFilter::Memcmp { offset: 0, bytes: vec![AccountKind::Request as u8] },
             AccountFilter::Memcmp { offset: RequestHeader::STATUS_OFFSET, bytes: vec![RequestStatus::Completed as u8] },
-            AccountFilter::Memcmp { offset: RequestHeader::LOCKED_BY_OFFSET, bytes: server.to_bytes().to_vec() },
         ];
-        let served = self.inner.chain.program_accounts(&address(&self.inner.program.id), &filters).await?;
-        // Per comparing client: (comparisons, wins).
-        let mut by_client: std::collections::HashMap<[u8; 32], (u64, u64)> = std::collections::HashMap::new();
-        for (_, account) in served {
+        let completed = self.inner.chain.program_accounts(&address(&self.inner.program.id), &filters).await?;
+        // Per (server, comparing client): (comparisons, wins).
+        let mut votes: HashMap<([u8; 32], [u8; 32]), (u64, u64)> = HashMap::new();
+        for (_, account) in completed {
             let Ok(header) = RequestHeader::decode(&account.data) else { continue };
             if header.compared() {
-                let entry = by_client.entry(header.client).or_default();
+                let entry = votes.entry((header.locked_by, header.client)).or_default();
                 entry.0 = entry.0.saturating_add(1);
                 entry.1 = entry.1.saturating_add(u64::from(header.preferred()));
             }
         }
-        if by_client.is_empty() {
-            return Ok(None);
+        // Per server: (sum of the clients' shares in bps, clients).
+        let mut shares: HashMap<[u8; 32], (u64, u64)> = HashMap::new();
+        for ((server, _), (comparisons, wins)) in votes {
+            let share = u64::from(pricing::ratio_bps(wins, comparisons).unwrap_or(0));
+            let entry = shares.entry(server).or_default();
+            entry.0 = entry.0.saturating_add(share);
+            entry.1 = entry.1.saturating_add(1);
         }
-        let sum: u64 = by_client
-            .values()
-            .map(|(comparisons, wins)| u64::from(pricing::ratio_bps(*wins, *comparisons).unwrap_or(0)))
-            .sum();
-        let clients = u64::try_from(by_client.len()).unwrap_or(u64::MAX);
-        Ok(Some(u16::try_from(sum.checked_div(clients).unwrap_or(0)).unwrap_or(10_000)))
+        Ok(shares
+            .into_iter()
+            .map(|(server, (sum, clients))| {
+                (server, u16::try_from(sum.checked_div(clients).unwrap_or(0)).unwrap_or(10_000))
+            })
+            .collect())
     }
 
     /// One server by its authority, `None` if it is not registered.
@@ -302,15 +314,22 @@ impl<C: Chain + 'static> Client<C> {
     /// were closed; a batch that fails stays queued (the first error is returned after the rest
     /// were tried).
     pub async fn close_finished(&self) -> Result<usize, ClientError> {
-        let mut queued = std::mem::take(&mut *request::lock_queue(&self.inner.to_close));
-        queued.dedup();
+        let queued = std::mem::take(&mut *request::lock_queue(&self.inner.to_close));
         let (mut closed, mut failure) = (0usize, None);
         for batch in queued.chunks(4) {
             let mut ixs = Vec::with_capacity(batch.len());
             for finished in batch {
                 // Closed meanwhile (by hand, or by anyone after the retention): nothing to do.
-                if self.inner.chain.account(&address(&finished.request)).await?.is_some() {
-                    ixs.push(finished.close_instruction(&self.inner.program, &self.address().to_bytes()));
+                // Unreadable now: it stays queued.
+                match self.inner.chain.account(&address(&finished.request)).await {
+                    Ok(Some(_)) => {
+                        ixs.push(finished.close_instruction(&self.inner.program, &self.address().to_bytes()))
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        request::requeue(&self.inner.to_close, [*finished]);
+                        failure.get_or_insert(err);
+                    }
                 }
             }
             if ixs.is_empty() {

@@ -1098,3 +1098,19 @@ fn a_client_who_empties_its_wallet_cannot_block_the_reclaim() {
     w.b.ok(vec![close], &[&payer, &client]);
     assert_eq!(w.b.lamports(&key(&client)), held, "stake and rent come back at close");
 }
+
+#[test]
+fn the_request_passed_as_its_server_is_a_duplicate_account() {
+    let mut w = world();
+    let req = w.b.open(&w.b.spec(&[&w.s1]));
+    let (a, sw) = (w.s1.authority(), w.s1.wallet.insecure_clone());
+    let acc = watched(&w, &req);
+    let lock = replace(builders::lock_request(&w.b.program, &a, &req.address), 1, req.address);
+    w.b.rejects(vec![lock], &[&sw], Error::DuplicateAccount, &acc);
+    w.b.serve(&w.s1, &req, 1);
+    let client = w.b.client.insecure_clone();
+    let flag = replace(builders::flag_response(&w.b.program, &key(&client), &req.address, &a), 2, req.address);
+    w.b.rejects(vec![flag], &[&client], Error::DuplicateAccount, &acc);
+    let release = replace(builders::release_request(&w.b.program, &a, &req.address, &req.response), 1, req.address);
+    w.b.rejects(vec![release], &[&sw], Error::DuplicateAccount, &acc);
+}

@@ -441,6 +441,7 @@ fn lock_request(ctx: &mut Ctx<'_>) -> ProgramResult {
     let fee_bps = load_params(config, program_id)?.fee_bps;
     owned(server, program_id)?;
     owned(request, program_id)?;
+    distinct(server, request)?;
     let mut server_data = server.try_borrow_mut()?;
     // The price first, from the offers in the server's tail; then its header in place.
     let mut request_data = request.try_borrow_mut()?;
@@ -526,6 +527,7 @@ fn complete_request(ctx: &mut Ctx<'_>, tokens: u64) -> ProgramResult {
     writable(client)?;
     owned(server, program_id)?;
     owned(request, program_id)?;
+    distinct(server, request)?;
     let cfg = load_config(config, program_id)?;
     check_treasury(treasury, program_id, &cfg)?;
     let resp = load_response(response, program_id, request)?;
@@ -586,6 +588,7 @@ fn release_request(ctx: &mut Ctx<'_>) -> ProgramResult {
     signer(caller)?;
     writable(server)?;
     writable(request)?;
+    distinct(server, request)?;
     let lock_window = load_params(config, program_id)?.lock_window;
     owned(request, program_id)?;
     let resp = load_response(response, program_id, request)?;
@@ -621,6 +624,7 @@ fn reclaim_request(ctx: &mut Ctx<'_>) -> ProgramResult {
     writable(request)?;
     writable(client)?;
     owned(request, program_id)?;
+    let request_key = *request.address().as_array();
     let fx = {
         let mut request_data = request.try_borrow_mut()?;
         let header = RequestHeader::view_mut(&mut request_data).or_fail()?;
@@ -630,6 +634,9 @@ fn reclaim_request(ctx: &mut Ctx<'_>) -> ProgramResult {
         if !fx.server.is_empty() {
             let [server, ..] = rest else { return Err(not_enough()) };
             writable(server)?;
+            if server.address().as_array() == &request_key {
+                return Err(fail(Error::DuplicateAccount));
+            }
             owned(server, program_id)?;
             let mut server_data = server.try_borrow_mut()?;
             count(server_in(&mut server_data, &locked_by, Error::ServerMismatch)?, &fx)?;
@@ -650,6 +657,7 @@ fn flag_response(ctx: &mut Ctx<'_>, refund: bool) -> ProgramResult {
     let params = load_params(config, program_id)?;
     owned(request, program_id)?;
     owned(server, program_id)?;
+    distinct(server, request)?;
     let fx = {
         let mut request_data = request.try_borrow_mut()?;
         let header = RequestHeader::view_mut(&mut request_data).or_fail()?;

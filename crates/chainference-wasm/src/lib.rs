@@ -413,7 +413,7 @@ pub fn commitment_of(salt: &[u8], digest: &[u8]) -> JsResult<Uint8Array> {
 
 /// The instructions that open a request: OpenRequest with as much of the envelope as fits one
 /// transaction, then WritePrompt for the rest (each its own transaction). `params`: `{ client,
-/// nonce, stake, maxPricePerMtok?, maxTokens, timeout?, minCompleted?, minSuccessBps?, model,
+/// nonce, stake, maxPricePerMtok, maxTokens, timeout?, minCompleted?, minSuccessBps?, model,
 /// allowed: Uint8Array[], responseKey, commitment, envelope, firstChunk?, chunk?, programId? }`.
 /// `nonce` must be usable ([`usable_nonce`]); `maxPricePerMtok` is the highest price a server
 /// may lock at (what the allowed servers quoted: the dearest of their prices)
@@ -505,8 +505,8 @@ pub fn flag_response_instruction(
     client: &[u8],
     request: &[u8],
     served_by: &[u8],
-    refund: Option<bool>,
     program_id: Option<Vec<u8>>,
+    refund: Option<bool>,
 ) -> JsResult<JsValue> {
     let p = program(program_id)?;
     let build = if refund.unwrap_or(false) { builders::dispute_response } else { builders::flag_response };

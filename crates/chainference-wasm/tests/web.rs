@@ -141,7 +141,7 @@ fn layouts_pdas_and_instruction_data_match_the_vectors() {
     let flag = flag_response_instruction(&client, &req, &a1, None, None).unwrap();
     assert_eq!(u8s(&field(&flag, "data")), unhex(&by_name("FlagResponse")["data"]));
     // A dispute is the same instruction with its refund byte set.
-    let dispute = flag_response_instruction(&client, &req, &a1, Some(true), None).unwrap();
+    let dispute = flag_response_instruction(&client, &req, &a1, None, Some(true)).unwrap();
     assert_eq!(u8s(&field(&dispute, "data")), vec![15, 1]);
     let reclaim = reclaim_request_instruction(&req, &client, Some(a1.clone()), None).unwrap();
     assert_eq!(u8s(&field(&reclaim, "data")), unhex(&by_name("ReclaimRequest")["data"]));

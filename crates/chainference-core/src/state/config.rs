@@ -180,7 +180,12 @@ struct ConfigLayout {
 }
 
 const _: () = {
+    // No padding: the fields' sizes add up to the struct's.
+    assert!(4 + 2 * 2 + 6 * 4 + 8 + 2 * 32 == Config::LEN);
     assert!(core::mem::size_of::<ConfigLayout>() == Config::LEN);
+    assert!(core::mem::offset_of!(ConfigLayout, flag_refund_bps) == 6);
+    assert!(core::mem::offset_of!(ConfigLayout, lock_window) == 28);
+    assert!(core::mem::offset_of!(ConfigLayout, treasury) == 72);
     assert!(core::mem::offset_of!(ConfigLayout, fee_bps) == 4);
     assert!(core::mem::offset_of!(ConfigLayout, min_counted_fee) == 32);
     assert!(core::mem::offset_of!(ConfigLayout, admin) == 40);

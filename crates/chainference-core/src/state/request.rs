@@ -157,6 +157,8 @@ pub struct RequestHeader {
 }
 
 const _: () = {
+    // No padding: the fields' sizes add up to the struct's (kind..allowed_count are six bytes).
+    assert!(6 + 2 + 2 * 4 + 13 * 8 + 2 * 2 + 3 * 4 + 2 * 32 == RequestHeader::LEN);
     assert!(core::mem::size_of::<RequestHeader>() == RequestHeader::LEN);
     assert!(core::mem::align_of::<RequestHeader>() == 8);
     assert!(core::mem::offset_of!(RequestHeader, status) == RequestHeader::STATUS_OFFSET);

@@ -40,7 +40,12 @@ pub struct ResponseHeader {
 }
 
 const _: () = {
+    // No padding: the fields' sizes add up to the struct's.
+    assert!(4 + 2 * 4 + 2 * 32 == ResponseHeader::LEN);
     assert!(core::mem::size_of::<ResponseHeader>() == ResponseHeader::LEN);
+    assert!(core::mem::offset_of!(ResponseHeader, finished) == 3);
+    assert!(core::mem::offset_of!(ResponseHeader, chunk_count) == 4);
+    assert!(core::mem::offset_of!(ResponseHeader, request) == 12);
     assert!(core::mem::offset_of!(ResponseHeader, data_len) == 8);
     assert!(core::mem::offset_of!(ResponseHeader, server) == 44);
 };

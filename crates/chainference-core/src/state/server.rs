@@ -63,7 +63,11 @@ byte_enum! {
 }
 
 const _: () = {
+    // No padding: the fields' sizes add up to the struct's.
+    assert!(4 + 4 + 8 + 8 * 8 + 2 * 32 == ServerHeader::LEN);
     assert!(core::mem::size_of::<ServerHeader>() == ServerHeader::LEN);
+    assert!(core::mem::offset_of!(ServerHeader, registered_at) == 8);
+    assert!(core::mem::offset_of!(ServerHeader, hpke_key) == 112);
     assert!(core::mem::offset_of!(ServerHeader, state) == ServerHeader::ACTIVE_OFFSET);
     assert!(core::mem::offset_of!(ServerHeader, locked_count) == ServerHeader::LOCKED_COUNT_OFFSET);
     assert!(core::mem::offset_of!(ServerHeader, stats) == ServerHeader::STATS_OFFSET);
