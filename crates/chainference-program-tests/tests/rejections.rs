@@ -51,6 +51,21 @@ fn watched(w: &World, req: &TestRequest) -> Vec<[u8; 32]> {
     ]
 }
 
+/// A request locked by s1 whose stake (500,000 lamports) is below the rent-exempt minimum of an
+/// empty wallet (890,880), after its client moved every lamport away; `payer` pays the client's fees.
+fn locked_request_of_an_emptied_wallet() -> (World, TestRequest, solana_keypair::Keypair, solana_keypair::Keypair) {
+    let mut w = world();
+    let mut spec = w.b.spec(&[&w.s1]);
+    spec.stake = 500_000;
+    let req = w.b.open(&spec);
+    lock(&mut w.b, &w.s1, &req);
+    let client = w.b.client.insecure_clone();
+    let payer = w.b.wallet();
+    let all = w.b.lamports(&key(&client));
+    w.b.ok(vec![builders::system_transfer(&key(&client), &key(&payer), all)], &[&payer, &client]);
+    (w, req, client, payer)
+}
+
 fn unsign(mut ix: BuiltInstruction, index: usize) -> BuiltInstruction {
     ix.accounts[index].is_signer = false;
     ix
@@ -715,18 +730,7 @@ fn attack_8_a_non_canonical_request_bump_is_refused_at_open() {
 
 #[test]
 fn a_client_who_empties_its_wallet_cannot_stall_the_settlement() {
-    let mut w = world();
-    let mut spec = w.b.spec(&[&w.s1]);
-    // A refund below the rent-exempt minimum of an empty wallet (890,880 lamports).
-    spec.stake = 500_000;
-    let req = w.b.open(&spec);
-    lock(&mut w.b, &w.s1, &req);
-    // The client moves every lamport away (another wallet pays the fee).
-    let client = w.b.client.insecure_clone();
-    let payer = w.b.wallet();
-    let all = w.b.lamports(&key(&client));
-    let drain = builders::system_transfer(&key(&client), &key(&payer), all);
-    w.b.ok(vec![drain], &[&payer, &client]);
+    let (mut w, req, client, payer) = locked_request_of_an_emptied_wallet();
     assert_eq!(w.b.lamports(&key(&client)), 0);
     let (a, sw) = (w.s1.authority(), w.s1.wallet.insecure_clone());
     let refs = w.b.refs(&req);
@@ -1072,16 +1076,7 @@ fn attack_13_price_cap_and_price_and_fee_snapshots() {
 
 #[test]
 fn a_client_who_empties_its_wallet_cannot_block_the_reclaim() {
-    let mut w = world();
-    let mut spec = w.b.spec(&[&w.s1]);
-    // A stake below the rent-exempt minimum of an empty wallet (890,880 lamports).
-    spec.stake = 500_000;
-    let req = w.b.open(&spec);
-    lock(&mut w.b, &w.s1, &req);
-    let client = w.b.client.insecure_clone();
-    let payer = w.b.wallet();
-    let all = w.b.lamports(&key(&client));
-    w.b.ok(vec![builders::system_transfer(&key(&client), &key(&payer), all)], &[&payer, &client]);
+    let (mut w, req, client, payer) = locked_request_of_an_emptied_wallet();
     // Past the deadline a cranker reclaims: the stake waits in the request, the server's lock
     // ends (it may retire again) and its timeout counts.
     let a = w.s1.authority();
