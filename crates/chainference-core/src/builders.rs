@@ -420,6 +420,21 @@ pub fn claim_payment(p: &Program, authority: &Address, request: &Address, respon
     )
 }
 
+/// [`Instruction::DeclineRequest`]: a server on the allow-list declines an open request and
+/// says why (`reasons` must not be empty, or the program refuses it with
+/// [`crate::Error::NoDeclineReason`]).
+pub fn decline_request(
+    p: &Program,
+    authority: &Address,
+    request: &Address,
+    reasons: crate::state::DeclineReasons,
+) -> BuiltInstruction {
+    p.build_infallible(
+        &Instruction::DeclineRequest { reasons },
+        vec![M::readonly(*authority, true), M::writable(*request, false)],
+    )
+}
+
 /// [`Instruction::ReclaimRequest`]. `locked_by` is the locking server's authority when the
 /// request is Locked.
 pub fn reclaim_request(

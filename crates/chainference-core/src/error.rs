@@ -184,6 +184,10 @@ errors! {
     FlagWindowOpen = 105 => "the flag window has not closed yet",
     /// Nothing is left to claim on this request.
     NothingToClaim = 106 => "nothing left to claim on this request",
+    /// A decline must give at least one reason.
+    NoDeclineReason = 107 => "a decline must give at least one reason",
+    /// This server already declined the request.
+    AlreadyDeclined = 108 => "this server already declined the request",
 
     // ---- arithmetic and funds (110..=119) ----
     /// An arithmetic step would overflow.

@@ -317,6 +317,20 @@ pub enum Instruction<'a> {
     ///
     /// Data expected: nothing.
     ClaimPayment,
+    /// **19** — A server on an open request's allow-list declines it and says why: its slot's
+    /// bit is set in the request's `declined` and the reasons are added to `decline_reasons`.
+    /// Nothing moves; the client, seeing every allowed server decline, cancels instead of
+    /// waiting for the deadline. A server that declined may still lock later.
+    ///
+    /// Accounts expected:
+    /// 0. `[s]` server authority (on the allow-list)
+    /// 1. `[w]` request (Open, before its deadline)
+    ///
+    /// Data expected: reasons `u8` ([`crate::state::DeclineReasons`] bits, at least one).
+    DeclineRequest {
+        /// Why.
+        reasons: crate::state::DeclineReasons,
+    },
 }
 
 /// Instruction tags, in order. Never renumber.
@@ -341,6 +355,7 @@ pub mod tag {
     pub const COMPARE_RESPONSES: u8 = 16;
     pub const CLOSE_REQUEST: u8 = 17;
     pub const CLAIM_PAYMENT: u8 = 18;
+    pub const DECLINE_REQUEST: u8 = 19;
 }
 
 fn read_server_args<'a>(r: &mut Reader<'a>) -> Result<ServerArgs<'a>> {
@@ -374,6 +389,7 @@ impl<'a> Instruction<'a> {
             Self::CompareResponses { .. } => tag::COMPARE_RESPONSES,
             Self::CloseRequest => tag::CLOSE_REQUEST,
             Self::ClaimPayment => tag::CLAIM_PAYMENT,
+            Self::DeclineRequest { .. } => tag::DECLINE_REQUEST,
         }
     }
 
@@ -441,6 +457,7 @@ impl<'a> Instruction<'a> {
             },
             tag::CLOSE_REQUEST => Self::CloseRequest,
             tag::CLAIM_PAYMENT => Self::ClaimPayment,
+            tag::DECLINE_REQUEST => Self::DeclineRequest { reasons: crate::state::DeclineReasons(r.u8()?) },
             _ => return Err(Error::UnknownInstruction),
         };
         r.finish()?;
@@ -496,6 +513,9 @@ impl<'a> Instruction<'a> {
             }
             Self::FlagResponse { refund } => {
                 w.bool(*refund);
+            }
+            Self::DeclineRequest { reasons } => {
+                w.u8(reasons.0);
             }
             Self::CompareResponses { salt_a, salt_b, digest, preferred } => {
                 w.put(*salt_a).put(*salt_b).put(*digest).u8(*preferred);

@@ -45,8 +45,8 @@ use crate::error::{Error, Result};
 use crate::pricing::{BPS_DENOMINATOR, Rounding, mul_div};
 use crate::pricing::{ServerStats, settle};
 use crate::state::{
-    ConfigParams, FLAG_COMPARED, FLAG_COUNTED, FLAG_FLAGGED, FLAG_HAS_RESPONSE, FLAG_PREFERRED, MAX_ALLOWED_SERVERS,
-    MAX_PROMPT_LEN, REQUEST_BUMP, RequestHeader, RequestStatus,
+    ConfigParams, DeclineReasons, FLAG_COMPARED, FLAG_COUNTED, FLAG_FLAGGED, FLAG_HAS_RESPONSE, FLAG_PREFERRED,
+    MAX_ALLOWED_SERVERS, MAX_PROMPT_LEN, REQUEST_BUMP, RequestHeader, RequestStatus,
 };
 
 /// What a new request asks for; [`NewRequest::create`] validates it into a Draft header.
@@ -98,7 +98,8 @@ impl NewRequest {
         Ok(RequestHeader {
             kind: crate::state::AccountKind::Request as u8,
             version: crate::state::LAYOUT_VERSION,
-            reserved: 0,
+            declined: 0,
+            decline_reasons: 0,
             bump: self.bump,
             status: RequestStatus::Draft,
             flags: 0,
@@ -225,6 +226,16 @@ pub enum Event<'a> {
         allowed: &'a [[u8; 32]],
         /// The config's fee now, snapshot into the request.
         fee_bps: u16,
+    },
+    /// A server on the allow-list says it will not answer, and why, so the client need not
+    /// wait for the deadline: once every allowed server declined, the client cancels.
+    Decline {
+        /// Who signed (a server authority).
+        server: &'a Address,
+        /// The request's allow-list.
+        allowed: &'a [[u8; 32]],
+        /// Why (at least one reason).
+        reasons: DeclineReasons,
     },
     /// The locking server appends a response chunk.
     Append {
@@ -437,6 +448,21 @@ impl RequestHeader {
                 self.fee_bps = fee_bps;
                 self.locked_at = now;
                 fx.server.lock_change = 1;
+            }
+            Event::Decline { server, allowed, reasons } => {
+                if reasons.is_empty() {
+                    return Err(Error::NoDeclineReason);
+                }
+                self.expect(RequestStatus::Open)?;
+                self.before_deadline(now)?;
+                let slot = allowed.iter().position(|a| a == server).ok_or(Error::ServerNotAllowed)?;
+                let bit = 1u8.checked_shl(u32::try_from(slot).map_err(|_| Error::ServerNotAllowed)?);
+                let bit = bit.ok_or(Error::ServerNotAllowed)?;
+                if self.declined & bit != 0 {
+                    return Err(Error::AlreadyDeclined);
+                }
+                self.declined |= bit;
+                self.decline_reasons |= reasons.0;
             }
             Event::Append { server, response_finished } => {
                 self.expect(RequestStatus::Locked)?;

@@ -83,6 +83,8 @@ const PINNED: &[(u32, &str)] = &[
     (104, "BelowCountedFee"),
     (105, "FlagWindowOpen"),
     (106, "NothingToClaim"),
+    (107, "NoDeclineReason"),
+    (108, "AlreadyDeclined"),
     (110, "ArithmeticOverflow"),
     (111, "InsufficientFunds"),
     (120, "SealFailed"),

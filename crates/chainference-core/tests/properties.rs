@@ -17,8 +17,8 @@ use chainference_core::lifecycle::{Event, NewRequest, ServerView};
 use chainference_core::model::ModelId;
 use chainference_core::pricing::{self, Rounding, ServerStats, mul_div};
 use chainference_core::state::{
-    Config, ConfigParams, Offers, RequestAccount, RequestHeader, RequestStatus, ResponseAccount, ServerAccount,
-    Treasury,
+    Config, ConfigParams, DeclineReasons, Offers, RequestAccount, RequestHeader, RequestStatus, ResponseAccount,
+    ServerAccount, Treasury,
 };
 use chainference_core::wire::Reader;
 use proptest::prelude::*;
@@ -123,7 +123,7 @@ proptest! {
     /// Random event sequences: whatever succeeds, the escrow pays out exactly the stake once the
     /// request is terminal (less the server's share it still holds), and never more.
     #[test]
-    fn lifecycle_conserves_the_escrow(events in proptest::collection::vec((0u8..10, 0i64..700, any::<u16>()), 1..40)) {
+    fn lifecycle_conserves_the_escrow(events in proptest::collection::vec((0u8..11, 0i64..700, any::<u16>()), 1..40)) {
         let params = ConfigParams::default();
         let new = NewRequest { client: [1; 32], nonce: 0, bump: 255, stake: 5_000_000, max_price_per_mtok: 40_000_000,
             max_tokens: 1_000, timeout: 300, min_completed: 0, min_success_bps: 0, allowed_count: 2, prompt_len: 64 };
@@ -147,6 +147,8 @@ proptest! {
                 6 => Event::Reclaim,
                 7 => Event::Flag { signer: &[1; 32], flag_window: 60, flag_refund_bps: x % 10_001, refund: x % 2 == 0 },
                 8 => Event::Claim { signer: server, flag_window: 60 },
+                9 => Event::Decline { server: if x % 5 == 0 { &[1; 32] } else { server }, allowed: &allowed,
+                    reasons: DeclineReasons((x >> 8) as u8) },
                 _ => Event::Close { signer: &[1; 32], retention: 120 },
             };
             let before = req;
@@ -157,6 +159,10 @@ proptest! {
                     prop_assert!(paid <= new.stake);
                     prop_assert!((0..=1).contains(&locks));
                     prop_assert_eq!(locks == 1, req.status == RequestStatus::Locked);
+                    // Every reachable header is a valid account header (declines name used slots).
+                    let mut bytes = [0u8; RequestHeader::LEN];
+                    req.encode_into(&mut bytes).unwrap();
+                    prop_assert_eq!(RequestHeader::decode(&bytes).unwrap(), req);
                 }
                 Err(_) => prop_assert_eq!(req, before, "a failed step changed the header"),
             }
@@ -212,7 +218,9 @@ fn offers_reject_duplicates_bad_models_and_counts() {
 #[test]
 fn instruction_decoder_rejects_bad_tags_and_trailing_bytes() {
     assert_eq!(Instruction::decode(&[]), Err(Error::UnknownInstruction));
-    assert_eq!(Instruction::decode(&[19]), Err(Error::UnknownInstruction));
+    assert_eq!(Instruction::decode(&[20]), Err(Error::UnknownInstruction));
+    assert_eq!(Instruction::decode(&[19]), Err(Error::Truncated), "DeclineRequest needs its reasons");
+    assert_eq!(Instruction::decode(&[19, 1, 0]), Err(Error::TrailingBytes));
     assert_eq!(Instruction::decode(&[255]), Err(Error::UnknownInstruction));
     assert_eq!(Instruction::decode(&[9, 0]), Err(Error::TrailingBytes));
     assert_eq!(Instruction::decode(&[12, 1, 2]), Err(Error::Truncated));
@@ -428,4 +436,56 @@ fn model_ids_with_every_part_parse() {
         assert!(ModelId::parse(ok).is_ok(), "{ok}");
         assert!(chainference_core::model::check_canonical_model(ok).is_ok(), "{ok}");
     }
+}
+
+/// A decline sets its server's slot and adds its reasons; the request says when every allowed
+/// server declined; refusals are precise and leave the header unchanged.
+#[test]
+fn declines_mark_slots_until_every_server_declined() {
+    let params = ConfigParams::default();
+    let new = NewRequest {
+        client: [1; 32],
+        nonce: 0,
+        bump: 255,
+        stake: 5_000_000,
+        max_price_per_mtok: 40_000_000,
+        max_tokens: 1_000,
+        timeout: 300,
+        min_completed: 0,
+        min_success_bps: 0,
+        allowed_count: 3,
+        prompt_len: 4,
+    };
+    let allowed = [[9u8; 32], [10u8; 32], [11u8; 32]];
+    let mut req = new.create(&params, 0).unwrap();
+    let decline = |server, reasons| Event::Decline { server, allowed: &allowed, reasons };
+    // Not yet published.
+    assert_eq!(req.apply(decline(&allowed[0], DeclineReasons::PROMPT_TOO_LARGE), 1), Err(Error::WrongState));
+    req.apply(Event::PromptWritten { signer: &[1; 32], offset: 0, len: 4 }, 1).unwrap();
+    let before = req;
+    assert_eq!(req.apply(decline(&allowed[0], DeclineReasons::empty()), 2), Err(Error::NoDeclineReason));
+    assert_eq!(req.apply(decline(&[12; 32], DeclineReasons::PROMPT_TOO_LARGE), 2), Err(Error::ServerNotAllowed));
+    assert_eq!(req.apply(decline(&allowed[0], DeclineReasons::PROMPT_TOO_LARGE), 301), Err(Error::DeadlinePassed));
+    assert_eq!(req, before);
+
+    let fx = req.apply(decline(&allowed[2], DeclineReasons::CLIENT_EXCLUDED), 2).unwrap();
+    assert_eq!(fx, chainference_core::lifecycle::Effects::default(), "a decline moves nothing");
+    assert_eq!(req.apply(decline(&allowed[2], DeclineReasons::UNREADABLE), 3), Err(Error::AlreadyDeclined));
+    req.apply(decline(&allowed[0], DeclineReasons::BUDGET_TOO_SMALL), 3).unwrap();
+    assert!(req.declined_by(0) && !req.declined_by(1) && req.declined_by(2));
+    assert!(!req.declined_by_all());
+    // A server that declined may still lock; a locked request takes no declines.
+    let view =
+        ServerView { authority: &allowed[1], active: true, stats: ServerStats::default(), price_for_model: Some(1) };
+    let mut locked = req;
+    locked.apply(Event::Lock { server: view, allowed: &allowed, fee_bps: 0 }, 4).unwrap();
+    assert_eq!(locked.apply(decline(&allowed[1], DeclineReasons::UNREADABLE), 4), Err(Error::WrongState));
+
+    req.apply(decline(&allowed[1], DeclineReasons::BUDGET_TOO_SMALL), 4).unwrap();
+    assert!(req.declined_by_all());
+    assert_eq!(req.decline_reasons(), DeclineReasons::CLIENT_EXCLUDED.union(DeclineReasons::BUDGET_TOO_SMALL));
+    assert_eq!(req.decline_reasons().to_string(), "stake or max_tokens too small for an answer, client not served");
+    // The client cancels at once and gets the whole stake back.
+    let fx = req.apply(Event::Cancel { signer: &[1; 32] }, 5).unwrap();
+    assert_eq!(fx.to_client, new.stake);
 }

@@ -23,7 +23,8 @@ use chainference_core::instruction::{Instruction, OpenRequestArgs, encode_offers
 use chainference_core::lifecycle::NewRequest;
 use chainference_core::pricing::{self, ServerStats};
 use chainference_core::state::{
-    Config, ConfigParams, Offers, RequestHeader, RequestStatus, ResponseHeader, ServerAccount, ServerHeader, Treasury,
+    Config, ConfigParams, DeclineReasons, Offers, RequestHeader, RequestStatus, ResponseHeader, ServerAccount,
+    ServerHeader, Treasury,
 };
 use chainference_core::wire::Reader;
 use chainference_core::{base58, pda};
@@ -289,6 +290,15 @@ fn generate() -> Value {
         ),
         ("CloseRequest", builders::close_request(p, &client_wallet, &refs, &authorities[1])),
         ("ClaimPayment", builders::claim_payment(p, &authorities[1], &request, &response)),
+        (
+            "DeclineRequest",
+            builders::decline_request(
+                p,
+                &authorities[1],
+                &request,
+                DeclineReasons::PROMPT_TOO_LARGE.union(DeclineReasons::CLIENT_EXCLUDED),
+            ),
+        ),
     ];
     let instructions: Vec<Value> = ixs
         .iter()
@@ -427,7 +437,7 @@ fn stored_layouts_and_instructions_decode() {
     assert_eq!(&*keys.open_own_prompt(r.prompt, &request_addr).unwrap(), PROMPT);
 
     let ixs = v["instructions"].as_array().unwrap();
-    assert_eq!(ixs.len(), 19);
+    assert_eq!(ixs.len(), 20);
     for (i, ix) in ixs.iter().enumerate() {
         let data = unhex(&ix["data"]);
         assert_eq!(usize::from(data[0]), i, "tags are the variant numbers, in order");

@@ -40,6 +40,7 @@ const CEILINGS: &[(&str, u64, Option<u64>)] = &[
     ("CompareResponses", 1_950, Some(2_000)),
     ("CloseRequest", 950, Some(1_000)),
     ("ClaimPayment", 920, None),
+    ("DeclineRequest", 500, None),
 ];
 
 /// What protocol v1 measured (the last release before the v2 layout), for "no worse than v1".
@@ -150,6 +151,9 @@ fn every_instruction_stays_within_its_ceiling() {
     b.ok(ixs[2..].to_vec(), &[&client]);
     m.record("CancelRequest", b.ok(vec![builders::cancel_request(&b.program, &c, &draft.address)], &[&client]));
     let r = b.open(&spec);
+    let reasons = chainference_core::state::DeclineReasons::BUDGET_TOO_SMALL;
+    let decline = builders::decline_request(&b.program, &other.authority(), &r.address, reasons);
+    m.record("DeclineRequest", b.ok(vec![decline], &[&other.wallet.insecure_clone()]));
     b.ok(vec![builders::lock_request(&b.program, &sa, &r.address)], &[&sw]);
     b.ok(vec![builders::append_response(&b.program, &sa, &b.refs(&r), false, &chunk).unwrap()], &[&sw]);
     m.record("ReleaseRequest", b.ok(vec![builders::release_request(&b.program, &sa, &r.address, &r.response)], &[&sw]));

@@ -195,6 +195,44 @@ fn cancel_refunds_the_stake_and_close_the_rent() {
 }
 
 #[test]
+fn every_allowed_server_declines_and_the_client_cancels_and_closes_in_one_transaction() {
+    use chainference_core::state::DeclineReasons;
+    let mut b = Bench::new();
+    b.init_config();
+    let first = b.server(1_000_000);
+    let second = b.server(1_000_000);
+    let spec = b.spec(&[&first, &second]);
+    let client = b.client.insecure_clone();
+    let accounts = vec![key(&client), first.authority(), second.authority(), b.program.treasury];
+    let (before, fees0) = (b.total(&accounts), b.fees);
+    let client_before = b.lamports(&key(&client));
+    let req = b.open(&spec);
+
+    let decline = |b: &Bench, server: &TestServer, reasons| {
+        builders::decline_request(&b.program, &server.authority(), &req.address, reasons)
+    };
+    let ix = decline(&b, &second, DeclineReasons::PROMPT_TOO_LARGE);
+    b.ok(vec![ix], &[&second.wallet.insecure_clone()]);
+    let header = b.request(&req.address);
+    assert_eq!((header.status, header.declined, header.decline_reasons), (RequestStatus::Open, 0b10, 1));
+    assert!(!header.declined_by_all());
+    let ix = decline(&b, &first, DeclineReasons::CLIENT_EXCLUDED.union(DeclineReasons::TOO_LITTLE_TIME));
+    b.ok(vec![ix], &[&first.wallet.insecure_clone()]);
+    let header = b.request(&req.address);
+    assert!(header.declined_by_all());
+    assert_eq!(header.decline_reasons().to_string(), "prompt too large, too little time left, client not served");
+
+    // The client gives up at once: cancel and close in one transaction, one signature.
+    let refs = b.refs(&req);
+    let cancel = builders::cancel_request(&b.program, &key(&client), &req.address);
+    let close = builders::close_request(&b.program, &key(&client), &refs, &key(&client));
+    b.ok(vec![cancel, close], &[&client]);
+    assert!(!b.exists(&req.address));
+    assert_eq!(client_before - b.lamports(&key(&client)), 2 * 5_000, "the open's and the give-up's fees only");
+    assert_conserved(&b, &accounts, before, fees0);
+}
+
+#[test]
 fn reclaim_after_the_deadline_refunds_all_and_counts_the_timeout() {
     let mut b = Bench::new();
     b.init_config();

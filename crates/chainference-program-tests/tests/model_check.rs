@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use chainference_core::builders::{self, BuiltInstruction, RequestRefs};
 use chainference_core::lifecycle::{Event, ServerView};
 use chainference_core::pricing::ServerStats;
-use chainference_core::state::{ConfigParams, RequestHeader};
+use chainference_core::state::{ConfigParams, DeclineReasons, RequestHeader};
 use chainference_program_tests::*;
 use proptest::prelude::*;
 use solana_keypair::Keypair;
@@ -56,6 +56,12 @@ enum Step {
     Cancel {
         request: usize,
     },
+    /// A server declines (reasons 0 is refused).
+    Decline {
+        server: usize,
+        request: usize,
+        reasons: u8,
+    },
     Reclaim {
         request: usize,
     },
@@ -87,6 +93,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (s.clone(), r.clone(), any::<bool>()).prop_map(|(server, request, last)| Step::Append { server, request, last }),
         3 => (s.clone(), r.clone(), 0u64..400).prop_map(|(server, request, tokens)| Step::Complete { server, request, tokens }),
         2 => (0usize..4, r.clone()).prop_map(|(caller, request)| Step::Release { caller, request }),
+        2 => (s.clone(), r.clone(), any::<u8>()).prop_map(|(server, request, reasons)| Step::Decline { server, request, reasons }),
         1 => (s, r.clone()).prop_map(|(server, request)| Step::Claim { server, request }),
         1 => r.clone().prop_map(|request| Step::Cancel { request }),
         1 => r.clone().prop_map(|request| Step::Reclaim { request }),
@@ -365,6 +372,21 @@ impl Harness {
                 let predicted = h.apply(Event::Cancel { signer: &key(&client) }, now);
                 let ix = builders::cancel_request(&self.b.program, &key(&client), &t.req.address);
                 if self.send(vec![ix], &client, predicted.map(|_| ())) {
+                    self.requests[request].header = h;
+                }
+            }
+            Step::Decline { server, request, reasons } => {
+                let Some(t) = self.requests.get(request) else { return };
+                if t.closed {
+                    return;
+                }
+                let mut h = t.header;
+                let authority = self.servers[server].authority();
+                let reasons = DeclineReasons(reasons);
+                let predicted = h.apply(Event::Decline { server: &authority, allowed: &t.allowed, reasons }, now);
+                let ix = builders::decline_request(&self.b.program, &authority, &t.req.address, reasons);
+                let signer = self.servers[server].wallet.insecure_clone();
+                if self.send(vec![ix], &signer, predicted.map(|_| ())) {
                     self.requests[request].header = h;
                 }
             }

@@ -94,6 +94,55 @@ fn missing_signers_are_rejected() {
 }
 
 #[test]
+fn declines_are_checked_and_move_nothing() {
+    use chainference_core::state::DeclineReasons;
+    let mut w = world();
+    let spec = w.b.spec(&[&w.s1]);
+    let req = w.b.open(&spec);
+    let acc = watched(&w, &req);
+    let s1 = w.s1.wallet.insecure_clone();
+    let s2 = w.s2.wallet.insecure_clone();
+    let decline =
+        |w: &World, who: &[u8; 32], reasons| builders::decline_request(&w.b.program, who, &req.address, reasons);
+    let reason = DeclineReasons::BUDGET_TOO_SMALL;
+
+    let unsigned = unsign(decline(&w, &w.s1.authority(), reason), 0);
+    w.b.rejects(vec![unsigned], &[&s2], Error::MissingSigner, &acc);
+    w.b.rejects(vec![decline(&w, &w.s1.authority(), DeclineReasons::empty())], &[&s1], Error::NoDeclineReason, &acc);
+    w.b.rejects(vec![decline(&w, &w.s2.authority(), reason)], &[&s2], Error::ServerNotAllowed, &acc);
+    let mut read_only = decline(&w, &w.s1.authority(), reason);
+    read_only.accounts[1].is_writable = false;
+    w.b.rejects(vec![read_only], &[&s1], Error::NotWritable, &acc);
+    let server_account = w.b.program.server(&w.s1.authority());
+    w.b.rejects(
+        vec![replace(decline(&w, &w.s1.authority(), reason), 1, server_account)],
+        &[&s1],
+        Error::WrongAccountKind,
+        &acc,
+    );
+    let mut short = decline(&w, &w.s1.authority(), reason);
+    short.accounts.truncate(1);
+    w.b.rejects(vec![short], &[&s1], Error::NotEnoughAccounts, &acc);
+
+    w.b.ok(vec![decline(&w, &w.s1.authority(), reason)], &[&s1]);
+    w.b.rejects(vec![decline(&w, &w.s1.authority(), reason)], &[&s1], Error::AlreadyDeclined, &acc);
+    // A server that declined may still lock; a locked request takes no decline.
+    lock(&mut w.b, &w.s1, &req);
+    let header = w.b.request(&req.address);
+    assert_eq!((header.status, header.declined), (RequestStatus::Locked, 1));
+    let other_reason = DeclineReasons::UNREADABLE;
+    w.b.rejects(vec![decline(&w, &w.s1.authority(), other_reason)], &[&s1], Error::WrongState, &acc);
+
+    // After the deadline an open request takes no decline either.
+    let spec = w.b.spec(&[&w.s1, &w.s2]);
+    let late = w.b.open(&spec);
+    let deadline = w.b.request(&late.address).deadline;
+    w.b.set_time(deadline);
+    let ix = builders::decline_request(&w.b.program, &w.s2.authority(), &late.address, reason);
+    w.b.rejects(vec![ix], &[&s2], Error::DeadlinePassed, &acc);
+}
+
+#[test]
 fn wrong_owners_fakes_and_type_confusion_are_rejected() {
     let mut w = world();
     let spec = w.b.spec(&[&w.s1]);

@@ -56,6 +56,7 @@ pub fn process(program_id: &Address, accounts: &mut [AccountView], data: &[u8]) 
         }
         Instruction::CloseRequest => close_request(ctx),
         Instruction::ClaimPayment => claim_payment(ctx),
+        Instruction::DeclineRequest { reasons } => decline_request(ctx, reasons),
         // `Instruction` is non-exhaustive for SDK users; every variant this build knows is above.
         #[allow(unreachable_patterns)]
         _ => Err(fail(Error::UnknownInstruction)),
@@ -430,6 +431,20 @@ fn cancel_request(ctx: &mut Ctx<'_>) -> ProgramResult {
         header.apply(Event::Cancel { signer: client.address().as_array() }, now()?).or_fail()?
     };
     move_lamports(request, client, fx.to_client)
+}
+
+fn decline_request(ctx: &mut Ctx<'_>, reasons: chainference_core::state::DeclineReasons) -> ProgramResult {
+    let program_id = ctx.program_id;
+    let [authority, request, ..] = &mut *ctx.accounts else { return Err(not_enough()) };
+    signer(authority)?;
+    writable(request)?;
+    owned(request, program_id)?;
+    let mut data = request.try_borrow_mut()?;
+    let (header, tail) = RequestHeader::split_mut(&mut data).or_fail()?;
+    let allowed = RequestTail::new(tail).allowed(header.allowed_count).or_fail()?;
+    // Nothing moves: the rule only marks the declining server's slot.
+    header.apply(Event::Decline { server: authority.address().as_array(), allowed, reasons }, now()?).or_fail()?;
+    Ok(())
 }
 
 fn lock_request(ctx: &mut Ctx<'_>) -> ProgramResult {

@@ -18,8 +18,8 @@ mod server;
 
 pub use config::{Config, ConfigParams, Treasury};
 pub use request::{
-    FLAG_COMPARED, FLAG_COUNTED, FLAG_FLAGGED, FLAG_HAS_RESPONSE, FLAG_PREFERRED, REQUEST_BUMP, RequestAccount,
-    RequestHeader, RequestStatus, RequestTail, allowed_slice, read_array,
+    DeclineReasons, FLAG_COMPARED, FLAG_COUNTED, FLAG_FLAGGED, FLAG_HAS_RESPONSE, FLAG_PREFERRED, REQUEST_BUMP,
+    RequestAccount, RequestHeader, RequestStatus, RequestTail, allowed_slice, read_array,
 };
 pub use response::{ResponseAccount, ResponseHeader};
 pub use server::{Offer, Offers, ServerAccount, ServerHeader, ServerState, check_endpoint};
@@ -198,7 +198,8 @@ mod tests {
         RequestHeader {
             kind: AccountKind::Request as u8,
             version: LAYOUT_VERSION,
-            reserved: 0,
+            declined: 0,
+            decline_reasons: 0,
             bump: 255,
             status: RequestStatus::Locked,
             flags: FLAG_FLAGGED,
@@ -252,9 +253,16 @@ mod tests {
         assert_eq!(RequestHeader::TAIL_OFFSET, 520);
         assert_eq!(Config::LEN, 104);
         assert_eq!(ServerHeader::LEN, 144);
-        let mut reserved = buf;
-        reserved[122] = 1;
-        assert_eq!(RequestHeader::decode(&reserved), Err(Error::InvalidTag), "the reserved field must stay zero");
+        // Declines name allow-list slots in use, and come with a reason.
+        let mut declined = buf;
+        declined[RequestHeader::DECLINED_OFFSET] = 0b10;
+        declined[123] = DeclineReasons::BUDGET_TOO_SMALL.0;
+        assert!(RequestHeader::decode(&declined).unwrap().declined_by(1));
+        declined[RequestHeader::DECLINED_OFFSET] = 0b100;
+        assert_eq!(RequestHeader::decode(&declined), Err(Error::InvalidTag), "slot 2 is not in use");
+        declined[RequestHeader::DECLINED_OFFSET] = 0b1;
+        declined[123] = 0;
+        assert_eq!(RequestHeader::decode(&declined), Err(Error::InvalidTag), "a decline without a reason");
     }
 
     #[test]

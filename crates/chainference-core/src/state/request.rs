@@ -55,6 +55,84 @@ pub const FLAG_PREFERRED: u8 = 16;
 /// `builders::Program::usable_nonce`).
 pub const REQUEST_BUMP: u8 = 255;
 
+/// Why servers declined a request ([`crate::instruction::Instruction::DeclineRequest`]): a set
+/// of reasons, one bit each, so a request holds the union of its declines in one byte. Every
+/// bit has a meaning, so any nonzero byte is a valid set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(transparent)]
+pub struct DeclineReasons(pub u8);
+
+impl DeclineReasons {
+    /// The sealed prompt is larger than the server accepts.
+    pub const PROMPT_TOO_LARGE: Self = Self(1);
+    /// The stake or `max_tokens` does not pay for the prompt plus the server's least answer.
+    pub const BUDGET_TOO_SMALL: Self = Self(2);
+    /// Too little time is left before the deadline for an answer.
+    pub const TOO_LITTLE_TIME: Self = Self(4);
+    /// The server does not serve this client (its own allow or deny list).
+    pub const CLIENT_EXCLUDED: Self = Self(8);
+    /// The prompt does not open with the server's key or does not decode.
+    pub const UNREADABLE: Self = Self(16);
+    /// The model refused the prompt (for example, longer than its context).
+    pub const MODEL_REFUSED: Self = Self(32);
+    /// The program would refuse this server's lock (price cap, reputation filters).
+    pub const TERMS_NOT_MET: Self = Self(64);
+    /// The server does not run the requested model.
+    pub const MODEL_NOT_SERVED: Self = Self(128);
+
+    const NAMES: [&'static str; 8] = [
+        "prompt too large",
+        "stake or max_tokens too small for an answer",
+        "too little time left",
+        "client not served",
+        "prompt unreadable",
+        "the model refused the prompt",
+        "price cap or filters not met",
+        "model not served",
+    ];
+
+    /// No reason.
+    pub const fn empty() -> Self {
+        Self(0)
+    }
+
+    /// Whether no reason is set.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether every reason in `other` is set.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Both sets together.
+    #[must_use]
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// The reasons in words, in bit order.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Self::NAMES.into_iter().enumerate().filter(move |(bit, _)| self.0 & (1 << bit) != 0).map(|(_, name)| name)
+    }
+}
+
+impl core::fmt::Display for DeclineReasons {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.is_empty() {
+            return f.write_str("no reason given");
+        }
+        for (i, name) in self.names().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(name)?;
+        }
+        Ok(())
+    }
+}
+
 /// The fixed header of a request account, seeds `["request", client, nonce_le]` (bump
 /// [`REQUEST_BUMP`]): every scalar the lifecycle reads or writes, at pinned, naturally aligned
 /// offsets.
@@ -82,7 +160,8 @@ pub const REQUEST_BUMP: u8 = 255;
 /// | 104 | fee | u64 |
 /// | 112 | server_due (the server's share, held until the flag window closes) | u64 |
 /// | 120 | min_success_bps | u16 |
-/// | 122 | reserved (0) | u16 |
+/// | 122 | declined (bit i: allow-list slot i declined) | u8 |
+/// | 123 | decline_reasons (union of the declines' [`DeclineReasons`]) | u8 |
 /// | 124 | release_count | u32 |
 /// | 128 | prompt_len | u32 |
 /// | 132 | prompt_written | u32 |
@@ -142,8 +221,11 @@ pub struct RequestHeader {
     pub server_due: u64,
     /// Filter: least success ratio (bps) a server needs to lock.
     pub min_success_bps: u16,
-    /// Always 0.
-    pub(crate) reserved: u16,
+    /// Bit `i` set: the server in allow-list slot `i` declined the request
+    /// ([`crate::instruction::Instruction::DeclineRequest`]).
+    pub declined: u8,
+    /// The union of the reasons those servers gave ([`DeclineReasons`] bits).
+    pub decline_reasons: u8,
     /// How many times it was released.
     pub release_count: u32,
     /// Size of the prompt envelope.
@@ -158,7 +240,7 @@ pub struct RequestHeader {
 
 const _: () = {
     // No padding: the fields' sizes add up to the struct's (kind..allowed_count are six bytes).
-    assert!(6 + 2 + 2 * 4 + 13 * 8 + 2 * 2 + 3 * 4 + 2 * 32 == RequestHeader::LEN);
+    assert!(6 + 2 + 2 * 4 + 13 * 8 + 2 + 2 + 3 * 4 + 2 * 32 == RequestHeader::LEN);
     assert!(core::mem::size_of::<RequestHeader>() == RequestHeader::LEN);
     assert!(core::mem::align_of::<RequestHeader>() == 8);
     assert!(core::mem::offset_of!(RequestHeader, status) == RequestHeader::STATUS_OFFSET);
@@ -167,6 +249,8 @@ const _: () = {
     assert!(core::mem::offset_of!(RequestHeader, nonce) == 16);
     assert!(core::mem::offset_of!(RequestHeader, server_due) == 112);
     assert!(core::mem::offset_of!(RequestHeader, min_success_bps) == 120);
+    assert!(core::mem::offset_of!(RequestHeader, declined) == RequestHeader::DECLINED_OFFSET);
+    assert!(core::mem::offset_of!(RequestHeader, decline_reasons) == 123);
     assert!(core::mem::offset_of!(RequestHeader, release_count) == 124);
     assert!(core::mem::offset_of!(RequestHeader, client) == RequestHeader::CLIENT_OFFSET);
     assert!(core::mem::offset_of!(RequestHeader, locked_by) == RequestHeader::LOCKED_BY_OFFSET);
@@ -190,7 +274,8 @@ unsafe impl Header for RequestHeader {
 
     #[inline(always)]
     fn check(&self) -> Result<()> {
-        if self.reserved != 0
+        if (u16::from(self.declined) >> self.allowed_count) != 0
+            || (self.declined == 0) != (self.decline_reasons == 0)
             || self.flags & !(FLAG_FLAGGED | FLAG_COMPARED | FLAG_HAS_RESPONSE | FLAG_COUNTED | FLAG_PREFERRED) != 0
             || self.allowed_count == 0
             || self.allowed_count as usize > MAX_ALLOWED_SERVERS
@@ -209,6 +294,8 @@ impl RequestHeader {
     pub const STATUS_OFFSET: usize = 3;
     /// Offset of `flags`.
     pub const FLAGS_OFFSET: usize = 4;
+    /// Offset of `declined`.
+    pub const DECLINED_OFFSET: usize = 122;
     /// Offset of `client` (a filter for one wallet's requests).
     pub const CLIENT_OFFSET: usize = 136;
     /// Offset of `locked_by` (a filter for one server's requests).
@@ -245,6 +332,22 @@ impl RequestHeader {
     /// Whether the completion counted toward reputation (and so its flag and comparison do).
     pub const fn counted(&self) -> bool {
         self.flags & FLAG_COUNTED != 0
+    }
+
+    /// Whether the server in allow-list slot `slot` declined the request.
+    pub const fn declined_by(&self, slot: usize) -> bool {
+        slot < MAX_ALLOWED_SERVERS && self.declined & (1 << slot) != 0
+    }
+
+    /// Whether every server on the allow-list declined: nobody will answer, so the client
+    /// may as well cancel now rather than wait for the deadline.
+    pub const fn declined_by_all(&self) -> bool {
+        self.allowed_count > 0 && self.declined.count_ones() == self.allowed_count as u32
+    }
+
+    /// The union of the reasons the declining servers gave.
+    pub const fn decline_reasons(&self) -> DeclineReasons {
+        DeclineReasons(self.decline_reasons)
     }
 
     /// Decodes the scalar header from the start of the account data (any alignment).
