@@ -58,6 +58,25 @@ async function main() {
   }
   opener.finish();
   $('chunks-opened').textContent = opened;
+
+  // 4. A request every allowed server declined (the vectors' request, with the bytes the
+  //    program writes on DeclineRequest: one bit per allow-list slot, the union of reasons).
+  const declinedBytes = unhex(vectors.layouts.request);
+  declinedBytes[cf.requestDeclinedOffset()] = 0b11;
+  declinedBytes[cf.requestDeclinedOffset() + 1] = 1 | 8;
+  const declined = cf.decodeRequest(declinedBytes);
+  if (declined.status === 'Open' && declined.declinedByAll) {
+    $('declined').textContent =
+      `declined by all ${declined.declined.length} allowed servers: ${declined.declineReasons.join(', ')}`;
+    $('declined').className = 'error';
+    const owner = cf.fromBase58(declined.client);
+    const address = unhex(vectors.keys.request);
+    const giveUp = [
+      cf.cancelRequestInstruction(owner, address),
+      cf.closeRequestInstruction(owner, address, owner, owner),
+    ];
+    $('give-up').textContent = giveUp.map((ix) => `tag ${ix.data[0]}`).join(' + ');
+  }
   $('status').textContent = 'done';
   $('status').id = 'done';
 }

@@ -47,6 +47,8 @@ try {
   assert.equal(rows[0][3], '81.81%');
   assert.equal(await text('#chunks-opened'), '3');
   assert.equal(await text('#answer'), 'The capital of France is Paris.');
+  assert.equal(await text('#declined'), 'declined by all 2 allowed servers: prompt too large, client not served');
+  assert.equal(await text('#give-up'), 'tag 9 + tag 17');
   console.log(`examples/web: all checks passed in headless Chromium (${url})`);
 } finally {
   await browser.close();

@@ -14,6 +14,10 @@ use crate::{Result, cargo, root, run, stage};
 /// Features the RPC tests need, on top of the workspace defaults.
 const RPC_FEATURES: &str = "chainference-chain/rpc,chainference-client/rpc,chainference-server/hub";
 
+/// The gateway's bad-input sweep (crates/chainference-gateway/tests/sweep.rs): run in a stage of
+/// its own so its report (bodies sent, none hung) shows in the log.
+const GATEWAY_SWEEP: &str = "every_malformed_or_odd_body_gets_a_prompt_answer_and_nothing_is_stranded";
+
 /// `cargo xtask test [ARGS]`: every stage in order, stopping at the first failure; `ARGS` go to
 /// the workspace's `cargo test`.
 pub(crate) fn test(rest: &[String]) -> Result {
@@ -45,11 +49,27 @@ pub(crate) fn test(rest: &[String]) -> Result {
     if sbf_program_crate().is_some() {
         build_sbf()?;
     }
+    let so = sbf_program_crate().map(|_| root().join(DEPLOYED_PROGRAM_SO));
     stage("tests", || {
         let mut c = cargo();
         // With the RPC features, so the RPC stage below reuses these test binaries.
         c.args(["test", "--workspace", "--features", RPC_FEATURES]).args(rest);
-        if let Some(so) = sbf_program_crate().map(|_| root().join(DEPLOYED_PROGRAM_SO)) {
+        // The gateway sweep runs next, in its own stage, where its report is shown.
+        if !rest.iter().any(|arg| arg == "--") {
+            c.arg("--");
+        }
+        c.args(["--skip", GATEWAY_SWEEP]);
+        if let Some(so) = &so {
+            c.env("CHAINFERENCE_PROGRAM_SO", so);
+        }
+        run(&mut c)
+    })?;
+    stage("gateway bad-input sweep", || {
+        let mut c = cargo();
+        // The same selection of features as above: the test binary is already built.
+        c.args(["test", "--workspace", "--features", RPC_FEATURES, "--test", "sweep", "--"])
+            .args([GATEWAY_SWEEP, "--nocapture"]);
+        if let Some(so) = &so {
             c.env("CHAINFERENCE_PROGRAM_SO", so);
         }
         run(&mut c)

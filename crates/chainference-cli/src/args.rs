@@ -178,6 +178,25 @@ pub struct ServerRunArgs {
     /// An endpoint URL to publish.
     #[arg(long, default_value = "")]
     pub endpoint: String,
+    /// Largest sealed prompt to accept, in bytes (default: the protocol's limit).
+    #[arg(long)]
+    pub max_prompt_bytes: Option<usize>,
+    /// Least answer tokens a request's budget and stake must leave beyond its prompt.
+    #[arg(long)]
+    pub min_answer_tokens: Option<u32>,
+    /// Least seconds before a request's deadline to take it.
+    #[arg(long)]
+    pub min_time_left: Option<u64>,
+    /// Serve only these clients, by wallet address.
+    #[arg(long, value_delimiter = ',')]
+    pub only_clients: Vec<String>,
+    /// Never serve these clients, by wallet address.
+    #[arg(long, value_delimiter = ',')]
+    pub deny_clients: Vec<String>,
+    /// Pass on requests silently instead of declining them on chain with a reason (a decline
+    /// costs one transaction fee, and lets a client whose every server declined stop waiting).
+    #[arg(long)]
+    pub no_decline: bool,
     /// Request this many SOL from the cluster's faucet first (local validators and devnet).
     #[arg(long)]
     pub airdrop: Option<f64>,

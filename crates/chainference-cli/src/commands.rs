@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use chainference_chain::{Address, Chain, Keypair, RpcChain, RpcConfig, Signer};
 use chainference_client::{AnswerEvent, Ask, Client, ClientError, Filtered as _, Policy, ServerQuery};
-use chainference_server::runtime::{Server, ServerEvent};
+use chainference_server::runtime::{AcceptPolicy, Server, ServerEvent};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -93,6 +93,9 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
             Some("see `chainference servers` for why, and relax the filters")
         }
         Some(ClientError::DeadlinePassed { .. }) => Some("reclaim the stake with `chainference reclaim <request>`"),
+        Some(ClientError::Refused { .. }) => Some(
+            "see `chainference servers` for each server's limits; shorten the prompt, raise --max-cost or --timeout, or pick other servers",
+        ),
         _ => None,
     };
     if specific.is_some() {
@@ -438,7 +441,21 @@ async fn serve(cli: &Cli, args: &ServerRunArgs) -> Result<()> {
     let wallet = wallet(cli)?;
     airdrop(&chain, &wallet.pubkey(), args.airdrop).await?;
     let model = load_model(args.model_file.clone())?;
+    let mut policy = AcceptPolicy::default();
+    if let Some(bytes) = args.max_prompt_bytes {
+        policy.max_prompt_len = bytes;
+    }
+    if let Some(tokens) = args.min_answer_tokens {
+        policy.min_answer_tokens = tokens;
+    }
+    if let Some(secs) = args.min_time_left {
+        policy.min_time_left = Duration::from_secs(secs);
+    }
+    policy.only_clients = args.only_clients.iter().map(|s| parse_address(s)).collect::<Result<_>>()?;
+    policy.deny_clients = args.deny_clients.iter().map(|s| parse_address(s)).collect::<Result<_>>()?;
     let handle = Server::builder(Arc::clone(&chain), wallet, model)
+        .accept(policy)
+        .declines(!args.no_decline)
         .price(args.price)
         .endpoint(args.endpoint.clone())
         .flush_interval(Duration::from_millis(args.flush_ms.max(1)))
@@ -469,6 +486,7 @@ async fn serve(cli: &Cli, args: &ServerRunArgs) -> Result<()> {
                 ServerEvent::Released { request, reason } => eprintln!("released {request}: {reason:?}"),
                 ServerEvent::Failed { request, error } => eprintln!("failed {request}: {error}"),
                 ServerEvent::LostRace { request } => eprintln!("another server locked {request} first"),
+                ServerEvent::Declined { request, reasons } => eprintln!("declined {request}: {reasons}"),
                 _ => {}
             }
         }
@@ -479,7 +497,7 @@ async fn serve(cli: &Cli, args: &ServerRunArgs) -> Result<()> {
     printer.abort();
     done(
         cli,
-        json!({ "completed": counters.completed, "released": counters.released, "earned": counters.earned, "fees_paid": counters.fees_paid }),
+        json!({ "completed": counters.completed, "released": counters.released, "declined": counters.declined, "earned": counters.earned, "fees_paid": counters.fees_paid }),
         &format!("served {} requests, earned {} lamports", counters.completed, lamports(counters.earned)),
     );
     Ok(())

@@ -131,8 +131,14 @@ struct ServerProcess(Child);
 impl ServerProcess {
     /// `chainference server run` with `keypair` at `price`, funded from the validator's faucet.
     fn start(rpc: &str, keypair: &str, price: &str) -> Self {
+        Self::start_with(rpc, keypair, price, &[])
+    }
+
+    /// The same with more `server run` options.
+    fn start_with(rpc: &str, keypair: &str, price: &str, options: &[&str]) -> Self {
         let child = bin()
             .args(["--rpc", rpc, "--keypair", keypair, "server", "run", "--price", price, "--airdrop", "10"])
+            .args(options)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -163,7 +169,8 @@ fn every_subcommand_against_a_real_validator() {
     let dir = scratch("rpc");
     let (server_key, server_address) = keygen(&dir, "server");
     let (second_key, second_address) = keygen(&dir, "second");
-    let (client_key, _) = keygen(&dir, "client");
+    let (client_key, client_address) = keygen(&dir, "client");
+    let (picky_key, picky_address) = keygen(&dir, "picky");
     let (broke_key, _) = keygen(&dir, "broke");
     let with = |key: &str, args: &[&str]| {
         let mut all = vec!["--rpc", rpc.as_str(), "--keypair", key];
@@ -197,6 +204,22 @@ fn every_subcommand_against_a_real_validator() {
     };
     let ours = wait_listed(&server_address);
     assert_eq!(ours["price_per_mtok"], 2_000_000);
+
+    // A server that does not serve this client declines on chain: `ask` says why within
+    // seconds, and the request is cancelled and closed (stake and rent back).
+    let picky = ServerProcess::start_with(&rpc, &picky_key, "2000000", &["--deny-clients", &client_address]);
+    wait_listed(&picky_address);
+    let started = Instant::now();
+    let refused = with(&client_key, &["ask", "What is the capital of France?", "--servers", &picky_address]);
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(took < Duration::from_secs(10), "{took:?}: {stderr}");
+    assert!(
+        stderr.contains("declined") && stderr.contains("client not served") && stderr.contains("hint:"),
+        "{stderr}"
+    );
+    drop(picky);
 
     // Ask (streams; --json prints the settlement), then history, flag, close.
     let answer = json_of(&with(

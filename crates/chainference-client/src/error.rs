@@ -3,7 +3,7 @@
 use std::fmt;
 
 use chainference_chain::{Address, ChainError};
-use chainference_core::state::RequestStatus;
+use chainference_core::state::{DeclineReasons, RequestStatus};
 
 use crate::discovery::Exclusion;
 
@@ -73,6 +73,22 @@ pub enum ClientError {
         request: Address,
         /// Its final status.
         status: RequestStatus,
+    },
+    /// Every server the request allows declined it on chain, so nobody would answer before
+    /// its deadline. The SDK cancelled and closed it: the stake and the rent are back.
+    #[error(
+        "every server allowed to answer declined request {request}: {reasons}; it was cancelled and closed, the stake and rent are back"
+    )]
+    Refused {
+        /// The request (closed).
+        request: Address,
+        /// The servers that declined it (its whole allow-list).
+        servers: Vec<Address>,
+        /// The union of the reasons they gave.
+        reasons: DeclineReasons,
+        /// Lamports that came back to the wallet: the stake and the rent, net of the fee (0 when
+        /// another handle of the request closed it first).
+        refunded: u64,
     },
     /// The request is not in a state that allows this.
     #[error("request {request} is {status:?}: {hint}")]

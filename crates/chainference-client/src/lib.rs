@@ -50,6 +50,7 @@ pub use chainference_chain::{self as chain, Address, Chain, ChainError, Keypair,
 pub use chainference_chain::{RpcChain, RpcConfig};
 pub use chainference_core as core;
 pub use chainference_core::prompt::{ChatMessage, PromptPayload, Role};
+pub use chainference_core::state::DeclineReasons;
 pub use discovery::{Discovery, Exclusion, Filtered, Policy, ServerFilter, ServerInfo, ServerQuery};
 pub use error::ClientError;
 pub use history::HistoryEntry;

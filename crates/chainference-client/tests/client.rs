@@ -15,7 +15,7 @@ use chainference_client::{
     AnswerEvent, Ask, ChatMessage, Client, ClientError, Exclusion, Filtered as _, Policy, Role, ServerChoice,
     ServerQuery,
 };
-use chainference_core::state::{ConfigParams, RequestStatus};
+use chainference_core::state::{ConfigParams, DeclineReasons, RequestStatus};
 use chainference_core::{builders, pricing};
 use common::{FUNDS, MODEL, TestServer, chain, funded};
 use futures::StreamExt;
@@ -235,6 +235,56 @@ async fn a_server_that_never_answers_is_reclaimed() {
     request.close().await.unwrap();
     assert_eq!(before - client.balance().await.unwrap(), request.transaction_fees(), "only fees were spent");
     assert_eq!(start - total(&chain), u128::from(request.transaction_fees() + server.fees()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_every_server_declines_ends_at_once_with_the_reasons_and_everything_back() {
+    let chain = chain();
+    let small = TestServer::register(chain.as_ref(), 1_000_000).await;
+    let picky = TestServer::register(chain.as_ref(), 2_000_000).await;
+    let client = client(&chain).await;
+    let start = total(&chain);
+    let before = client.balance().await.unwrap();
+    let request = client
+        .ask(Ask::new(MODEL, "a long story, please").to_servers([small.authority(), picky.authority()]))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let waiting = tokio::spawn({
+        let events = request.events();
+        async move { events.collect::<Vec<_>>().await }
+    });
+
+    // One of two declined: still open, still waiting (the other may answer).
+    small.decline(chain.as_ref(), &request.address(), DeclineReasons::PROMPT_TOO_LARGE).await.unwrap();
+    let state = request.state().await.unwrap();
+    assert_eq!((state.status, state.allowed_servers, state.declined_by), (RequestStatus::Open, 2, 1));
+    assert_eq!(state.decline_reasons, DeclineReasons::PROMPT_TOO_LARGE);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "one decline of two does not end the request");
+
+    // Both declined: the SDK cancels and closes in one transaction and says why.
+    picky.decline(chain.as_ref(), &request.address(), DeclineReasons::CLIENT_EXCLUDED).await.unwrap();
+    let events = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("ended within 10 s").unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let Some(Err(refused @ ClientError::Refused { .. })) = events.last() else {
+        panic!("expected Refused: {events:?}")
+    };
+    let ClientError::Refused { request: which, servers, reasons, refunded } = refused else { unreachable!() };
+    assert_eq!(*which, request.address());
+    assert_eq!(servers, &[small.authority(), picky.authority()]);
+    assert_eq!(*reasons, DeclineReasons::PROMPT_TOO_LARGE.union(DeclineReasons::CLIENT_EXCLUDED));
+    let message = refused.to_string();
+    assert!(message.contains("prompt too large") && message.contains("client not served"), "{message}");
+    assert!(matches!(request.state().await, Err(ClientError::RequestNotFound(_))), "closed");
+    // Stake and rent back: only the open's and the cancel+close's fees were spent.
+    assert_eq!(*refunded, request.stake() + request.rent_locked() - 5_000);
+    assert_eq!(before - client.balance().await.unwrap(), request.transaction_fees());
+    assert_eq!(request.transaction_fees(), 10_000, "one signature to open, one to cancel and close");
+    let server_fees = small.fees() + picky.fees();
+    assert_eq!(start - total(&chain), u128::from(request.transaction_fees() + server_fees));
+    // A server cannot decline twice, nor a request that is gone.
+    assert!(small.decline(chain.as_ref(), &request.address(), DeclineReasons::TERMS_NOT_MET).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

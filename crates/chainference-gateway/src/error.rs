@@ -67,6 +67,7 @@ impl ApiError {
     pub(crate) fn upstream(err: ClientError) -> Self {
         let (status, code) = match &err {
             ClientError::DeadlinePassed { .. } => (StatusCode::GATEWAY_TIMEOUT, "deadline_passed"),
+            ClientError::Refused { .. } => (StatusCode::SERVICE_UNAVAILABLE, "declined_by_servers"),
             _ => (StatusCode::BAD_GATEWAY, "upstream_error"),
         };
         ApiError { status, message: err.to_string(), kind: "server_error", param: None, code: Some(code) }
@@ -129,6 +130,7 @@ impl From<ClientError> for ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "server_error", "no_eligible_server")
             }
             ClientError::DeadlinePassed { .. } => (StatusCode::GATEWAY_TIMEOUT, "server_error", "deadline_passed"),
+            ClientError::Refused { .. } => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "declined_by_servers"),
             ClientError::Invalid(_) | ClientError::Core(_) => {
                 (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request")
             }

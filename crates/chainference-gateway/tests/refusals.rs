@@ -11,7 +11,7 @@ use axum::Router;
 use chainference_client::{Chain, Client, EmbeddedChain, Keypair, Signer};
 use chainference_gateway::{Gateway, GatewayConfig};
 use chainference_server::candle::{CandleBackend, ModelSource};
-use chainference_server::runtime::Server;
+use chainference_server::runtime::{AcceptPolicy, Server};
 use serde_json::{Value, json};
 
 const MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1";
@@ -109,4 +109,93 @@ async fn unusable_input_is_refused_at_once_and_silence_ends_in_a_504() {
     }
     let spent = before - chain.balance(&payer).await.unwrap();
     assert!(spent > 0 && spent <= 50_000, "only transaction fees are spent: {spent}");
+}
+
+/// Requests of `payer` still on chain (open, settled or not yet closed).
+async fn requests_of(chain: &EmbeddedChain, payer: &chainference_client::Address) -> usize {
+    let program = *chain.program();
+    chain
+        .program_accounts(
+            &chainference_client::chain::address(&program.id),
+            &[chainference_client::chain::AccountFilter::Memcmp {
+                offset: chainference_client::core::state::RequestHeader::CLIENT_OFFSET,
+                bytes: payer.to_bytes().to_vec(),
+            }],
+        )
+        .await
+        .unwrap()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_server_declines_is_a_503_naming_the_reason_within_seconds() {
+    let chain = Arc::new(EmbeddedChain::start().expect("embedded chain (build the .so with `cargo xtask build-sbf`)"));
+    let model = Arc::new(CandleBackend::load(&ModelSource::default_model()).expect("the model (`cargo xtask setup`)"));
+    let operator = Keypair::new();
+    chain.airdrop(&operator.pubkey(), 10_000_000_000).await.unwrap();
+    // An operator who takes short prompts only (sealed size in bytes).
+    let policy = AcceptPolicy { max_prompt_len: 300, ..AcceptPolicy::default() };
+    let server = Server::builder(Arc::clone(&chain), operator, model)
+        .program(*chain.program())
+        .accept(policy)
+        .start()
+        .await
+        .unwrap();
+
+    let wallet = Keypair::new();
+    let payer = wallet.pubkey();
+    chain.airdrop(&payer, 10_000_000_000).await.unwrap();
+    let before = chain.balance(&payer).await.unwrap();
+    let shared: Arc<dyn Chain> = Arc::clone(&chain) as Arc<dyn Chain>;
+    let program = *chain.program();
+    let base = serve(Gateway::new(Client::with_program(shared, wallet, program), GatewayConfig::new())).await;
+    let http = reqwest::Client::new();
+
+    // Too long for this server: declined on chain, and the caller hears why within seconds.
+    let long = "Tell me about the history of Paris. ".repeat(8);
+    for stream in [false, true] {
+        let body = json!({ "model": MODEL, "messages": [{ "role": "user", "content": long }], "stream": stream });
+        let started = Instant::now();
+        let response = http.post(format!("{base}/chat/completions")).json(&body).send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "stream {stream}: {took:?}");
+        let error: Value = if stream {
+            assert_eq!(status, 200, "{text}");
+            let data = text.lines().filter_map(|l| l.strip_prefix("data: ")).find(|d| d.contains("\"error\"")).unwrap();
+            serde_json::from_str(data).unwrap()
+        } else {
+            assert_eq!(status, 503, "{text}");
+            serde_json::from_str(&text).unwrap()
+        };
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains("declined") && message.contains("prompt too large"), "{message}");
+        assert_eq!(error["error"]["code"], "declined_by_servers", "{error}");
+    }
+    // A short one is answered by the same server.
+    let body = json!({
+        "model": MODEL,
+        "temperature": 0,
+        "messages": [
+            { "role": "system", "content": "You are a helpful assistant." },
+            { "role": "user", "content": "What is the capital of France?" },
+        ],
+    });
+    let (status, answer, _) = post(&http, &base, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["message"]["content"], "The capital of France is Paris.");
+    assert_eq!(server.counters().declined, 2);
+
+    // Declined requests were cancelled and closed at once; the answered one closes shortly.
+    let settled = Instant::now();
+    while requests_of(&chain, &payer).await > 0 {
+        assert!(settled.elapsed() < Duration::from_secs(30), "a request was left on chain");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let cost = answer["chainference"]["cost_lamports"].as_u64().unwrap();
+    let spent = before - chain.balance(&payer).await.unwrap();
+    // Two signatures per declined request (its open, and the cancel + close; both prompts fit
+    // one transaction), the answered one's open and close, and its cost.
+    assert_eq!(spent, cost + 6 * 5_000, "only the answer's cost and the fees are spent");
 }

@@ -13,7 +13,7 @@ use chainference_chain::{Chain, EmbeddedChain, Keypair, Signer};
 use chainference_client::{Answer, AnswerEvent, Ask, Client, RequestState};
 use chainference_core::pricing;
 use chainference_core::prompt::{ChatMessage, Role};
-use chainference_core::state::{ConfigParams, RequestStatus, ServerHeader};
+use chainference_core::state::{ConfigParams, DeclineReasons, RequestStatus, ServerHeader};
 use chainference_server::candle::{CandleBackend, ModelSource};
 use chainference_server::runtime::{AcceptPolicy, ReleaseReason, Server, ServerBuilder, ServerEvent, ServerHandle};
 use chainference_server::{
@@ -215,6 +215,39 @@ impl InferenceBackend for FailsMidAnswer {
             other => other,
         })))
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_passes_declines_on_chain_once_unless_told_not_to() {
+    let chain = chain();
+    let (declining_wallet, silent_wallet, client_wallet) =
+        (funded(&chain).await, funded(&chain).await, funded(&chain).await);
+    let start_total = chain.total_lamports();
+    let client_address = client_wallet.pubkey();
+    let turned_away = || AcceptPolicy { deny_clients: vec![client_address], ..AcceptPolicy::default() };
+    let declining = builder(&chain, declining_wallet, model(), 1_000_000).accept(turned_away()).start().await.unwrap();
+    let silent =
+        builder(&chain, silent_wallet, model(), 1_000_000).accept(turned_away()).declines(false).start().await.unwrap();
+    let mut events = declining.events();
+
+    let client = Client::with_program(Arc::clone(&chain), client_wallet, *chain.program());
+    let ask = Ask::chat(model().model_id(), france()).to_servers([declining.authority(), silent.authority()]);
+    let request = client.ask(ask).await.unwrap();
+    let declined = next_event(&mut events, |e| matches!(e, ServerEvent::Declined { .. })).await;
+    let ServerEvent::Declined { request: which, reasons } = declined else { unreachable!() };
+    assert_eq!((which, reasons), (request.address(), DeclineReasons::CLIENT_EXCLUDED));
+    // Several polls later: declined once, by the declining server only, and still open.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let state = request.state().await.unwrap();
+    assert_eq!((state.status, state.declined_by, state.decline_reasons), (RequestStatus::Open, 1, reasons));
+    assert_eq!((declining.counters().declined, silent.counters().declined), (1, 0));
+
+    request.cancel().await.unwrap();
+    request.close().await.unwrap();
+    let declining = declining.shutdown().await.unwrap();
+    let silent = silent.shutdown().await.unwrap();
+    let fees = declining.fees_paid + silent.fees_paid + request.transaction_fees();
+    assert_eq!(start_total - chain.total_lamports(), u128::from(fees), "lamports conserved");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,7 @@ use chainference_core::envelope::{self, ResponseOpener as CoreOpener};
 use chainference_core::instruction::OpenRequestArgs;
 use chainference_core::model::{self, ModelId};
 use chainference_core::pricing::{self, ServerStats};
-use chainference_core::state::{self, RequestAccount, ResponseAccount, ServerAccount};
+use chainference_core::state::{self, DeclineReasons, RequestAccount, ResponseAccount, ServerAccount};
 use chainference_core::{Error, base58, pda};
 use js_sys::{Array, Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
@@ -484,6 +484,23 @@ pub fn cancel_request_instruction(client: &[u8], request: &[u8], program_id: Opt
     Ok(instruction(&builders::cancel_request(&program(program_id)?, &address(client)?, &address(request)?)))
 }
 
+/// DeclineRequest: a server on the request's allow-list declines it with `reasons` (the
+/// `DeclineReasons` bits: 1 prompt too large, 2 budget too small, 4 too little time, 8 client
+/// not served, 16 unreadable, 32 model refused, 64 terms not met, 128 model not served).
+#[wasm_bindgen(js_name = declineRequestInstruction)]
+pub fn decline_request_instruction(
+    authority: &[u8],
+    request: &[u8],
+    reasons: u8,
+    program_id: Option<Vec<u8>>,
+) -> JsResult<JsValue> {
+    if reasons == 0 {
+        return fail(Error::NoDeclineReason);
+    }
+    let p = program(program_id)?;
+    Ok(instruction(&builders::decline_request(&p, &address(authority)?, &address(request)?, DeclineReasons(reasons))))
+}
+
 /// ReclaimRequest (`lockedBy`: the locking server's authority, when the request is Locked).
 #[wasm_bindgen(js_name = reclaimRequestInstruction)]
 pub fn reclaim_request_instruction(
@@ -630,6 +647,13 @@ pub fn decode_server(data: &[u8]) -> JsResult<JsValue> {
     Ok(o.into())
 }
 
+/// Byte offset in a request account of the declined-slots byte (bit i: allow-list slot i
+/// declined); the union of the decline reasons follows it. For filters and tests.
+#[wasm_bindgen(js_name = requestDeclinedOffset)]
+pub fn request_declined_offset() -> usize {
+    state::RequestHeader::DECLINED_OFFSET
+}
+
 /// Decodes a Request account.
 #[wasm_bindgen(js_name = decodeRequest)]
 pub fn decode_request(data: &[u8]) -> JsResult<JsValue> {
@@ -668,6 +692,21 @@ pub fn decode_request(data: &[u8]) -> JsResult<JsValue> {
         allowed.push(&b58(a).into());
     }
     set(&o, "allowed", allowed);
+    // Which allowed servers declined (by address) and why; `declinedByAll`: nobody will answer,
+    // so cancel and close now instead of waiting for the deadline.
+    let declined = Array::new();
+    for (slot, a) in r.allowed.iter().enumerate() {
+        if h.declined_by(slot) {
+            declined.push(&b58(a).into());
+        }
+    }
+    set(&o, "declined", declined);
+    set(&o, "declinedByAll", h.declined_by_all());
+    let reasons = Array::new();
+    for name in h.decline_reasons().names() {
+        reasons.push(&name.into());
+    }
+    set(&o, "declineReasons", reasons);
     set(&o, "promptComplete", h.prompt_written == h.prompt_len);
     set(&o, "prompt", bytes(r.prompt_written()));
     Ok(o.into())

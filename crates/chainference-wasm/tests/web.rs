@@ -110,6 +110,24 @@ fn layouts_pdas_and_instruction_data_match_the_vectors() {
     assert_eq!(field(&field(&server, "stats"), "successBps").as_f64(), Some(8_181.0));
     let request = decode_request(&unhex(&l["request"])).unwrap();
     assert_eq!(field(&request, "status").as_string().unwrap(), "Open");
+    assert_eq!(Array::from(&field(&request, "declined")).length(), 0);
+    assert_eq!(field(&request, "declinedByAll").as_bool(), Some(false));
+    // Declines as the program records them: a bit per allow-list slot, the union of reasons.
+    let mut declined = unhex(&l["request"]);
+    let at = chainference_core::state::RequestHeader::DECLINED_OFFSET;
+    declined[at] = 0b10;
+    declined[at + 1] = 8;
+    let one = decode_request(&declined).unwrap();
+    let allowed = Array::from(&field(&one, "allowed"));
+    let by = Array::from(&field(&one, "declined"));
+    assert_eq!((by.length(), by.get(0).as_string()), (1, allowed.get(1).as_string()));
+    assert_eq!(field(&one, "declinedByAll").as_bool(), Some(false));
+    assert_eq!(Array::from(&field(&one, "declineReasons")).get(0).as_string().unwrap(), "client not served");
+    declined[at] = 0b11;
+    declined[at + 1] = 8 | 1;
+    let all = decode_request(&declined).unwrap();
+    assert_eq!(field(&all, "declinedByAll").as_bool(), Some(true));
+    assert_eq!(Array::from(&field(&all, "declineReasons")).length(), 2);
     let config = decode_config(&unhex(&l["config"])).unwrap();
     assert_eq!(field(&config, "feeBps").as_f64(), Some(1_000.0));
     let response = decode_response(&unhex(&l["response"])).unwrap();
@@ -146,6 +164,10 @@ fn layouts_pdas_and_instruction_data_match_the_vectors() {
     let reclaim = reclaim_request_instruction(&req, &client, Some(a1.clone()), None).unwrap();
     assert_eq!(u8s(&field(&reclaim, "data")), unhex(&by_name("ReclaimRequest")["data"]));
     assert_eq!(Array::from(&field(&reclaim, "keys")).length(), 3);
+    let decline = decline_request_instruction(&a1, &req, 8 | 2, None).unwrap();
+    assert_eq!(u8s(&field(&decline, "data")), vec![19, 10]);
+    assert_eq!(field(&Array::from(&field(&decline, "keys")).get(0), "isSigner").as_bool(), Some(true));
+    assert_eq!(code_of(&decline_request_instruction(&a1, &req, 0, None).err().unwrap()), Some(107));
 }
 
 #[wasm_bindgen_test]

@@ -9,7 +9,7 @@ use chainference_chain::{Account, Address, Chain, Instruction, address, instruct
 use chainference_core::builders::{self, RequestRefs};
 use chainference_core::envelope::ResponseOpener;
 use chainference_core::state::{
-    FLAG_COMPARED, FLAG_FLAGGED, RequestAccount, RequestHeader, RequestStatus, ResponseAccount,
+    DeclineReasons, FLAG_COMPARED, FLAG_FLAGGED, RequestAccount, RequestHeader, RequestStatus, ResponseAccount,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -50,6 +50,12 @@ pub struct RequestState {
     pub compared: bool,
     /// When it became terminal (unix seconds; 0 before).
     pub settled_at: i64,
+    /// How many servers the request allows.
+    pub allowed_servers: u8,
+    /// How many of them declined it on chain (all of them: nobody will answer).
+    pub declined_by: u8,
+    /// The union of the reasons the declining servers gave.
+    pub decline_reasons: DeclineReasons,
 }
 
 impl RequestState {
@@ -69,6 +75,10 @@ impl RequestState {
             flagged: header.flags & FLAG_FLAGGED != 0,
             compared: header.flags & FLAG_COMPARED != 0,
             settled_at: header.settled_at,
+            allowed_servers: header.allowed_count,
+            #[allow(clippy::cast_possible_truncation)] // at most MAX_ALLOWED_SERVERS bits set
+            declined_by: header.declined.count_ones() as u8,
+            decline_reasons: header.decline_reasons(),
         }
     }
 }
@@ -489,6 +499,12 @@ impl<C: Chain + 'static> Watcher<C> {
                     let Some(account) = state else { return Err(ClientError::RequestNotFound(self.request)) };
                     let decoded = RequestHeader::decode(&account.data)?;
                     header = Some(decoded);
+                    if decoded.status == RequestStatus::Open && decoded.declined_by_all() {
+                        if let Some(refused) = self.give_up_refused(&account.data).await? {
+                            return Err(refused);
+                        }
+                        continue;
+                    }
                     if let Step::Done = self.on_request(&decoded, &mut reader).await? {
                         return Ok(());
                     }
@@ -553,6 +569,46 @@ impl<C: Chain + 'static> Watcher<C> {
             }
         }
         Ok(())
+    }
+
+    /// Every allowed server declined the open request: cancels and closes it in one
+    /// transaction (stake and rent back) and returns [`ClientError::Refused`] naming the
+    /// servers and reasons. `None` when a server locked it meanwhile (a decliner may still):
+    /// then the answer is followed as usual.
+    async fn give_up_refused(&self, data: &[u8]) -> Result<Option<ClientError>, ClientError> {
+        let decoded = RequestAccount::decode(data)?;
+        let servers: Vec<Address> = decoded.allowed.iter().map(address).collect();
+        let reasons = decoded.header.decline_reasons();
+        let refused = |refunded| ClientError::Refused { request: self.request, servers, reasons, refunded };
+        let inner = &self.chain;
+        let wallet = inner.wallet_address();
+        let refs = RequestRefs { request: self.request.to_bytes(), response: self.response.to_bytes(), client: wallet };
+        let transaction = [
+            instruction(builders::cancel_request(&inner.program, &wallet, &refs.request)),
+            // Never locked, so the response's rent (if any) comes back to the client too.
+            instruction(builders::close_request(&inner.program, &wallet, &refs, &wallet)),
+        ];
+        let before = inner.chain.balance(&address(&wallet)).await?;
+        match inner.chain.send(&transaction, &[&inner.wallet]).await {
+            Ok(sent) => {
+                self.fees.fetch_add(sent.fee, Ordering::Relaxed);
+                let after = inner.chain.balance(&address(&wallet)).await?;
+                tracing::info!(request = %self.request, %reasons, "every allowed server declined; cancelled and closed");
+                Ok(Some(refused(after.saturating_sub(before))))
+            }
+            Err(err) => {
+                if let chainference_chain::ChainError::Transaction { charged, .. } = &err {
+                    self.fees.fetch_add(*charged, Ordering::Relaxed);
+                }
+                // Another watcher of this request may have closed it first, or a server
+                // locked it: look before failing.
+                match inner.chain.account(&self.request).await? {
+                    None => Ok(Some(refused(0))),
+                    Some(account) if RequestHeader::decode(&account.data)?.status != RequestStatus::Open => Ok(None),
+                    Some(_) => Err(err.into()),
+                }
+            }
+        }
     }
 
     async fn on_request(&self, header: &RequestHeader, reader: &mut Option<ChunkReader>) -> Result<Step, ClientError> {

@@ -136,6 +136,17 @@ impl TestServer {
         self.send(chain, vec![instruction(ix)]).await
     }
 
+    /// Declines the open `request` with `reasons`, as a server whose policy passes on it.
+    pub async fn decline<C: Chain + ?Sized>(
+        &self,
+        chain: &C,
+        request: &Address,
+        reasons: chainference_core::state::DeclineReasons,
+    ) -> Result<(), ChainError> {
+        let ix = builders::decline_request(&self.program, &self.authority_bytes(), &request.to_bytes(), reasons);
+        self.send(chain, vec![instruction(ix)]).await
+    }
+
     /// Locks, streams `pieces` (the last final), completes with `tokens`.
     pub async fn serve<C: Chain + ?Sized>(&self, chain: &C, request: &Address, pieces: &[&str], tokens: u64) -> Locked {
         let mut locked = self.lock(chain, request).await.unwrap();

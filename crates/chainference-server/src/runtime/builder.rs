@@ -64,6 +64,7 @@ impl Server {
             accept: AcceptPolicy::default(),
             keys: KeySource::Wallet,
             shutdown_grace: Duration::from_secs(10),
+            declines: true,
         }
     }
 }
@@ -82,6 +83,7 @@ pub struct ServerBuilder<C, B> {
     accept: AcceptPolicy,
     keys: KeySource,
     shutdown_grace: Duration,
+    declines: bool,
 }
 
 impl<C, B> ServerBuilder<C, B>
@@ -143,6 +145,14 @@ where
         self
     }
 
+    /// Whether to decline on chain the requests that name this server and that it passes on
+    /// (default true): the client learns within a poll why, instead of waiting for its deadline,
+    /// at one transaction fee per declined request.
+    pub fn declines(mut self, enabled: bool) -> Self {
+        self.declines = enabled;
+        self
+    }
+
     /// Registers or updates the server's account, resumes or releases what a previous run left
     /// locked, and starts serving.
     pub async fn start(self) -> Result<ServerHandle, ServerError> {
@@ -183,6 +193,8 @@ where
             permits: Arc::new(Semaphore::new(self.max_concurrent)),
             in_flight: Mutex::new(HashMap::new()),
             given_up: Mutex::new(HashMap::new()),
+            declines: self.declines,
+            declining: Mutex::new(std::collections::HashSet::new()),
             stop_locking,
             release_now,
         });

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chainference_chain::{Address, ChainError};
+use chainference_core::state::DeclineReasons;
 
 use crate::backend::BackendError;
 
@@ -78,6 +79,36 @@ pub enum SkipReason {
     ChainUnavailable(String),
 }
 
+impl SkipReason {
+    /// What to tell the client on chain ([`chainference_core::state::DeclineReasons`]), or
+    /// `None` when a decline would not help: the server is not on the allow-list, the request
+    /// is already past its deadline or no longer open, or the chain was out of reach.
+    pub fn decline_reasons(&self) -> Option<DeclineReasons> {
+        use chainference_core::Error;
+        Some(match self {
+            SkipReason::NotAllowed | SkipReason::ChainUnavailable(_) => return None,
+            SkipReason::OtherModel(_) => DeclineReasons::MODEL_NOT_SERVED,
+            SkipReason::LockRefused(error) => match error {
+                Error::PriceAboveCap
+                | Error::MinCompletedNotMet
+                | Error::MinSuccessNotMet
+                | Error::ModelNotOffered
+                | Error::ServerInactive
+                | Error::SelfDealing => DeclineReasons::TERMS_NOT_MET,
+                // A response PDA no server can create: nobody can ever answer it.
+                Error::NonCanonicalBump => DeclineReasons::UNREADABLE,
+                _ => return None,
+            },
+            SkipReason::TooLittleTime { .. } => DeclineReasons::TOO_LITTLE_TIME,
+            SkipReason::BudgetTooSmall { .. } => DeclineReasons::BUDGET_TOO_SMALL,
+            SkipReason::PromptTooLarge => DeclineReasons::PROMPT_TOO_LARGE,
+            SkipReason::ClientExcluded => DeclineReasons::CLIENT_EXCLUDED,
+            SkipReason::Unreadable(_) => DeclineReasons::UNREADABLE,
+            SkipReason::BackendRefused(_) => DeclineReasons::MODEL_REFUSED,
+        })
+    }
+}
+
 /// Why the server released a request it had locked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -109,6 +140,14 @@ pub enum ServerEvent {
         request: Address,
         /// Why.
         reason: SkipReason,
+    },
+    /// The server declined the request on chain, so its client learns why without waiting
+    /// for the deadline (sent once per request, after a [`ServerEvent::Skipped`]).
+    Declined {
+        /// The request.
+        request: Address,
+        /// What the decline told the client.
+        reasons: DeclineReasons,
     },
     /// Another server locked the request first.
     LostRace {
@@ -166,6 +205,8 @@ pub struct ServerCounters {
     pub released: u64,
     /// Locks lost to other servers.
     pub lost_races: u64,
+    /// Requests declined on chain (each cost a transaction fee).
+    pub declined: u64,
     /// Requests that failed.
     pub failed: u64,
     /// Lamports earned (server shares of completed requests, held in each request until its
@@ -183,6 +224,7 @@ pub(crate) struct Counters {
     pub(crate) completed: AtomicU64,
     pub(crate) released: AtomicU64,
     pub(crate) lost_races: AtomicU64,
+    pub(crate) declined: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) earned: AtomicU64,
     pub(crate) fees_paid: AtomicU64,
@@ -194,6 +236,7 @@ impl Counters {
             completed: self.completed.load(Ordering::Relaxed),
             released: self.released.load(Ordering::Relaxed),
             lost_races: self.lost_races.load(Ordering::Relaxed),
+            declined: self.declined.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             earned: self.earned.load(Ordering::Relaxed),
             claimed: self.claimed.load(Ordering::Relaxed),

@@ -81,6 +81,10 @@ pub(crate) struct Shared {
     /// Requests this server released or passed on after trying (a failing backend, a refused
     /// chunk), with their deadlines: not locked again, or a failure would repeat every poll.
     given_up: Mutex<HashMap<Address, i64>>,
+    /// Whether to decline on chain what the server passes on (see [`ServerEvent::Declined`]).
+    declines: bool,
+    /// Requests a decline was sent for (each once; forgotten when the request leaves Open).
+    declining: Mutex<std::collections::HashSet<Address>>,
     pub(crate) stop_locking: watch::Sender<bool>,
     pub(crate) release_now: watch::Sender<bool>,
 }
@@ -101,6 +105,8 @@ pub(crate) struct Job {
     /// Whether this server is the only one the request allows: no other can lock it, so there
     /// is no race to claim it early (a short answer then costs one transaction).
     pub(crate) sole_server: bool,
+    /// Whether this server already declined it on chain (a previous run passed on it).
+    pub(crate) declined: bool,
 }
 
 impl Shared {
@@ -113,6 +119,26 @@ impl Shared {
     pub(crate) fn give_up(&self, request: Address, deadline: i64) {
         if let Ok(mut given_up) = self.given_up.lock() {
             given_up.insert(request, deadline);
+        }
+    }
+
+    /// Tells the client on chain why this server passes on `request`, once per request, when
+    /// the reason is one a decline can carry: so a client whose every allowed server passed
+    /// learns it within a poll instead of at the deadline. Costs one transaction fee.
+    pub(crate) async fn decline(&self, request: Address, reason: &SkipReason) {
+        let Some(reasons) = reason.decline_reasons() else { return };
+        if !self.declines || !self.declining.lock().is_ok_and(|mut sent| sent.insert(request)) {
+            return;
+        }
+        let ix = builders::decline_request(&self.program, &self.authority_bytes(), &request.to_bytes(), reasons);
+        match self.send(&[instruction(ix)]).await {
+            Ok(_) => {
+                self.counters.declined.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%request, %reasons, "declined the request on chain");
+                self.emit(ServerEvent::Declined { request, reasons });
+            }
+            // Locked elsewhere, cancelled or past its deadline meanwhile: nothing to tell.
+            Err(err) => tracing::debug!(%request, error = %err, "declining failed"),
         }
     }
 
@@ -314,6 +340,9 @@ impl Shared {
             .program_accounts(&address(&self.program.id), &Self::request_filters(RequestStatus::Open))
             .await?;
         reported.retain(|request, _| open.iter().any(|(a, _)| a == request));
+        if let Ok(mut declining) = self.declining.lock() {
+            declining.retain(|request| open.iter().any(|(a, _)| a == request));
+        }
         if open.is_empty() {
             return Ok(());
         }
@@ -353,6 +382,11 @@ impl Shared {
                 Err(reason) => {
                     if reported.get(&request) != Some(&reason) {
                         tracing::debug!(%request, ?reason, "passing on a request");
+                        if !self.declined_on_chain(&decoded) && reason.decline_reasons().is_some() {
+                            let shared = Arc::clone(self);
+                            let reason = reason.clone();
+                            tokio::spawn(async move { shared.decline(request, &reason).await });
+                        }
                         reported.insert(request, reason.clone());
                         self.emit(ServerEvent::Skipped { request, reason });
                     }
@@ -360,6 +394,12 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// Whether this server's allow-list slot of `decoded` is marked declined.
+    fn declined_on_chain(&self, decoded: &RequestAccount<'_>) -> bool {
+        let authority = self.authority_bytes();
+        decoded.allowed.iter().position(|a| *a == authority).is_some_and(|slot| decoded.header.declined_by(slot))
     }
 
     /// The program's lock rules (core's state machine on a copy) and the policy's own.
@@ -447,6 +487,7 @@ impl Shared {
             already_locked,
             prompt_len: decoded.header.prompt_len,
             sole_server: decoded.allowed.len() == 1,
+            declined: decoded.header.declined_by(usize::from(slot)),
         })
     }
 

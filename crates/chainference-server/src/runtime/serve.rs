@@ -64,6 +64,9 @@ pub(crate) async fn serve(shared: &Shared, job: Job) {
             if !matches!(reason, SkipReason::ChainUnavailable(_)) {
                 shared.give_up(request, job.deadline);
             }
+            if !job.declined {
+                shared.decline(request, &reason).await;
+            }
             shared.emit(ServerEvent::Skipped { request, reason });
         }
         Outcome::LostRace => {

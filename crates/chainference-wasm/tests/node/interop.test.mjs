@@ -67,6 +67,10 @@ test('instructions come in web3.js and @solana/kit shapes', () => {
   assert.equal(ix.keys[0].pubkey, cf.toBase58(client));
   assert.equal(ix.keys[0].isSigner, true);
   assert.equal(ix.accounts[1].role, 1);
+  // A server's decline: tag 19 and the reasons byte; no reason is refused by name.
+  const decline = cf.declineRequestInstruction(client, request, 1 | 32);
+  assert.deepEqual(Array.from(decline.data), [19, 33]);
+  assert.throws(() => cf.declineRequestInstruction(client, request, 0), (e) => e.name === 'NoDeclineReason' && e.code === 107);
 });
 
 test('bad input throws a clear Error, never a trap', () => {
