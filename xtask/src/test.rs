@@ -66,8 +66,9 @@ pub(crate) fn test(rest: &[String]) -> Result {
     })?;
     stage("gateway bad-input sweep", || {
         let mut c = cargo();
-        // The same selection of features as above: the test binary is already built.
-        c.args(["test", "--workspace", "--features", RPC_FEATURES, "--test", "sweep", "--"])
+        // Every test target, as above (so dev-dependency features unify the same way and
+        // nothing is rebuilt), filtered to the sweep by name.
+        c.args(["test", "--workspace", "--features", RPC_FEATURES, "--tests", "--"])
             .args([GATEWAY_SWEEP, "--nocapture"]);
         if let Some(so) = &so {
             c.env("CHAINFERENCE_PROGRAM_SO", so);

@@ -155,6 +155,9 @@ pub struct AskArgs {
     /// Seconds before the request may be reclaimed (0 = the config's default).
     #[arg(long, default_value_t = 0)]
     pub timeout: u32,
+    /// A text that ends the answer before it (repeat for up to four).
+    #[arg(long)]
+    pub stop: Vec<String>,
     /// Request this many SOL from the cluster's faucet first (local validators and devnet).
     #[arg(long)]
     pub airdrop: Option<f64>,

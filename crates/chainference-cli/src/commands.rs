@@ -340,6 +340,9 @@ async fn ask(cli: &Cli, args: &AskArgs) -> Result<()> {
     if args.timeout > 0 {
         request = request.timeout_secs(args.timeout);
     }
+    if !args.stop.is_empty() {
+        request = request.stop(args.stop.clone());
+    }
     if let Some(stake) = args.max_cost {
         request = request.stake(stake);
     }

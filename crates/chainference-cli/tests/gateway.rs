@@ -126,6 +126,29 @@ async fn the_gateway_speaks_openai() {
     assert_eq!(usage["usage"]["total_tokens"], 34);
     println!("gateway time to first token (streaming, through the chain): {:?}", first.unwrap());
 
+    // Stop sequences end the answer before them (not shown) and bill only what was generated.
+    for stream in [false, true] {
+        let mut body = france(stream);
+        body["stop"] = json!(["Paris", "never"]);
+        let started = Instant::now();
+        let response = http.post(format!("{}/chat/completions", gateway.url)).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let (text, finish, billed) = if stream {
+            let (chunks, _) = read_sse(response, started).await;
+            let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+            let last = chunks.iter().find(|c| c["choices"][0]["finish_reason"].is_string()).unwrap();
+            (text, last["choices"][0]["finish_reason"].clone(), last["chainference"]["billed_tokens"].clone())
+        } else {
+            let body: Value = response.json().await.unwrap();
+            let text = body["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+            (text, body["choices"][0]["finish_reason"].clone(), body["chainference"]["billed_tokens"].clone())
+        };
+        assert_eq!(text, "The capital of France is ", "stream {stream}");
+        assert_eq!(finish, "stop");
+        // 27 prompt tokens and the 6 completion tokens through " Paris" (34 unstopped).
+        assert_eq!(billed, 33, "stream {stream}");
+    }
+
     // Concurrent requests all complete.
     let body = france(false);
     let replies = futures::future::join_all((0..3).map(|_| post(&http, &gateway.url, &body))).await;
@@ -165,6 +188,31 @@ async fn bad_requests_get_openai_shaped_errors() {
             400,
             None,
             Some("max_tokens"),
+        ),
+        (
+            json!({ "model": MODEL, "messages": [{ "role": "user", "content": "hi" }], "stop": ["a", "b", "c", "d", "e"] }),
+            400,
+            None,
+            Some("stop"),
+        ),
+        (
+            json!({ "model": MODEL, "messages": [{ "role": "user", "content": "hi" }], "stop": 5 }),
+            400,
+            None,
+            Some("stop"),
+        ),
+        (json!({ "model": MODEL, "messages": [{ "role": "user", "content": "hi" }], "n": 2 }), 400, None, Some("n")),
+        (
+            json!({ "model": MODEL, "messages": [{ "role": "user", "content": "hi" }], "tools": [{ "type": "function" }] }),
+            400,
+            None,
+            Some("tools"),
+        ),
+        (
+            json!({ "model": MODEL, "messages": [{ "role": "user", "content": "hi" }], "response_format": { "type": "json_schema" } }),
+            400,
+            None,
+            Some("response_format"),
         ),
         (
             json!({ "model": "nobody/serves-this:Q8_0", "messages": [{ "role": "user", "content": "hi" }] }),

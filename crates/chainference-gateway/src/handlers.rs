@@ -59,6 +59,8 @@ struct ChatRequest {
     max_tokens: u32,
     temperature: f32,
     seed: Option<u64>,
+    /// Texts that end the answer (OpenAI's `stop`).
+    stop: Vec<String>,
     stream: bool,
     include_usage: bool,
     /// The billable budget: `max_tokens` plus the gateway's prompt allowance.
@@ -137,9 +139,35 @@ fn parse_request(body: &[u8], default_max_tokens: u32) -> Result<ChatRequest, Ap
         None | Some(Value::Null) => None,
         Some(v) => Some(v.as_u64().ok_or_else(|| ApiError::invalid_request("seed must be an integer", Some("seed")))?),
     };
+    let stop = parse_stop(value.get("stop"))?;
     let stream = value.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let include_usage = value.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
-    Ok(ChatRequest { model, messages, max_tokens, temperature, seed, stream, include_usage, budget: max_tokens })
+    Ok(ChatRequest { model, messages, max_tokens, temperature, seed, stop, stream, include_usage, budget: max_tokens })
+}
+
+/// OpenAI's `stop`: null, one string, or an array of up to four strings; each non-empty and
+/// within the protocol's length (core's rule, checked here so the caller hears it as a 400).
+fn parse_stop(value: Option<&Value>) -> Result<Vec<String>, ApiError> {
+    use chainference_client::core::prompt::{MAX_STOP_LEN, MAX_STOP_SEQUENCES, check_stop_sequences};
+    let invalid = || {
+        ApiError::invalid_request(
+            format!(
+                "stop must be a string or an array of at most {MAX_STOP_SEQUENCES} strings, each 1 to \
+                 {MAX_STOP_LEN} bytes"
+            ),
+            Some("stop"),
+        )
+    };
+    let stop = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::String(one)) => vec![one.clone()],
+        Some(Value::Array(many)) => {
+            many.iter().map(|v| v.as_str().map(str::to_string)).collect::<Option<Vec<_>>>().ok_or_else(invalid)?
+        }
+        Some(_) => return Err(invalid()),
+    };
+    check_stop_sequences(&stop).map_err(|_| invalid())?;
+    Ok(stop)
 }
 
 /// Features of OpenAI's API the network does not offer, refused by name rather than silently
@@ -235,6 +263,7 @@ pub(crate) async fn chat_completions(
         .max_tokens(budget)
         .max_completion_tokens(request.max_tokens)
         .temperature(request.temperature)
+        .stop(request.stop.clone())
         .timeout_secs(gateway.config.request_timeout_secs)
         .best(1, Policy::MostReliable);
     if let Some(seed) = request.seed {
@@ -489,6 +518,22 @@ mod tests {
         assert_eq!(with("response_format", json!({ "type": "json_object" })), Err(Some("response_format")));
         assert_eq!(with("response_format", json!({ "type": "text" })), Ok(()));
         assert_eq!(with("tools", json!(null)), Ok(()));
+    }
+
+    #[test]
+    fn stop_takes_a_string_or_up_to_four_and_refuses_the_rest_by_name() {
+        let stop = |value: serde_json::Value| {
+            let body = json!({ "model": "a/b", "messages": [{ "role": "user", "content": "hi" }], "stop": value });
+            parse_request(body.to_string().as_bytes(), 16).map(|r| r.stop).map_err(|e| e.param())
+        };
+        assert_eq!(stop(json!(null)), Ok(vec![]));
+        assert_eq!(stop(json!("\n")), Ok(vec!["\n".to_string()]));
+        assert_eq!(stop(json!(["a", "bc"])), Ok(vec!["a".to_string(), "bc".to_string()]));
+        assert_eq!(stop(json!([])), Ok(vec![]));
+        for bad in [json!(""), json!([""]), json!(["a", "b", "c", "d", "e"]), json!([1]), json!(3), json!({ "a": 1 })] {
+            assert_eq!(stop(bad.clone()), Err(Some("stop")), "{bad}");
+        }
+        assert_eq!(stop(json!("x".repeat(65))), Err(Some("stop")));
     }
 
     #[test]

@@ -25,6 +25,7 @@ use chainference_core::envelope::{self, ResponseOpener as CoreOpener};
 use chainference_core::instruction::OpenRequestArgs;
 use chainference_core::model::{self, ModelId};
 use chainference_core::pricing::{self, ServerStats};
+use chainference_core::prompt;
 use chainference_core::state::{self, DeclineReasons, RequestAccount, ResponseAccount, ServerAccount};
 use chainference_core::{Error, base58, pda};
 use js_sys::{Array, Object, Reflect, Uint8Array};
@@ -393,6 +394,76 @@ pub fn seal_prompt(request: &[u8], servers: JsValue, client_prompt_key: &[u8], p
     let sealed =
         envelope::seal_prompt(&address(request)?, &servers, &address(client_prompt_key)?, prompt).map_err(js_error)?;
     Ok(bytes(&sealed))
+}
+
+/// The prompt payload a server reads (what [`seal_prompt`] seals): `{ messages: [{ role:
+/// 'system' | 'developer' | 'user' | 'assistant', content }], temperature? (0 = greedy),
+/// seed?, maxCompletionTokens?, stop?: string[] (up to 4, 1–64 bytes each) }` to its bytes.
+#[wasm_bindgen(js_name = encodePrompt)]
+pub fn encode_prompt(params: JsValue) -> JsResult<Uint8Array> {
+    let list = get(&params, "messages")?;
+    if !Array::is_array(&list) {
+        return Err(js_sys::TypeError::new("`messages` must be an array of { role, content }").into());
+    }
+    let mut messages = Vec::new();
+    for (i, message) in Array::from(&list).iter().enumerate() {
+        let role_name = get_str(&message, "role")?;
+        let role = prompt::Role::parse(&role_name).ok_or_else(|| -> JsValue {
+            js_sys::TypeError::new(&format!("messages[{i}].role: unknown role {role_name:?}")).into()
+        })?;
+        messages.push(prompt::ChatMessage::new(role, get_str(&message, "content")?));
+    }
+    let mut payload = prompt::PromptPayload::chat(messages);
+    let temperature = Reflect::get(&params, &"temperature".into())?;
+    if !temperature.is_undefined() {
+        let t = temperature.as_f64().filter(|t| (0.0..=65.0).contains(t)).ok_or_else(|| -> JsValue {
+            js_sys::TypeError::new("`temperature` must be a number from 0 to 65").into()
+        })?;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // in 0..=65,000
+        let milli = (t * 1000.0).round() as u16;
+        payload.temperature_milli = milli;
+    }
+    payload.seed = get_u64(&params, "seed", Some(0))?;
+    payload.max_completion_tokens = get_u32(&params, "maxCompletionTokens", Some(0))?;
+    let stop = Reflect::get(&params, &"stop".into())?;
+    if !stop.is_undefined() && !stop.is_null() {
+        if !Array::is_array(&stop) {
+            return Err(js_sys::TypeError::new("`stop` must be an array of strings").into());
+        }
+        for item in Array::from(&stop).iter() {
+            let text = item
+                .as_string()
+                .ok_or_else(|| -> JsValue { js_sys::TypeError::new("`stop` must hold strings").into() })?;
+            payload.stop.push(text);
+        }
+    }
+    Ok(bytes(&payload.encode().map_err(js_error)?))
+}
+
+/// Decodes a prompt payload (a server's view, or the client's own prompt from
+/// `openOwnPrompt`): `{ messages: [{ role, content }], temperature, seed, maxCompletionTokens,
+/// stop }`.
+#[wasm_bindgen(js_name = decodePrompt)]
+pub fn decode_prompt(payload: &[u8]) -> JsResult<JsValue> {
+    let p = prompt::PromptPayload::decode(payload).map_err(js_error)?;
+    let o = Object::new();
+    let messages = Array::new();
+    for m in &p.messages {
+        let x = Object::new();
+        set(&x, "role", m.role.as_str());
+        set(&x, "content", m.content.as_str());
+        messages.push(&x);
+    }
+    set(&o, "messages", messages);
+    set(&o, "temperature", f64::from(p.temperature_milli) / 1000.0);
+    set(&o, "seed", u64_big(p.seed));
+    set(&o, "maxCompletionTokens", p.max_completion_tokens);
+    let stop = Array::new();
+    for s in &p.stop {
+        stop.push(&s.as_str().into());
+    }
+    set(&o, "stop", stop);
+    Ok(o.into())
 }
 
 /// Size of the envelope of a `prompt_len`-byte prompt for `servers` servers.

@@ -138,6 +138,15 @@ impl Ask {
         self
     }
 
+    /// Texts that end the answer: it stops just before the first occurrence of any of them
+    /// (which is not part of it), and only the tokens generated up to there are billed. At most
+    /// [`chainference_core::prompt::MAX_STOP_SEQUENCES`], each 1 to
+    /// [`chainference_core::prompt::MAX_STOP_LEN`] bytes; checked when the request is prepared.
+    pub fn stop<S: Into<String>>(mut self, sequences: impl IntoIterator<Item = S>) -> Self {
+        self.payload.stop = sequences.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Sampling seed.
     pub fn seed(mut self, seed: u64) -> Self {
         self.payload.seed = seed;
@@ -218,6 +227,7 @@ impl Prepared {
         if ask.max_tokens == 0 {
             return Err(ClientError::Invalid("max_tokens must be at least 1".into()));
         }
+        check_stop_sequences(&ask.payload.stop)?;
         let servers = choose_servers(client, &ask, &model).await?;
         let payload = Zeroizing::new(ask.payload.encode()?);
         let stake = match ask.stake {
@@ -448,6 +458,18 @@ async fn bundled_closes<C: Chain + 'static>(
         }
     }
     Ok(closes)
+}
+
+/// The stop sequences' bounds (core's rule), with a message that names them.
+fn check_stop_sequences(stop: &[String]) -> Result<(), ClientError> {
+    use chainference_core::prompt::{MAX_STOP_LEN, MAX_STOP_SEQUENCES};
+    chainference_core::prompt::check_stop_sequences(stop).map_err(|_| {
+        ClientError::Invalid(format!(
+            "stop: at most {MAX_STOP_SEQUENCES} sequences of 1 to {MAX_STOP_LEN} bytes each (got {} of {:?} bytes)",
+            stop.len(),
+            stop.iter().map(String::len).collect::<Vec<_>>()
+        ))
+    })
 }
 
 fn random_nonce() -> Result<u64, ClientError> {

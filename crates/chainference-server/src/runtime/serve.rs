@@ -10,6 +10,7 @@ use chainference_chain::{
 use chainference_core::Error as CoreError;
 use chainference_core::builders::{self, RequestRefs};
 use chainference_core::envelope::ResponseSealer;
+use chainference_core::prompt::StopMatcher;
 use chainference_core::state::{RequestAccount, RequestStatus};
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -181,6 +182,9 @@ async fn run(shared: &Shared, job: &Job) -> Outcome {
     };
 
     let (mut prompt_tokens, mut completion_tokens) = (0u32, 0u32);
+    // The client's stop sequences, applied here for every backend: text that might begin one is
+    // held back from the flushes, and generation ends at the first (billed up to there).
+    let mut stops = StopMatcher::new(&job.payload.stop);
     let mut next_flush = after(shared.flush_interval);
     loop {
         let mut finished = false;
@@ -196,11 +200,16 @@ async fn run(shared: &Shared, job: &Job) -> Outcome {
                 event = generated.recv() => match event {
                     Some(Generated::Prompt(tokens)) => prompt_tokens = tokens,
                     Some(Generated::Text(text, tokens)) => {
-                        stream.buffer.push_str(&text);
+                        stream.buffer.push_str(&stops.push(&text));
                         completion_tokens = completion_tokens.saturating_add(tokens);
+                        if stops.is_stopped() {
+                            finished = true;
+                            break;
+                        }
                     }
                     Some(Generated::Done(prompt, completion)) => {
                         (prompt_tokens, completion_tokens) = (prompt, completion);
+                        stream.buffer.push_str(&stops.finish());
                         finished = true;
                         break;
                     }
@@ -219,6 +228,7 @@ async fn run(shared: &Shared, job: &Job) -> Outcome {
                 () = tokio::time::sleep_until(next_flush) => break,
                 () = tokio::time::sleep_until(finish_by) => {
                     tracing::warn!("deadline near: finishing with what was generated");
+                    stream.buffer.push_str(&stops.finish());
                     finished = true;
                     break;
                 }

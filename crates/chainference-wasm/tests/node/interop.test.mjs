@@ -73,6 +73,22 @@ test('instructions come in web3.js and @solana/kit shapes', () => {
   assert.throws(() => cf.declineRequestInstruction(client, request, 0), (e) => e.name === 'NoDeclineReason' && e.code === 107);
 });
 
+test('a prompt payload with stop sequences round-trips, and bad ones are refused', () => {
+  const payload = cf.encodePrompt({
+    messages: [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Héllo ✓' }],
+    temperature: 0.7, seed: 42n, stop: ['\n\n', 'END'],
+  });
+  assert.equal(payload[0], 2, 'version 2: with stop sequences');
+  const back = cf.decodePrompt(payload);
+  assert.deepEqual(back.messages, [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Héllo ✓' }]);
+  assert.deepEqual(back.stop, ['\n\n', 'END']);
+  assert.equal(back.temperature, 0.7);
+  assert.equal(back.seed, 42n);
+  assert.equal(cf.encodePrompt({ messages: [{ role: 'user', content: 'hi' }] })[0], 1, 'no stops: version 1');
+  assert.throws(() => cf.encodePrompt({ messages: [{ role: 'user', content: 'hi' }], stop: [''] }), (e) => e.name === 'MalformedPrompt');
+  assert.throws(() => cf.encodePrompt({ messages: [{ role: 'wizard', content: 'hi' }] }), TypeError);
+});
+
 test('bad input throws a clear Error, never a trap', () => {
   assert.throws(() => cf.ClientKeys.fromWalletSignature(new Uint8Array(3)), (e) => e instanceof Error && e.code === 7);
   assert.throws(() => cf.sealPrompt(new Uint8Array(32), 'nope', new Uint8Array(32), new Uint8Array(1)), TypeError);
