@@ -10,7 +10,8 @@
 //!   (checked for 128-bit multiply calls), the SBF build and every workspace test (extra
 //!   arguments go to `cargo test`); then the RPC and HTTP suites against a real validator and a
 //!   real llama.cpp server, the wasm tests in node and headless Chromium, the web example with
-//!   Playwright, and the demo.
+//!   Playwright, and the demo. The gateway is also driven by the official OpenAI clients
+//!   (openai-python and openai-node, pinned, installed into the cache).
 //! - `cu`: measures every instruction's compute units and writes `docs/compute-units.md`.
 //! - `wasm`: builds the npm package (node and web) into `pkg/`.
 //! - `wasm-test`: the wasm stages of `test` alone (node, headless Chromium, the web example,
@@ -23,6 +24,7 @@
 
 mod llama;
 mod localnet;
+mod openai_clients;
 mod sbf;
 mod setup;
 mod test;

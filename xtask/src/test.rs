@@ -6,6 +6,7 @@ use chainference_host::DEPLOYED_PROGRAM_SO;
 
 use crate::llama::{LLAMA_MODEL_ALIAS, setup_llama_server, start_llama_server};
 use crate::localnet::{localnet_manifest_dir, setup_localnet, start_test_validator};
+use crate::openai_clients::{openai_node_dir, openai_python, setup_openai_clients};
 use crate::sbf::{build_sbf, core_no_std, program_manifest, sbf_program_crate};
 use crate::setup::{setup, setup_model, setup_sbf};
 use crate::wasm::wasm_tests;
@@ -49,6 +50,7 @@ pub(crate) fn test(rest: &[String]) -> Result {
     if sbf_program_crate().is_some() {
         build_sbf()?;
     }
+    setup_openai_clients()?;
     let so = sbf_program_crate().map(|_| root().join(DEPLOYED_PROGRAM_SO));
     stage("tests", || {
         let mut c = cargo();
@@ -59,6 +61,10 @@ pub(crate) fn test(rest: &[String]) -> Result {
             c.arg("--");
         }
         c.args(["--skip", GATEWAY_SWEEP]);
+        // The gateway's test with the official OpenAI clients (required here, skipped elsewhere).
+        c.env("CHAINFERENCE_OPENAI_PYTHON", openai_python())
+            .env("CHAINFERENCE_OPENAI_NODE_DIR", openai_node_dir())
+            .env("CHAINFERENCE_REQUIRE_OPENAI_CLIENTS", "1");
         if let Some(so) = &so {
             c.env("CHAINFERENCE_PROGRAM_SO", so);
         }

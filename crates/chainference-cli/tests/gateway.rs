@@ -253,3 +253,36 @@ async fn bad_requests_get_openai_shaped_errors() {
     let response = authed(&france(false)).await.unwrap();
     assert_eq!(response.status(), 200);
 }
+
+/// The official OpenAI clients against the gateway, as its users call it: answers, streaming,
+/// stop sequences, usage, and the refused fields named in `BadRequestError.param`. `cargo xtask
+/// test` installs them (pinned) and names them: `CHAINFERENCE_OPENAI_PYTHON` (a Python with
+/// `openai`) and `CHAINFERENCE_OPENAI_NODE_DIR` (a folder with `node_modules/openai`); without
+/// them the test is skipped unless `CHAINFERENCE_REQUIRE_OPENAI_CLIENTS` is set.
+#[test]
+fn the_official_openai_clients_work_against_the_gateway() {
+    let python = std::env::var_os("CHAINFERENCE_OPENAI_PYTHON");
+    let node_dir = std::env::var_os("CHAINFERENCE_OPENAI_NODE_DIR");
+    let (Some(python), Some(node_dir)) = (python, node_dir) else {
+        assert!(
+            std::env::var_os("CHAINFERENCE_REQUIRE_OPENAI_CLIENTS").is_none(),
+            "CHAINFERENCE_OPENAI_PYTHON and CHAINFERENCE_OPENAI_NODE_DIR must name the clients"
+        );
+        eprintln!("skipped: the official OpenAI clients are installed by `cargo xtask test`");
+        return;
+    };
+    let gateway = gateway(&[]);
+    let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_clients");
+    let mut python_check = Command::new(python);
+    python_check.arg(scripts.join("check.py"));
+    let mut node_check = Command::new("node");
+    node_check.arg(scripts.join("check.mjs")).env("OPENAI_NODE_DIR", node_dir);
+    for mut check in [python_check, node_check] {
+        let output = check.args([gateway.url.as_str(), MODEL]).output().expect("the client runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{check:?} failed:\n{stdout}\n{stderr}");
+        assert!(stdout.contains("all checks passed"), "{stdout}");
+        print!("{stdout}");
+    }
+}
