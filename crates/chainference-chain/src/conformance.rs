@@ -25,7 +25,7 @@ use chainference_core::builders::{self, Program, ServerProfile};
 use chainference_core::state::{AccountKind, ServerHeader};
 use futures::StreamExt;
 
-use crate::{AccountFilter, Address, Chain, ChainError, Instruction, Keypair, Signer, address, instruction};
+use crate::{AccountFilter, Address, Chain, ChainError, Instruction, Keypair, Signature, Signer, address, instruction};
 
 /// Lamports each check's wallets start with.
 const FUNDING: u64 = 2_000_000_000;
@@ -91,6 +91,7 @@ pub async fn run<C: Chain + ?Sized>(chain: &C, program: &Program) -> Report {
     check!("subscription_sees_changes_and_closure", subscription_sees_changes_and_closure(chain, program));
     check!("clock_moves_forward", clock_moves_forward(chain));
     check!("rent_matches_the_runtime", rent_matches_the_runtime(chain));
+    check!("transaction_history_pages_back", transaction_history_pages_back(chain));
     report
 }
 
@@ -132,6 +133,40 @@ async fn send_charges_the_estimated_fee<C: Chain + ?Sized>(chain: &C) -> Outcome
     })?;
     let got = chain.balance(&recipient).await.map_err(chain_err("balance"))?;
     ensure(got == amount, || format!("recipient has {got}, expected {amount}"))
+}
+
+async fn transaction_history_pages_back<C: Chain + ?Sized>(chain: &C) -> Outcome {
+    let payer = funded(chain).await?;
+    let recipient = Keypair::new().pubkey();
+    let mut sent = Vec::new();
+    for amount in [1_000_000, 2_000_000, 3_000_000] {
+        let ixs = [transfer(&payer, &recipient, amount)];
+        sent.push(chain.send(&ixs, &[&payer]).await.map_err(chain_err("send"))?);
+    }
+    // Newest first, paged with `before`.
+    let newest = chain.signatures_for(&recipient, None, 2).await.map_err(chain_err("signatures_for"))?;
+    let names = |refs: &[crate::TransactionRef]| refs.iter().map(|r| r.signature).collect::<Vec<_>>();
+    ensure(names(&newest) == [sent[2].signature, sent[1].signature], || format!("first page {newest:?}"))?;
+    let before = newest.last().map(|r| r.signature);
+    let older = chain.signatures_for(&recipient, before, 10).await.map_err(chain_err("signatures_for"))?;
+    ensure(names(&older) == [sent[0].signature], || format!("second page {older:?}"))?;
+    ensure(older.iter().all(|r| !r.failed && r.slot > 0), || format!("references {older:?}"))?;
+    let nobody = Keypair::new().pubkey();
+    let none = chain.signatures_for(&nobody, None, 10).await.map_err(chain_err("signatures_for"))?;
+    ensure(none.is_empty(), || format!("an unused address has history: {none:?}"))?;
+
+    // The transaction as sent, with what it did to each balance.
+    let found = chain.transaction(&sent[1].signature).await.map_err(chain_err("transaction"))?;
+    let found = found.ok_or("a confirmed transaction is not found")?;
+    let expected = transfer(&payer, &recipient, 2_000_000);
+    ensure(found.instructions == [expected.clone()], || format!("instructions {:?}", found.instructions))?;
+    let change = |address: &Address| found.balances.iter().find(|b| b.address == *address).copied();
+    let received = change(&recipient).ok_or("no balance for the recipient")?;
+    ensure(received.after - received.before == 2_000_000, || format!("recipient {received:?}"))?;
+    let paid = change(&payer.pubkey()).ok_or("no balance for the payer")?;
+    ensure(paid.before - paid.after == 2_000_000 + sent[1].fee, || format!("payer {paid:?}"))?;
+    let unknown = chain.transaction(&Signature::from([7; 64])).await.map_err(chain_err("transaction"))?;
+    ensure(unknown.is_none(), || "an unknown signature reads as a transaction".into())
 }
 
 async fn identical_sends_are_two_transactions<C: Chain + ?Sized>(chain: &C) -> Outcome {

@@ -15,8 +15,9 @@ use solana_transaction::Transaction;
 use tokio::sync::mpsc;
 
 use crate::{
-    Account, AccountFilter, AccountUpdates, Address, Chain, ChainClock, ChainError, Instruction, Keypair,
-    ReceiverStream, Sent, Signer, SignerRef, TransactionError, address, check_signers, instruction,
+    Account, AccountFilter, AccountMeta, AccountUpdates, Address, BalanceChange, Chain, ChainClock, ChainError,
+    ConfirmedTransaction, Instruction, Keypair, ReceiverStream, Sent, Signature, Signer, SignerRef, TransactionError,
+    TransactionRef, address, check_signers, instruction,
 };
 
 /// Milliseconds per slot on the embedded chain, as on mainnet.
@@ -62,6 +63,11 @@ struct Inner {
     subscribers: HashMap<Address, Vec<mpsc::UnboundedSender<Option<Account>>>>,
     /// Every fee charged so far (transactions that failed included, airdrops included).
     fees_charged: u128,
+    /// Every executed transaction (failed ones that paid a fee included), oldest first, as a
+    /// node's transaction history keeps them.
+    history: Vec<ConfirmedTransaction>,
+    /// For each address, the indexes in `history` of the transactions naming it, oldest first.
+    history_by_address: HashMap<Address, Vec<usize>>,
 }
 
 impl Inner {
@@ -82,6 +88,27 @@ impl Inner {
             self.svm.set_sysvar(&clock);
         }
         ChainClock { slot, unix_timestamp: unix }
+    }
+
+    /// Every account's lamports now (0 for one that does not exist).
+    fn lamports(&self, keys: &[Address]) -> Vec<u64> {
+        keys.iter().map(|key| self.svm.get_account(key).map_or(0, |account| account.lamports)).collect()
+    }
+
+    /// Adds an executed transaction to the history.
+    fn record(&mut self, transaction: &Transaction, reference: TransactionRef, before: &[u64]) {
+        let keys = &transaction.message.account_keys;
+        let after = self.lamports(keys);
+        let balances = keys
+            .iter()
+            .zip(before.iter().zip(after))
+            .map(|(address, (before, after))| BalanceChange { address: *address, before: *before, after })
+            .collect();
+        let index = self.history.len();
+        for key in keys {
+            self.history_by_address.entry(*key).or_default().push(index);
+        }
+        self.history.push(ConfirmedTransaction { reference, instructions: instructions_of(transaction), balances });
     }
 
     fn notify(&mut self, written: &[Address]) {
@@ -133,6 +160,8 @@ impl EmbeddedChain {
             skipped: Duration::ZERO,
             subscribers: HashMap::new(),
             fees_charged: 0,
+            history: Vec::new(),
+            history_by_address: HashMap::new(),
         };
         inner.sync_clock();
         let chain = EmbeddedChain { inner: Mutex::new(inner), admin, program };
@@ -208,18 +237,27 @@ impl EmbeddedChain {
             })
             .map(|(_, key)| *key)
             .collect();
-        let result = inner.svm.send_transaction(transaction);
+        let before = inner.lamports(&transaction.message.account_keys);
+        let result = inner.svm.send_transaction(transaction.clone());
         // A new blockhash per transaction, so identical transactions are not deduplicated.
         inner.svm.expire_blockhash();
+        let reference = |signature, failed| TransactionRef {
+            signature,
+            slot: clock.slot,
+            block_time: Some(clock.unix_timestamp),
+            failed,
+        };
         match result {
             Ok(meta) => {
                 inner.fees_charged = inner.fees_charged.saturating_add(u128::from(meta.fee));
+                inner.record(&transaction, reference(meta.signature, false), &before);
                 inner.notify(&written);
                 Ok(Sent { signature: meta.signature, fee: meta.fee, slot: clock.slot })
             }
             Err(failed) => {
                 inner.fees_charged = inner.fees_charged.saturating_add(u128::from(failed.meta.fee));
                 if failed.meta.fee > 0 {
+                    inner.record(&transaction, reference(failed.meta.signature, true), &before);
                     // The fee payer's balance changed.
                     if let Some(payer) = payer {
                         inner.notify(&[payer]);
@@ -331,4 +369,48 @@ impl Chain for EmbeddedChain {
     async fn airdrop(&self, to: &Address, lamports: u64) -> Result<(), ChainError> {
         self.airdrop_now(to, lamports)
     }
+
+    async fn signatures_for(
+        &self,
+        address: &Address,
+        before: Option<Signature>,
+        limit: usize,
+    ) -> Result<Vec<TransactionRef>, ChainError> {
+        let inner = self.lock();
+        let Some(indexes) = inner.history_by_address.get(address) else { return Ok(Vec::new()) };
+        let newest_first = indexes.iter().rev().filter_map(|index| inner.history.get(*index));
+        let older = newest_first.skip_while(|tx| before.is_some_and(|before| tx.reference.signature != before));
+        // Skip `before` itself when it was found.
+        let older = older.skip(usize::from(before.is_some()));
+        Ok(older.take(limit).map(|tx| tx.reference.clone()).collect())
+    }
+
+    async fn transaction(&self, signature: &Signature) -> Result<Option<ConfirmedTransaction>, ChainError> {
+        let inner = self.lock();
+        Ok(inner.history.iter().rev().find(|tx| tx.reference.signature == *signature).cloned())
+    }
+}
+
+/// A legacy transaction's instructions with their accounts resolved, as they were built.
+fn instructions_of(transaction: &Transaction) -> Vec<Instruction> {
+    let message = &transaction.message;
+    let keys = &message.account_keys;
+    message
+        .instructions
+        .iter()
+        .filter_map(|compiled| {
+            let program_id = *keys.get(usize::from(compiled.program_id_index))?;
+            let accounts = compiled
+                .accounts
+                .iter()
+                .map(|index| {
+                    let index = usize::from(*index);
+                    let key = keys.get(index).copied().unwrap_or_default();
+                    let writable = message.is_maybe_writable_with_reserved_addresses(index, None::<&HashSet<Address>>);
+                    AccountMeta { pubkey: key, is_signer: message.is_signer(index), is_writable: writable }
+                })
+                .collect();
+            Some(Instruction { program_id, accounts, data: compiled.data.clone() })
+        })
+        .collect()
 }

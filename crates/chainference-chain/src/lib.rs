@@ -92,6 +92,42 @@ pub struct Sent {
     pub slot: u64,
 }
 
+/// A confirmed transaction that mentions an address ([`Chain::signatures_for`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransactionRef {
+    /// Its signature.
+    pub signature: Signature,
+    /// The slot it landed in.
+    pub slot: u64,
+    /// Unix time (seconds) of that slot, when the chain knows it.
+    pub block_time: Option<i64>,
+    /// Whether it failed (it changed nothing but its fee).
+    pub failed: bool,
+}
+
+/// An account's lamports before and after a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BalanceChange {
+    /// The account.
+    pub address: Address,
+    /// Lamports before.
+    pub before: u64,
+    /// Lamports after.
+    pub after: u64,
+}
+
+/// A confirmed transaction as it was sent ([`Chain::transaction`]): its instructions with their
+/// accounts resolved, and what it did to every account's lamports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfirmedTransaction {
+    /// Where and when it landed.
+    pub reference: TransactionRef,
+    /// Its instructions, in order (signer and writable flags from the message header).
+    pub instructions: Vec<Instruction>,
+    /// The lamports of every account it names, before and after (fees included).
+    pub balances: Vec<BalanceChange>,
+}
+
 /// The cluster's clock as the program sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChainClock {
@@ -225,6 +261,19 @@ pub trait Chain: Send + Sync {
     /// Credits `lamports` to `to` from the chain's faucet, confirmed on return.
     async fn airdrop(&self, to: &Address, lamports: u64) -> Result<(), ChainError>;
 
+    /// Confirmed transactions that name `address`, newest first: at most `limit`, and only those
+    /// older than `before` when it is given (to page back).
+    async fn signatures_for(
+        &self,
+        address: &Address,
+        before: Option<Signature>,
+        limit: usize,
+    ) -> Result<Vec<TransactionRef>, ChainError>;
+
+    /// One confirmed transaction, `None` when the chain does not have it (it never landed, or
+    /// the node no longer keeps it).
+    async fn transaction(&self, signature: &Signature) -> Result<Option<ConfirmedTransaction>, ChainError>;
+
     /// An account's lamports, 0 if it does not exist.
     async fn balance(&self, address: &Address) -> Result<u64, ChainError> {
         Ok(self.account(address).await?.map_or(0, |account| account.lamports))
@@ -265,6 +314,17 @@ macro_rules! forward_chain {
             }
             async fn airdrop(&self, to: &Address, lamports: u64) -> Result<(), ChainError> {
                 (**self).airdrop(to, lamports).await
+            }
+            async fn signatures_for(
+                &self,
+                address: &Address,
+                before: Option<Signature>,
+                limit: usize,
+            ) -> Result<Vec<TransactionRef>, ChainError> {
+                (**self).signatures_for(address, before, limit).await
+            }
+            async fn transaction(&self, signature: &Signature) -> Result<Option<ConfirmedTransaction>, ChainError> {
+                (**self).transaction(signature).await
             }
             async fn balance(&self, address: &Address) -> Result<u64, ChainError> {
                 (**self).balance(address).await

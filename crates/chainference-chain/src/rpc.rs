@@ -12,13 +12,15 @@ use solana_rpc_client::nonblocking::rpc_client::RpcClient;
 use solana_rpc_client_api::client_error::{Error as ClientError, ErrorKind};
 use solana_rpc_client_api::config::{RpcAccountInfoConfig, RpcProgramAccountsConfig, RpcSendTransactionConfig};
 use solana_rpc_client_api::filter::{Memcmp, RpcFilterType};
-use solana_rpc_client_api::request::{RpcError, RpcResponseErrorData};
+use solana_rpc_client_api::request::{RpcError, RpcRequest, RpcResponseErrorData};
+use solana_transaction_status_client_types::EncodedConfirmedTransactionWithStatusMeta;
 use solana_transaction::Transaction;
 use tokio::sync::mpsc;
 
 use crate::{
-    Account, AccountFilter, AccountUpdates, Address, Chain, ChainClock, ChainError, Instruction, ReceiverStream, Sent,
-    Short, Signature, SignerRef, check_signers,
+    Account, AccountFilter, AccountMeta, AccountUpdates, Address, BalanceChange, Chain, ChainClock, ChainError,
+    ConfirmedTransaction, Instruction, ReceiverStream, Sent, Short, Signature, SignerRef, TransactionRef,
+    check_signers,
 };
 
 /// The Clock sysvar's address (`SysvarC1ock11111111111111111111111111111111`).
@@ -111,6 +113,15 @@ impl RpcChain {
     /// The underlying nonblocking RPC client, for calls this trait does not cover.
     pub fn rpc_client(&self) -> &RpcClient {
         &self.client
+    }
+
+    /// History needs at least `confirmed` (nodes refuse `processed` there).
+    fn history_commitment(&self) -> CommitmentConfig {
+        if self.config.commitment == CommitmentConfig::processed() {
+            CommitmentConfig::confirmed()
+        } else {
+            self.config.commitment
+        }
     }
 
     async fn confirm(&self, signature: &Signature) -> Result<Option<ConfirmedStatus>, ChainError> {
@@ -340,6 +351,91 @@ impl Chain for RpcChain {
 
     async fn rent_exempt_minimum(&self, data_len: usize) -> Result<u64, ChainError> {
         self.client.get_minimum_balance_for_rent_exemption(data_len).await.map_err(rpc_error)
+    }
+
+    async fn signatures_for(
+        &self,
+        address: &Address,
+        before: Option<Signature>,
+        limit: usize,
+    ) -> Result<Vec<TransactionRef>, ChainError> {
+        // A node answers at most 1,000 per call.
+        let config = solana_rpc_client::rpc_client::GetConfirmedSignaturesForAddress2Config {
+            before,
+            until: None,
+            limit: Some(limit.clamp(1, 1_000)),
+            commitment: Some(self.history_commitment()),
+        };
+        let found =
+            self.client.get_signatures_for_address_with_config(address, config).await.map_err(rpc_error)?;
+        found
+            .into_iter()
+            .take(limit)
+            .map(|status| {
+                let signature = status
+                    .signature
+                    .parse()
+                    .map_err(|err| ChainError::Rpc(format!("a node sent signature {:?}: {err}", status.signature)))?;
+                Ok(TransactionRef { signature, slot: status.slot, block_time: status.block_time, failed: status.err.is_some() })
+            })
+            .collect()
+    }
+
+    async fn transaction(&self, signature: &Signature) -> Result<Option<ConfirmedTransaction>, ChainError> {
+        let config = serde_json::json!({
+            "encoding": "base64",
+            "commitment": self.history_commitment().commitment,
+            "maxSupportedTransactionVersion": 0,
+        });
+        let found: Option<EncodedConfirmedTransactionWithStatusMeta> = self
+            .client
+            .send(RpcRequest::GetTransaction, serde_json::json!([signature.to_string(), config]))
+            .await
+            .map_err(rpc_error)?;
+        let Some(found) = found else { return Ok(None) };
+        let decoded = found
+            .transaction
+            .transaction
+            .decode()
+            .ok_or_else(|| ChainError::Rpc(format!("transaction {signature}: the node sent bytes that do not decode")))?;
+        let meta = found.transaction.meta;
+        let message = &decoded.message;
+        let keys = message.static_account_keys();
+        let instructions = message
+            .instructions()
+            .iter()
+            .filter_map(|compiled| {
+                let program_id = *keys.get(usize::from(compiled.program_id_index))?;
+                let accounts = compiled
+                    .accounts
+                    .iter()
+                    .map(|index| {
+                        let index = usize::from(*index);
+                        AccountMeta {
+                            pubkey: keys.get(index).copied().unwrap_or_default(),
+                            is_signer: message.is_signer(index),
+                            is_writable: message.is_maybe_writable_with_reserved_addresses(index, None::<&std::collections::HashSet<Address>>),
+                        }
+                    })
+                    .collect();
+                Some(Instruction { program_id, accounts, data: compiled.data.clone() })
+            })
+            .collect();
+        let (failed, balances) = match &meta {
+            Some(meta) => (
+                meta.err.is_some(),
+                keys.iter()
+                    .zip(meta.pre_balances.iter().zip(&meta.post_balances))
+                    .map(|(address, (before, after))| BalanceChange { address: *address, before: *before, after: *after })
+                    .collect(),
+            ),
+            None => (false, Vec::new()),
+        };
+        Ok(Some(ConfirmedTransaction {
+            reference: TransactionRef { signature: *signature, slot: found.slot, block_time: found.block_time, failed },
+            instructions,
+            balances,
+        }))
     }
 
     async fn airdrop(&self, to: &Address, lamports: u64) -> Result<(), ChainError> {

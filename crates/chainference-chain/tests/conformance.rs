@@ -12,7 +12,7 @@ async fn embedded_chain_conforms() {
     let report = conformance::run(&chain, chain.program()).await;
     println!("{report}");
     assert!(report.failures.is_empty(), "{report}");
-    assert_eq!(report.passed.len(), 10);
+    assert_eq!(report.passed.len(), 11);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,5 +41,5 @@ async fn rpc_chain_conforms_on_a_real_validator() {
     let report = conformance::run(&chain, &program).await;
     println!("{report}");
     assert!(report.failures.is_empty(), "{report}");
-    assert_eq!(report.passed.len(), 10);
+    assert_eq!(report.passed.len(), 11);
 }
