@@ -13,8 +13,8 @@ use solana_rpc_client_api::client_error::{Error as ClientError, ErrorKind};
 use solana_rpc_client_api::config::{RpcAccountInfoConfig, RpcProgramAccountsConfig, RpcSendTransactionConfig};
 use solana_rpc_client_api::filter::{Memcmp, RpcFilterType};
 use solana_rpc_client_api::request::{RpcError, RpcRequest, RpcResponseErrorData};
-use solana_transaction_status_client_types::EncodedConfirmedTransactionWithStatusMeta;
 use solana_transaction::Transaction;
+use solana_transaction_status_client_types::EncodedConfirmedTransactionWithStatusMeta;
 use tokio::sync::mpsc;
 
 use crate::{
@@ -366,8 +366,7 @@ impl Chain for RpcChain {
             limit: Some(limit.clamp(1, 1_000)),
             commitment: Some(self.history_commitment()),
         };
-        let found =
-            self.client.get_signatures_for_address_with_config(address, config).await.map_err(rpc_error)?;
+        let found = self.client.get_signatures_for_address_with_config(address, config).await.map_err(rpc_error)?;
         found
             .into_iter()
             .take(limit)
@@ -376,7 +375,12 @@ impl Chain for RpcChain {
                     .signature
                     .parse()
                     .map_err(|err| ChainError::Rpc(format!("a node sent signature {:?}: {err}", status.signature)))?;
-                Ok(TransactionRef { signature, slot: status.slot, block_time: status.block_time, failed: status.err.is_some() })
+                Ok(TransactionRef {
+                    signature,
+                    slot: status.slot,
+                    block_time: status.block_time,
+                    failed: status.err.is_some(),
+                })
             })
             .collect()
     }
@@ -393,11 +397,9 @@ impl Chain for RpcChain {
             .await
             .map_err(rpc_error)?;
         let Some(found) = found else { return Ok(None) };
-        let decoded = found
-            .transaction
-            .transaction
-            .decode()
-            .ok_or_else(|| ChainError::Rpc(format!("transaction {signature}: the node sent bytes that do not decode")))?;
+        let decoded = found.transaction.transaction.decode().ok_or_else(|| {
+            ChainError::Rpc(format!("transaction {signature}: the node sent bytes that do not decode"))
+        })?;
         let meta = found.transaction.meta;
         let message = &decoded.message;
         let keys = message.static_account_keys();
@@ -414,7 +416,10 @@ impl Chain for RpcChain {
                         AccountMeta {
                             pubkey: keys.get(index).copied().unwrap_or_default(),
                             is_signer: message.is_signer(index),
-                            is_writable: message.is_maybe_writable_with_reserved_addresses(index, None::<&std::collections::HashSet<Address>>),
+                            is_writable: message.is_maybe_writable_with_reserved_addresses(
+                                index,
+                                None::<&std::collections::HashSet<Address>>,
+                            ),
                         }
                     })
                     .collect();
@@ -426,7 +431,11 @@ impl Chain for RpcChain {
                 meta.err.is_some(),
                 keys.iter()
                     .zip(meta.pre_balances.iter().zip(&meta.post_balances))
-                    .map(|(address, (before, after))| BalanceChange { address: *address, before: *before, after: *after })
+                    .map(|(address, (before, after))| BalanceChange {
+                        address: *address,
+                        before: *before,
+                        after: *after,
+                    })
                     .collect(),
             ),
             None => (false, Vec::new()),

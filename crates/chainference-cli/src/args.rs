@@ -72,8 +72,8 @@ pub enum Command {
     },
     /// Sends a sealed prompt and streams the answer.
     Ask(AskArgs),
-    /// Your requests on chain, decrypted.
-    History,
+    /// Your requests, decrypted: those on chain and closed ones from transaction history.
+    History(HistoryArgs),
     /// Flags a completed answer as bad: a mark on the server's reputation, or with `--refund`
     /// a dispute that takes part of the server's held share back instead (one or the other, once).
     Flag {
@@ -117,6 +117,54 @@ pub enum Command {
 pub enum ServerCommand {
     /// Serves the model until Ctrl-C, then finishes or releases what is in flight.
     Run(ServerRunArgs),
+}
+
+/// `chainference history`.
+#[derive(clap::Args, Debug)]
+pub struct HistoryArgs {
+    /// Only requests created since then: unix seconds, or an age such as `90m`, `12h`, `7d`.
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<Since>,
+    /// How many of the wallet's transactions to read back for closed requests (0: none).
+    #[arg(long, default_value_t = 500)]
+    pub max_transactions: usize,
+}
+
+/// A `--since` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Since {
+    /// A unix time, seconds.
+    At(i64),
+    /// An age, seconds before now.
+    Ago(i64),
+}
+
+impl Since {
+    /// The unix time it names, given the time now.
+    pub fn unix(self, now: i64) -> i64 {
+        match self {
+            Since::At(at) => at,
+            Since::Ago(age) => now.saturating_sub(age),
+        }
+    }
+}
+
+fn parse_since(text: &str) -> Result<Since, String> {
+    let bad = || format!("{text:?}: expected unix seconds or an age like 90m, 12h, 7d");
+    if let Ok(at) = text.parse::<i64>() {
+        return Ok(Since::At(at));
+    }
+    let split = text.len().checked_sub(1).ok_or_else(bad)?;
+    let (number, unit) = (text.get(..split).ok_or_else(bad)?, text.get(split..).ok_or_else(bad)?);
+    let number: i64 = number.parse().map_err(|_| bad())?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(unit).filter(|age| *age >= 0).map(Since::Ago).ok_or_else(bad)
 }
 
 /// `chainference ask`.
@@ -240,5 +288,21 @@ impl std::fmt::Debug for GatewayArgs {
             .field("default_max_tokens", &self.default_max_tokens)
             .field("request_timeout", &self.request_timeout)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Since, parse_since};
+
+    #[test]
+    fn since_takes_unix_seconds_or_an_age() {
+        assert_eq!(parse_since("1700000000"), Ok(Since::At(1_700_000_000)));
+        assert_eq!(parse_since("90m"), Ok(Since::Ago(5_400)));
+        assert_eq!(parse_since("12h").map(|s| s.unix(100_000)), Ok(100_000 - 43_200));
+        assert_eq!(parse_since("7d"), Ok(Since::Ago(604_800)));
+        for bad in ["", "h", "3w", "-2h", "1.5h", "99999999999999999d"] {
+            assert!(parse_since(bad).is_err(), "{bad}");
+        }
     }
 }

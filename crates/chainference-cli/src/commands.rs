@@ -153,9 +153,19 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Ask(args) => ask(&cli, args).await,
-        Command::History => {
-            let client = Client::new(rpc_chain(&cli), wallet(&cli)?);
-            let entries = client.history().await?;
+        Command::History(args) => {
+            let chain = rpc_chain(&cli);
+            let client = Client::new(Arc::clone(&chain), wallet(&cli)?);
+            let since = match args.since {
+                Some(since) => Some(since.unix(chain.clock().await?.unix_timestamp)),
+                None => None,
+            };
+            let query = chainference_client::HistoryQuery {
+                since,
+                include_closed: args.max_transactions > 0,
+                max_transactions: args.max_transactions,
+            };
+            let entries = client.history_with(query).await?;
             if cli.json {
                 print_json(&serde_json::Value::Array(
                     entries
@@ -172,17 +182,19 @@ pub async fn run(cli: Cli) -> Result<()> {
                                 "tokens": e.state.tokens,
                                 "cost": e.state.cost,
                                 "problem": e.problem,
+                                "closed_at": e.closed_at,
                             })
                         })
                         .collect(),
                 ));
             } else if entries.is_empty() {
-                println!("no requests of {} on chain", client.address());
+                println!("no requests of {} found", client.address());
             } else {
                 for e in entries {
                     let prompt = e.prompt.as_ref().and_then(|p| p.messages.last()).map_or("?", |m| m.content.as_str());
+                    let closed = if e.closed_at.is_some() { " (closed)" } else { "" };
                     println!(
-                        "{} {:?} {} tokens, {} lamports",
+                        "{} {:?}{closed} {} tokens, {} lamports",
                         e.address,
                         e.state.status,
                         e.state.tokens,

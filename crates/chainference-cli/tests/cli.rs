@@ -254,6 +254,15 @@ fn every_subcommand_against_a_real_validator() {
     assert_eq!(flagged["flagged"], request.as_str());
     let closed = json_of(&with(&client_key, &["--json", "close", &request]));
     assert!(closed["returned"].as_u64().unwrap() > 0);
+    // Closed, and still in the history: recovered from transaction history, decrypted.
+    let history = json_of(&with(&client_key, &["--json", "history", "--since", "1h"]));
+    let entry = history.as_array().unwrap().iter().find(|e| e["request"] == request.as_str()).expect("recovered");
+    assert!(entry["closed_at"].as_i64().is_some(), "{entry}");
+    assert_eq!(entry["status"], "Completed");
+    assert_eq!(entry["prompt"], "What is the capital of France?");
+    assert_eq!(entry["answer"], "The capital of France is Paris.");
+    assert_eq!(entry["tokens"], 34);
+    assert_eq!(entry["cost"], answer["cost"]);
 
     // A second server, the same prompt to both (unlinkable), and a comparison.
     let second = ServerProcess::start(&rpc, &second_key, "3000000");

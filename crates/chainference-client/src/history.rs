@@ -1,8 +1,16 @@
-//! A wallet's past requests, decrypted from chain data with nothing but the wallet.
+//! A wallet's past requests, decrypted from chain data with nothing but the wallet: those still
+//! on chain from their accounts, closed ones from transaction history (the instructions that
+//! opened, wrote, answered and settled them).
 
-use chainference_chain::{AccountFilter, Address, Chain, address};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chainference_chain::{AccountFilter, Address, Chain, ConfirmedTransaction, address};
+use chainference_core::envelope::RequestKeys;
+use chainference_core::instruction::Instruction as ProgramInstruction;
 use chainference_core::prompt::PromptPayload;
-use chainference_core::state::{AccountKind, RequestAccount, RequestHeader, ResponseAccount};
+use chainference_core::state::{
+    AccountKind, DeclineReasons, RequestAccount, RequestHeader, RequestStatus, ResponseAccount,
+};
 
 use crate::request::RequestState;
 use crate::{Client, ClientError};
@@ -26,9 +34,34 @@ pub struct HistoryEntry {
     pub answer_complete: bool,
     /// What could not be read, if anything.
     pub problem: Option<String>,
+    /// When it was closed (unix seconds), for a request recovered from transaction history.
+    /// Its `state` is then rebuilt from its transactions: status, stake, price cap, the serving
+    /// server, billed tokens and cost are exact; what no instruction carries (fee, price
+    /// snapshot, deadline, held share, flags) reads 0.
+    pub closed_at: Option<i64>,
 }
 
-pub(crate) async fn load<C: Chain + 'static>(client: &Client<C>) -> Result<Vec<HistoryEntry>, ClientError> {
+/// What [`crate::Client::history_with`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only requests created at or after this unix time (seconds).
+    pub since: Option<i64>,
+    /// Recover closed requests from the wallet's transaction history.
+    pub include_closed: bool,
+    /// The most wallet transactions to read back for closed requests (each is one read).
+    pub max_transactions: usize,
+}
+
+impl Default for HistoryQuery {
+    fn default() -> Self {
+        HistoryQuery { since: None, include_closed: true, max_transactions: 500 }
+    }
+}
+
+pub(crate) async fn load<C: Chain + 'static>(
+    client: &Client<C>,
+    query: HistoryQuery,
+) -> Result<Vec<HistoryEntry>, ClientError> {
     let inner = &client.inner;
     let wallet = client.address();
     let filters = [
@@ -49,6 +82,9 @@ pub(crate) async fn load<C: Chain + 'static>(client: &Client<C>) -> Result<Vec<H
             }
         };
         let header = decoded.header;
+        if query.since.is_some_and(|since| header.created_at < since) {
+            continue;
+        }
         let keys = inner.secret.request_keys(&request.to_bytes());
         let mut problems = Vec::new();
         let prompt = if header.prompt_written == header.prompt_len {
@@ -99,8 +135,261 @@ pub(crate) async fn load<C: Chain + 'static>(client: &Client<C>) -> Result<Vec<H
             answer,
             answer_complete,
             problem: (!problems.is_empty()).then(|| problems.join("; ")),
+            closed_at: None,
         });
+    }
+    if query.include_closed {
+        let live: HashSet<Address> = entries.iter().map(|e| e.address).collect();
+        entries.extend(closed(client, &live, query).await?);
     }
     entries.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.address.cmp(&b.address)));
     Ok(entries)
+}
+
+/// A closed request as its transactions tell it.
+#[derive(Default)]
+struct Recovered {
+    created_at: Option<i64>,
+    closed_at: Option<i64>,
+    model: String,
+    stake: u64,
+    max_price_per_mtok: u64,
+    allowed_servers: u8,
+    prompt_len: u32,
+    /// Prompt chunks by offset.
+    prompt: BTreeMap<u32, Vec<u8>>,
+    status: Option<RequestStatus>,
+    served_by: Option<Address>,
+    tokens: u64,
+    /// What completion gave back to the wallet (`stake - cost`).
+    refund: Option<u64>,
+}
+
+/// Closed requests of this wallet, from its transaction history (newest first, at most
+/// `query.max_transactions` read), with prompts and answers decrypted.
+async fn closed<C: Chain + 'static>(
+    client: &Client<C>,
+    live: &HashSet<Address>,
+    query: HistoryQuery,
+) -> Result<Vec<HistoryEntry>, ClientError> {
+    let inner = &client.inner;
+    let wallet = client.address();
+    let program = address(&inner.program.id);
+    let mut found: HashMap<Address, Recovered> = HashMap::new();
+    let mut before = None;
+    let mut read = 0usize;
+    'pages: while read < query.max_transactions {
+        let asked = query.max_transactions.saturating_sub(read).min(1_000);
+        let page = inner.chain.signatures_for(&wallet, before, asked).await?;
+        for reference in &page {
+            read = read.saturating_add(1);
+            before = Some(reference.signature);
+            // Newest first: everything from here on is older than `since`.
+            if query.since.zip(reference.block_time).is_some_and(|(since, time)| time < since) {
+                break 'pages;
+            }
+            if reference.failed {
+                continue;
+            }
+            if let Some(transaction) = inner.chain.transaction(&reference.signature).await? {
+                note_transaction(&mut found, &transaction, &program, &wallet, live);
+            }
+        }
+        if page.len() < asked {
+            break;
+        }
+    }
+
+    let mut entries = Vec::new();
+    for (request, recovered) in found {
+        // Only what was opened and closed within the window read.
+        let (Some(created_at), Some(closed_at)) = (recovered.created_at, recovered.closed_at) else { continue };
+        if query.since.is_some_and(|since| created_at < since) {
+            continue;
+        }
+        entries.push(recovered_entry(client, request, recovered, created_at, closed_at).await?);
+    }
+    Ok(entries)
+}
+
+/// Records what one wallet transaction did to the wallet's closed requests.
+fn note_transaction(
+    found: &mut HashMap<Address, Recovered>,
+    transaction: &ConfirmedTransaction,
+    program: &Address,
+    wallet: &Address,
+    live: &HashSet<Address>,
+) {
+    let time = transaction.reference.block_time;
+    let key = |ix: &chainference_chain::Instruction, index: usize| ix.accounts.get(index).map(|meta| meta.pubkey);
+    for ix in transaction.instructions.iter().filter(|ix| ix.program_id == *program) {
+        let Ok(decoded) = ProgramInstruction::decode(&ix.data) else { continue };
+        let request = match decoded {
+            ProgramInstruction::OpenRequest(_) | ProgramInstruction::WritePrompt { .. } => key(ix, 1),
+            ProgramInstruction::CancelRequest | ProgramInstruction::CloseRequest => key(ix, 1),
+            ProgramInstruction::CompleteRequest { .. } => key(ix, 2),
+            ProgramInstruction::ReclaimRequest => key(ix, 0),
+            _ => None,
+        };
+        let Some(request) = request.filter(|r| !live.contains(r)) else { continue };
+        let entry = found.entry(request).or_default();
+        match decoded {
+            ProgramInstruction::OpenRequest(args) if key(ix, 0) == Some(*wallet) => {
+                entry.created_at = time;
+                entry.model = args.model.to_string();
+                entry.stake = args.stake;
+                entry.max_price_per_mtok = args.max_price_per_mtok;
+                entry.allowed_servers = u8::try_from(args.allowed.len()).unwrap_or(u8::MAX);
+                entry.prompt_len = args.prompt_len;
+                entry.prompt.insert(0, args.prompt_chunk.to_vec());
+            }
+            ProgramInstruction::WritePrompt { offset, chunk } => {
+                entry.prompt.insert(offset, chunk.to_vec());
+            }
+            ProgramInstruction::CompleteRequest { tokens } => {
+                entry.status = Some(RequestStatus::Completed);
+                entry.served_by = key(ix, 0);
+                entry.tokens = tokens;
+                // The wallet is not the fee payer here: its change is exactly the refund.
+                entry.refund = transaction
+                    .balances
+                    .iter()
+                    .find(|b| b.address == *wallet)
+                    .map(|b| b.after.saturating_sub(b.before));
+            }
+            ProgramInstruction::CancelRequest => entry.status = Some(RequestStatus::Cancelled),
+            ProgramInstruction::ReclaimRequest => {
+                // A reclaim after a completion cannot happen; keep the first terminal status.
+                entry.status.get_or_insert(RequestStatus::Expired);
+            }
+            ProgramInstruction::CloseRequest => entry.closed_at = time,
+            _ => {}
+        }
+    }
+}
+
+/// The history entry of a closed request: its prompt from the open and write instructions, its
+/// answer from the serving server's appends to its response account.
+async fn recovered_entry<C: Chain + 'static>(
+    client: &Client<C>,
+    request: Address,
+    recovered: Recovered,
+    created_at: i64,
+    closed_at: i64,
+) -> Result<HistoryEntry, ClientError> {
+    let inner = &client.inner;
+    let keys = inner.secret.request_keys(&request.to_bytes());
+    let mut problems = Vec::new();
+
+    let mut envelope = Vec::new();
+    for (offset, chunk) in &recovered.prompt {
+        if usize::try_from(*offset).ok() != Some(envelope.len()) {
+            break;
+        }
+        envelope.extend_from_slice(chunk);
+    }
+    let prompt = if usize::try_from(recovered.prompt_len).ok() == Some(envelope.len()) {
+        match keys.open_own_prompt(&envelope, &request.to_bytes()).map(|bytes| PromptPayload::decode(&bytes)) {
+            Ok(Ok(payload)) => Some(payload),
+            Ok(Err(err)) | Err(err) => {
+                problems.push(format!("prompt: {err}"));
+                None
+            }
+        }
+    } else {
+        problems.push("prompt: not all of it is in the transactions read".into());
+        None
+    };
+
+    let (mut answer, mut answer_complete) = (None, false);
+    if let Some(server) = recovered.served_by {
+        match read_answer(client, &keys, &request, &server).await {
+            Ok((text, complete)) => (answer, answer_complete) = (Some(text), complete),
+            Err(problem) => problems.push(problem),
+        }
+    }
+
+    let status = recovered.status.unwrap_or(RequestStatus::Cancelled);
+    let cost = recovered.refund.map_or(0, |refund| recovered.stake.saturating_sub(refund));
+    let state = RequestState {
+        status,
+        locked_by: recovered.served_by,
+        deadline: 0,
+        stake: recovered.stake,
+        tokens: recovered.tokens,
+        cost,
+        fee: 0,
+        server_held: 0,
+        max_price_per_mtok: recovered.max_price_per_mtok,
+        price_per_mtok: 0,
+        release_count: 0,
+        flagged: false,
+        compared: false,
+        settled_at: 0,
+        allowed_servers: recovered.allowed_servers,
+        declined_by: 0,
+        decline_reasons: DeclineReasons::empty(),
+    };
+    Ok(HistoryEntry {
+        address: request,
+        model: recovered.model,
+        created_at,
+        state,
+        prompt,
+        answer,
+        answer_complete,
+        problem: (!problems.is_empty()).then(|| problems.join("; ")),
+        closed_at: Some(closed_at),
+    })
+}
+
+/// The answer `server` wrote for `request`, opened from its `AppendResponse` instructions in
+/// order. A restart (the server released and answered again) begins a fresh stream: the text
+/// starts over from there.
+async fn read_answer<C: Chain + 'static>(
+    client: &Client<C>,
+    keys: &RequestKeys,
+    request: &Address,
+    server: &Address,
+) -> Result<(String, bool), String> {
+    let inner = &client.inner;
+    let program = address(&inner.program.id);
+    let response = address(&inner.program.response(&request.to_bytes()).0);
+    let mut references =
+        inner.chain.signatures_for(&response, None, 1_000).await.map_err(|err| format!("answer: {err}"))?;
+    references.reverse();
+    let mut chunks = Vec::new();
+    for reference in references.iter().filter(|r| !r.failed) {
+        let Some(transaction) =
+            inner.chain.transaction(&reference.signature).await.map_err(|err| format!("answer: {err}"))?
+        else {
+            continue;
+        };
+        for ix in transaction.instructions.iter().filter(|ix| ix.program_id == program) {
+            let writer = ix.accounts.first().map(|meta| meta.pubkey);
+            let target = ix.accounts.get(2).map(|meta| meta.pubkey);
+            if let Ok(ProgramInstruction::AppendResponse { chunk, .. }) = ProgramInstruction::decode(&ix.data)
+                && writer == Some(*server)
+                && target == Some(response)
+            {
+                chunks.push(chunk.to_vec());
+            }
+        }
+    }
+    let fresh = || keys.response_opener(&request.to_bytes(), &server.to_bytes());
+    let mut opener = fresh();
+    let mut bytes = Vec::new();
+    for (index, chunk) in chunks.iter().enumerate() {
+        let opened = opener.open_chunk(chunk).or_else(|_| {
+            // The first chunk of a new stream: what came before was released and is void.
+            opener = fresh();
+            bytes.clear();
+            opener.open_chunk(chunk)
+        });
+        match opened {
+            Ok((text, _)) => bytes.extend_from_slice(&text),
+            Err(err) => return Err(format!("answer chunk {index}: {err}")),
+        }
+    }
+    Ok((String::from_utf8_lossy(&bytes).into_owned(), opener.is_finished()))
 }

@@ -53,7 +53,7 @@ pub use chainference_core::prompt::{ChatMessage, PromptPayload, Role};
 pub use chainference_core::state::DeclineReasons;
 pub use discovery::{Discovery, Exclusion, Filtered, Policy, ServerFilter, ServerInfo, ServerQuery};
 pub use error::ClientError;
-pub use history::HistoryEntry;
+pub use history::{HistoryEntry, HistoryQuery};
 pub use request::{Answer, AnswerEvent, Ask, Estimate, PendingRequest, Receipt, RequestState, ServerChoice, Stake};
 
 use chainference_chain::{AccountFilter, address, instruction};
@@ -351,10 +351,16 @@ impl<C: Chain + 'static> Client<C> {
         }
     }
 
-    /// Every request of this wallet still on chain, oldest first, with prompts and answers
-    /// decrypted from chain data with nothing but the wallet.
+    /// This wallet's requests, oldest first, with prompts and answers decrypted from chain data
+    /// with nothing but the wallet: those still on chain, and closed ones recovered from the
+    /// last 500 transactions of the wallet ([`HistoryQuery::default`]).
     pub async fn history(&self) -> Result<Vec<HistoryEntry>, ClientError> {
-        history::load(self).await
+        history::load(self, HistoryQuery::default()).await
+    }
+
+    /// [`Client::history`] with a time window and how far back to read closed requests.
+    pub async fn history_with(&self, query: HistoryQuery) -> Result<Vec<HistoryEntry>, ClientError> {
+        history::load(self, query).await
     }
 
     pub(crate) async fn read_request(&self, request: &Address) -> Result<Vec<u8>, ClientError> {

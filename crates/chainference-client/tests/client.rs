@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use chainference_client::chain::{Chain as _, EmbeddedChain, Signer};
 use chainference_client::{
-    AnswerEvent, Ask, ChatMessage, Client, ClientError, Exclusion, Filtered as _, Policy, Role, ServerChoice,
-    ServerQuery,
+    AnswerEvent, Ask, ChatMessage, Client, ClientError, Exclusion, Filtered as _, HistoryQuery, Policy, Role,
+    ServerChoice, ServerQuery,
 };
 use chainference_core::state::{ConfigParams, DeclineReasons, RequestStatus};
 use chainference_core::{builders, pricing};
@@ -309,6 +309,11 @@ async fn a_cancelled_request_refunds_everything_but_fees() {
     request.close().await.unwrap();
     assert_eq!(before - client.balance().await.unwrap(), request.transaction_fees());
     assert_eq!(start - total(&chain), u128::from(request.transaction_fees() + server.fees()));
+    let history = client.history().await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!((history[0].state.status, history[0].state.cost), (RequestStatus::Cancelled, 0));
+    assert_eq!(history[0].prompt.as_ref().unwrap().messages[0].content, "never mind");
+    assert_eq!(history[0].answer, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,6 +361,12 @@ async fn a_large_prompt_is_uploaded_in_chunks_and_read_back() {
     assert!(entry.answer_complete && entry.problem.is_none());
     request.close().await.unwrap();
     assert_eq!(start - total(&chain), u128::from(request.transaction_fees() + server.fees()));
+    // Closed: the prompt comes back from the open and every write, in order.
+    let history = client.history().await.unwrap();
+    let entry = history.iter().find(|e| e.address == request.address()).expect("recovered");
+    assert_eq!(entry.prompt.as_ref().unwrap().messages[1].content, long);
+    assert_eq!(entry.answer.as_deref(), Some("Words."));
+    assert!(entry.closed_at.is_some() && entry.problem.is_none(), "{entry:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,7 +399,21 @@ async fn two_clients_at_once() {
     assert_eq!(answer_b.unwrap().text, "you said: bob asks");
     a.close().await.unwrap();
     b.close().await.unwrap();
-    assert_eq!(alice.history().await.unwrap().len(), 0, "closed requests leave no account");
+    let on_chain = alice.history_with(HistoryQuery { include_closed: false, ..HistoryQuery::default() });
+    assert_eq!(on_chain.await.unwrap().len(), 0, "closed requests leave no account");
+    // ...and come back from transaction history, decrypted with the wallet alone.
+    let history = alice.history().await.unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    let entry = &history[0];
+    assert_eq!(entry.address, a.address());
+    assert!(entry.closed_at.is_some_and(|closed| closed >= entry.created_at));
+    assert_eq!(entry.prompt.as_ref().unwrap().messages[0].content, "alice asks");
+    assert_eq!(entry.answer.as_deref(), Some("you said: alice asks"));
+    assert!(entry.answer_complete && entry.problem.is_none(), "{entry:?}");
+    assert_eq!((entry.state.status, entry.state.locked_by), (RequestStatus::Completed, Some(server.authority())));
+    assert_eq!((entry.state.tokens, entry.state.cost, entry.state.stake), (10, 10, a.stake()));
+    let later = HistoryQuery { since: Some(entry.created_at + 1), ..HistoryQuery::default() };
+    assert!(alice.history_with(later).await.unwrap().is_empty(), "--since leaves it out");
     let fees = a.transaction_fees() + b.transaction_fees() + server.fees();
     assert_eq!(start - total(&chain), u128::from(fees));
 }
