@@ -143,6 +143,12 @@ async fn transaction_history_pages_back<C: Chain + ?Sized>(chain: &C) -> Outcome
         let ixs = [transfer(&payer, &recipient, amount)];
         sent.push(chain.send(&ixs, &[&payer]).await.map_err(chain_err("send"))?);
     }
+    // History is as of the `confirmed` commitment: a node may lag `send` by a slot or two.
+    let waiting = std::time::Instant::now();
+    while chain.signatures_for(&recipient, None, 10).await.map_err(chain_err("signatures_for"))?.len() < 3 {
+        ensure(waiting.elapsed() < Duration::from_secs(30), || "three sends never all showed in history".into())?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Newest first, paged with `before`.
     let newest = chain.signatures_for(&recipient, None, 2).await.map_err(chain_err("signatures_for"))?;
     let names = |refs: &[crate::TransactionRef]| refs.iter().map(|r| r.signature).collect::<Vec<_>>();

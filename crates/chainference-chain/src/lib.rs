@@ -262,7 +262,9 @@ pub trait Chain: Send + Sync {
     async fn airdrop(&self, to: &Address, lamports: u64) -> Result<(), ChainError>;
 
     /// Confirmed transactions that name `address`, newest first: at most `limit`, and only those
-    /// older than `before` when it is given (to page back).
+    /// older than `before` when it is given (to page back). History is kept at the `confirmed`
+    /// commitment, so on a cluster a transaction shows here a slot or two after
+    /// [`Chain::send`] returned.
     async fn signatures_for(
         &self,
         address: &Address,

@@ -182,6 +182,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                                 "tokens": e.state.tokens,
                                 "cost": e.state.cost,
                                 "problem": e.problem,
+                                "closed": e.closed,
                                 "closed_at": e.closed_at,
                             })
                         })
@@ -192,7 +193,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 for e in entries {
                     let prompt = e.prompt.as_ref().and_then(|p| p.messages.last()).map_or("?", |m| m.content.as_str());
-                    let closed = if e.closed_at.is_some() { " (closed)" } else { "" };
+                    let closed = if e.closed { " (closed)" } else { "" };
                     println!(
                         "{} {:?}{closed} {} tokens, {} lamports",
                         e.address,

@@ -257,7 +257,7 @@ fn every_subcommand_against_a_real_validator() {
     // Closed, and still in the history: recovered from transaction history, decrypted.
     let history = json_of(&with(&client_key, &["--json", "history", "--since", "1h"]));
     let entry = history.as_array().unwrap().iter().find(|e| e["request"] == request.as_str()).expect("recovered");
-    assert!(entry["closed_at"].as_i64().is_some(), "{entry}");
+    assert_eq!(entry["closed"], true, "{entry}");
     assert_eq!(entry["status"], "Completed");
     assert_eq!(entry["prompt"], "What is the capital of France?");
     assert_eq!(entry["answer"], "The capital of France is Paris.");

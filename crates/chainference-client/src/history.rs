@@ -34,10 +34,13 @@ pub struct HistoryEntry {
     pub answer_complete: bool,
     /// What could not be read, if anything.
     pub problem: Option<String>,
-    /// When it was closed (unix seconds), for a request recovered from transaction history.
+    /// Whether the request was closed: recovered from transaction history, its account gone.
     /// Its `state` is then rebuilt from its transactions: status, stake, price cap, the serving
     /// server, billed tokens and cost are exact; what no instruction carries (fee, price
     /// snapshot, deadline, held share, flags) reads 0.
+    pub closed: bool,
+    /// When it was closed (unix seconds), once the close is in the node's confirmed history
+    /// (a slot or two after it landed).
     pub closed_at: Option<i64>,
 }
 
@@ -135,6 +138,7 @@ pub(crate) async fn load<C: Chain + 'static>(
             answer,
             answer_complete,
             problem: (!problems.is_empty()).then(|| problems.join("; ")),
+            closed: false,
             closed_at: None,
         });
     }
@@ -202,12 +206,13 @@ async fn closed<C: Chain + 'static>(
 
     let mut entries = Vec::new();
     for (request, recovered) in found {
-        // Only what was opened and closed within the window read.
-        let (Some(created_at), Some(closed_at)) = (recovered.created_at, recovered.closed_at) else { continue };
+        // Only what was opened within the window read; not on chain any more, so it was closed
+        // (its close may not be in the confirmed history yet).
+        let Some(created_at) = recovered.created_at else { continue };
         if query.since.is_some_and(|since| created_at < since) {
             continue;
         }
-        entries.push(recovered_entry(client, request, recovered, created_at, closed_at).await?);
+        entries.push(recovered_entry(client, request, recovered, created_at).await?);
     }
     Ok(entries)
 }
@@ -275,7 +280,6 @@ async fn recovered_entry<C: Chain + 'static>(
     request: Address,
     recovered: Recovered,
     created_at: i64,
-    closed_at: i64,
 ) -> Result<HistoryEntry, ClientError> {
     let inner = &client.inner;
     let keys = inner.secret.request_keys(&request.to_bytes());
@@ -339,7 +343,8 @@ async fn recovered_entry<C: Chain + 'static>(
         answer,
         answer_complete,
         problem: (!problems.is_empty()).then(|| problems.join("; ")),
-        closed_at: Some(closed_at),
+        closed: true,
+        closed_at: recovered.closed_at,
     })
 }
 

@@ -366,7 +366,7 @@ async fn a_large_prompt_is_uploaded_in_chunks_and_read_back() {
     let entry = history.iter().find(|e| e.address == request.address()).expect("recovered");
     assert_eq!(entry.prompt.as_ref().unwrap().messages[1].content, long);
     assert_eq!(entry.answer.as_deref(), Some("Words."));
-    assert!(entry.closed_at.is_some() && entry.problem.is_none(), "{entry:?}");
+    assert!(entry.closed && entry.closed_at.is_some() && entry.problem.is_none(), "{entry:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,7 +406,7 @@ async fn two_clients_at_once() {
     assert_eq!(history.len(), 1, "{history:?}");
     let entry = &history[0];
     assert_eq!(entry.address, a.address());
-    assert!(entry.closed_at.is_some_and(|closed| closed >= entry.created_at));
+    assert!(entry.closed && entry.closed_at.is_some_and(|closed| closed >= entry.created_at));
     assert_eq!(entry.prompt.as_ref().unwrap().messages[0].content, "alice asks");
     assert_eq!(entry.answer.as_deref(), Some("you said: alice asks"));
     assert!(entry.answer_complete && entry.problem.is_none(), "{entry:?}");
