@@ -15,7 +15,7 @@ use solana_transaction::Transaction;
 use tokio::sync::mpsc;
 
 use crate::{
-    Account, AccountFilter, AccountMeta, AccountUpdates, Address, BalanceChange, Chain, ChainClock, ChainError,
+    Account, AccountFilter, AccountUpdates, Address, BalanceChange, Chain, ChainClock, ChainError,
     ConfirmedTransaction, Instruction, Keypair, ReceiverStream, Sent, Signature, Signer, SignerRef, TransactionError,
     TransactionRef, address, check_signers, instruction,
 };
@@ -108,7 +108,12 @@ impl Inner {
         for key in keys {
             self.history_by_address.entry(*key).or_default().push(index);
         }
-        self.history.push(ConfirmedTransaction { reference, instructions: instructions_of(transaction), balances });
+        let message = solana_message::VersionedMessage::Legacy(transaction.message.clone());
+        self.history.push(ConfirmedTransaction {
+            reference,
+            instructions: crate::resolve_instructions(&message),
+            balances,
+        });
     }
 
     fn notify(&mut self, written: &[Address]) {
@@ -389,28 +394,4 @@ impl Chain for EmbeddedChain {
         let inner = self.lock();
         Ok(inner.history.iter().rev().find(|tx| tx.reference.signature == *signature).cloned())
     }
-}
-
-/// A legacy transaction's instructions with their accounts resolved, as they were built.
-fn instructions_of(transaction: &Transaction) -> Vec<Instruction> {
-    let message = &transaction.message;
-    let keys = &message.account_keys;
-    message
-        .instructions
-        .iter()
-        .filter_map(|compiled| {
-            let program_id = *keys.get(usize::from(compiled.program_id_index))?;
-            let accounts = compiled
-                .accounts
-                .iter()
-                .map(|index| {
-                    let index = usize::from(*index);
-                    let key = keys.get(index).copied().unwrap_or_default();
-                    let writable = message.is_maybe_writable_with_reserved_addresses(index, None::<&HashSet<Address>>);
-                    AccountMeta { pubkey: key, is_signer: message.is_signer(index), is_writable: writable }
-                })
-                .collect();
-            Some(Instruction { program_id, accounts, data: compiled.data.clone() })
-        })
-        .collect()
 }

@@ -338,6 +338,35 @@ macro_rules! forward_chain {
 forward_chain!(Arc<T>);
 forward_chain!(Box<T>);
 
+/// A compiled message's instructions with their accounts resolved (static keys; signer and
+/// writable flags from the header), as they were built.
+pub(crate) fn resolve_instructions(message: &solana_message::VersionedMessage) -> Vec<Instruction> {
+    let keys = message.static_account_keys();
+    message
+        .instructions()
+        .iter()
+        .filter_map(|compiled| {
+            let program_id = *keys.get(usize::from(compiled.program_id_index))?;
+            let accounts = compiled
+                .accounts
+                .iter()
+                .map(|index| {
+                    let index = usize::from(*index);
+                    AccountMeta {
+                        pubkey: keys.get(index).copied().unwrap_or_default(),
+                        is_signer: message.is_signer(index),
+                        is_writable: message.is_maybe_writable_with_reserved_addresses(
+                            index,
+                            None::<&std::collections::HashSet<Address>>,
+                        ),
+                    }
+                })
+                .collect();
+            Some(Instruction { program_id, accounts, data: compiled.data.clone() })
+        })
+        .collect()
+}
+
 /// A core address as a Solana address.
 pub fn address(bytes: &[u8; 32]) -> Address {
     Address::new_from_array(*bytes)

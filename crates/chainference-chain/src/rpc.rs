@@ -18,7 +18,7 @@ use solana_transaction_status_client_types::EncodedConfirmedTransactionWithStatu
 use tokio::sync::mpsc;
 
 use crate::{
-    Account, AccountFilter, AccountMeta, AccountUpdates, Address, BalanceChange, Chain, ChainClock, ChainError,
+    Account, AccountFilter, AccountUpdates, Address, BalanceChange, Chain, ChainClock, ChainError,
     ConfirmedTransaction, Instruction, ReceiverStream, Sent, Short, Signature, SignerRef, TransactionRef,
     check_signers,
 };
@@ -403,29 +403,7 @@ impl Chain for RpcChain {
         let meta = found.transaction.meta;
         let message = &decoded.message;
         let keys = message.static_account_keys();
-        let instructions = message
-            .instructions()
-            .iter()
-            .filter_map(|compiled| {
-                let program_id = *keys.get(usize::from(compiled.program_id_index))?;
-                let accounts = compiled
-                    .accounts
-                    .iter()
-                    .map(|index| {
-                        let index = usize::from(*index);
-                        AccountMeta {
-                            pubkey: keys.get(index).copied().unwrap_or_default(),
-                            is_signer: message.is_signer(index),
-                            is_writable: message.is_maybe_writable_with_reserved_addresses(
-                                index,
-                                None::<&std::collections::HashSet<Address>>,
-                            ),
-                        }
-                    })
-                    .collect();
-                Some(Instruction { program_id, accounts, data: compiled.data.clone() })
-            })
-            .collect();
+        let instructions = crate::resolve_instructions(message);
         let (failed, balances) = match &meta {
             Some(meta) => (
                 meta.err.is_some(),

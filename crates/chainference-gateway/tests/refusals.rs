@@ -90,21 +90,8 @@ async fn unusable_input_is_refused_at_once_and_silence_ends_in_a_504() {
 
     // Settled in the background: reclaimed and closed, only fees spent.
     let settled = Instant::now();
-    loop {
-        let accounts = chain
-            .program_accounts(
-                &chainference_client::chain::address(&program.id),
-                &[chainference_client::chain::AccountFilter::Memcmp {
-                    offset: chainference_client::core::state::RequestHeader::CLIENT_OFFSET,
-                    bytes: payer.to_bytes().to_vec(),
-                }],
-            )
-            .await
-            .unwrap();
-        if accounts.is_empty() {
-            break;
-        }
-        assert!(settled.elapsed() < Duration::from_secs(30), "the request was not closed: {accounts:?}");
+    while requests_of(&chain, &payer).await > 0 {
+        assert!(settled.elapsed() < Duration::from_secs(30), "the request was not closed");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let spent = before - chain.balance(&payer).await.unwrap();
