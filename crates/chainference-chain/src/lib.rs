@@ -340,6 +340,7 @@ forward_chain!(Box<T>);
 
 /// A compiled message's instructions with their accounts resolved (static keys; signer and
 /// writable flags from the header), as they were built.
+#[cfg(any(feature = "embedded", feature = "rpc"))]
 pub(crate) fn resolve_instructions(message: &solana_message::VersionedMessage) -> Vec<Instruction> {
     let keys = message.static_account_keys();
     message

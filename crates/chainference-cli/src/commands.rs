@@ -426,9 +426,14 @@ async fn ask(cli: &Cli, args: &AskArgs) -> Result<()> {
 async fn ask_pair(cli: &Cli, client: &Client<Arc<RpcChain>>, request: Ask, servers: &[String]) -> Result<()> {
     let [first, second] = servers else { bail!("--pair needs exactly two --servers (a,b)") };
     let (a, b) = client.ask_pair(request, parse_address(first)?, parse_address(second)?).await?;
+    // Both at once: a refusal or failure of one is seen (and the other still settles) without
+    // waiting for the other's answer.
+    let limit = Duration::from_secs(3_600);
+    let (answer_a, answer_b) =
+        tokio::join!(tokio::time::timeout(limit, a.wait()), tokio::time::timeout(limit, b.wait()));
     let mut answers = Vec::new();
-    for pending in [&a, &b] {
-        let answer = tokio::time::timeout(Duration::from_secs(3_600), pending.wait()).await??;
+    for (pending, answer) in [(&a, answer_a), (&b, answer_b)] {
+        let answer = answer.with_context(|| format!("request {}", pending.address()))??;
         if !cli.json {
             println!("{} from {}:\n{}\n", pending.address(), answer.receipt.server, answer.text);
         }

@@ -86,8 +86,8 @@ pub enum ClientError {
         servers: Vec<Address>,
         /// The union of the reasons they gave.
         reasons: DeclineReasons,
-        /// Lamports that came back to the wallet: the stake and the rent, net of the fee (0 when
-        /// another handle of the request closed it first).
+        /// Lamports that came back to the wallet: the stake and the rent the request held, net
+        /// of the fee (0 when another handle of the request closed it first).
         refunded: u64,
     },
     /// The request is not in a state that allows this.

@@ -88,6 +88,17 @@ proptest! {
         }
     }
 
+    /// A valid request with any header byte changed decodes or fails with a precise error:
+    /// random bytes rarely pass the kind and version checks, so this reaches the field checks
+    /// (an allow-list count of 16 or more once overflowed a shift).
+    #[test]
+    fn a_request_with_one_header_byte_changed_never_panics(at in 0usize..RequestHeader::LEN, value in any::<u8>()) {
+        let mut data = sample_request_account();
+        data[at] = value;
+        let _ = RequestHeader::decode(&data);
+        let _ = RequestAccount::decode(&data);
+    }
+
     /// Any prefix of valid data decodes as Truncated (or another precise error), never Ok with
     /// garbage, and valid data with a byte appended is rejected.
     #[test]
@@ -488,4 +499,15 @@ fn declines_mark_slots_until_every_server_declined() {
     // The client cancels at once and gets the whole stake back.
     let fx = req.apply(Event::Cancel { signer: &[1; 32] }, 5).unwrap();
     assert_eq!(fx.to_client, new.stake);
+}
+
+#[test]
+fn an_allow_list_count_out_of_range_is_refused_not_overflowed() {
+    let mut data = sample_request_account();
+    data[RequestHeader::DECLINED_OFFSET] = 1;
+    data[RequestHeader::DECLINED_OFFSET + 1] = 1;
+    for count in 9..=255u8 {
+        data[5] = count;
+        assert_eq!(RequestHeader::decode(&data).err(), Some(Error::InvalidTag), "allowed_count {count}");
+    }
 }

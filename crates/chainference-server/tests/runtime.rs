@@ -220,8 +220,8 @@ impl InferenceBackend for FailsMidAnswer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_passes_declines_on_chain_once_unless_told_not_to() {
     let chain = chain();
-    let (declining_wallet, silent_wallet, client_wallet) =
-        (funded(&chain).await, funded(&chain).await, funded(&chain).await);
+    let (declining_wallet, silent_wallet, client_wallet, busy_wallet) =
+        (funded(&chain).await, funded(&chain).await, funded(&chain).await, funded(&chain).await);
     let start_total = chain.total_lamports();
     let client_address = client_wallet.pubkey();
     let turned_away = || AcceptPolicy { deny_clients: vec![client_address], ..AcceptPolicy::default() };
@@ -230,12 +230,21 @@ async fn a_server_that_passes_declines_on_chain_once_unless_told_not_to() {
         builder(&chain, silent_wallet, model(), 1_000_000).accept(turned_away()).declines(false).start().await.unwrap();
     let mut events = declining.events();
 
+    // The declining server is busy (one request at a time) with a long answer for another client.
+    let other = Client::with_program(Arc::clone(&chain), busy_wallet, *chain.program());
+    let long = other
+        .ask(Ask::chat(model().model_id(), story()).max_tokens(400).to_servers([declining.authority()]))
+        .await
+        .unwrap();
+    next_event(&mut events, |e| matches!(e, ServerEvent::Locked { .. })).await;
+
     let client = Client::with_program(Arc::clone(&chain), client_wallet, *chain.program());
     let ask = Ask::chat(model().model_id(), france()).to_servers([declining.authority(), silent.authority()]);
     let request = client.ask(ask).await.unwrap();
     let declined = next_event(&mut events, |e| matches!(e, ServerEvent::Declined { .. })).await;
     let ServerEvent::Declined { request: which, reasons } = declined else { unreachable!() };
     assert_eq!((which, reasons), (request.address(), DeclineReasons::CLIENT_EXCLUDED));
+    assert_eq!(long.state().await.unwrap().status, RequestStatus::Locked, "declined while busy answering");
     // Several polls later: declined once, by the declining server only, and still open.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let state = request.state().await.unwrap();
@@ -244,9 +253,11 @@ async fn a_server_that_passes_declines_on_chain_once_unless_told_not_to() {
 
     request.cancel().await.unwrap();
     request.close().await.unwrap();
+    long.wait().await.unwrap();
+    long.close().await.unwrap();
     let declining = declining.shutdown().await.unwrap();
     let silent = silent.shutdown().await.unwrap();
-    let fees = declining.fees_paid + silent.fees_paid + request.transaction_fees();
+    let fees = declining.fees_paid + silent.fees_paid + request.transaction_fees() + long.transaction_fees();
     assert_eq!(start_total - chain.total_lamports(), u128::from(fees), "lamports conserved");
 }
 

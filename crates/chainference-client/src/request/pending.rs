@@ -375,6 +375,21 @@ impl<C: Chain + 'static> PendingRequest<C> {
         Ok(())
     }
 
+    /// Gives up on a request every allowed server declined (cancel and close in one
+    /// transaction, stake and rent back) and returns the [`ClientError::Refused`] that says
+    /// why; `None` while some allowed server has not declined, or once a server locked it.
+    /// [`PendingRequest::events`] does this by itself; call it for a request nobody follows.
+    pub async fn give_up_if_refused(&self) -> Result<Option<ClientError>, ClientError> {
+        let Some(account) = self.client.inner.chain.account(&self.address).await? else {
+            return Err(ClientError::RequestNotFound(self.address));
+        };
+        let header = RequestHeader::decode(&account.data)?;
+        if header.status != RequestStatus::Open || !header.declined_by_all() {
+            return Ok(None);
+        }
+        give_up_refused(&self.client.inner, (self.address, self.response), &self.fees, &account).await
+    }
+
     /// What closing needs, once the request has ended.
     async fn finished(&self) -> Result<Finished, ClientError> {
         let state = self
@@ -500,7 +515,8 @@ impl<C: Chain + 'static> Watcher<C> {
                     let decoded = RequestHeader::decode(&account.data)?;
                     header = Some(decoded);
                     if decoded.status == RequestStatus::Open && decoded.declined_by_all() {
-                        if let Some(refused) = self.give_up_refused(&account.data).await? {
+                        let refs = (self.request, self.response);
+                        if let Some(refused) = give_up_refused(&self.chain, refs, &self.fees, &account).await? {
                             return Err(refused);
                         }
                         continue;
@@ -571,46 +587,6 @@ impl<C: Chain + 'static> Watcher<C> {
         Ok(())
     }
 
-    /// Every allowed server declined the open request: cancels and closes it in one
-    /// transaction (stake and rent back) and returns [`ClientError::Refused`] naming the
-    /// servers and reasons. `None` when a server locked it meanwhile (a decliner may still):
-    /// then the answer is followed as usual.
-    async fn give_up_refused(&self, data: &[u8]) -> Result<Option<ClientError>, ClientError> {
-        let decoded = RequestAccount::decode(data)?;
-        let servers: Vec<Address> = decoded.allowed.iter().map(address).collect();
-        let reasons = decoded.header.decline_reasons();
-        let refused = |refunded| ClientError::Refused { request: self.request, servers, reasons, refunded };
-        let inner = &self.chain;
-        let wallet = inner.wallet_address();
-        let refs = RequestRefs { request: self.request.to_bytes(), response: self.response.to_bytes(), client: wallet };
-        let transaction = [
-            instruction(builders::cancel_request(&inner.program, &wallet, &refs.request)),
-            // Never locked, so the response's rent (if any) comes back to the client too.
-            instruction(builders::close_request(&inner.program, &wallet, &refs, &wallet)),
-        ];
-        let before = inner.chain.balance(&address(&wallet)).await?;
-        match inner.chain.send(&transaction, &[&inner.wallet]).await {
-            Ok(sent) => {
-                self.fees.fetch_add(sent.fee, Ordering::Relaxed);
-                let after = inner.chain.balance(&address(&wallet)).await?;
-                tracing::info!(request = %self.request, %reasons, "every allowed server declined; cancelled and closed");
-                Ok(Some(refused(after.saturating_sub(before))))
-            }
-            Err(err) => {
-                if let chainference_chain::ChainError::Transaction { charged, .. } = &err {
-                    self.fees.fetch_add(*charged, Ordering::Relaxed);
-                }
-                // Another watcher of this request may have closed it first, or a server
-                // locked it: look before failing.
-                match inner.chain.account(&self.request).await? {
-                    None => Ok(Some(refused(0))),
-                    Some(account) if RequestHeader::decode(&account.data)?.status != RequestStatus::Open => Ok(None),
-                    Some(_) => Err(err.into()),
-                }
-            }
-        }
-    }
-
     async fn on_request(&self, header: &RequestHeader, reader: &mut Option<ChunkReader>) -> Result<Step, ClientError> {
         match header.status {
             RequestStatus::Completed => {
@@ -645,6 +621,49 @@ impl<C: Chain + 'static> Watcher<C> {
                 Err(ClientError::Ended { request: self.request, status: header.status })
             }
             RequestStatus::Draft | RequestStatus::Open | RequestStatus::Locked => Ok(Step::Continue),
+        }
+    }
+}
+
+/// Every allowed server declined the open request `account`: cancels and closes it in one
+/// transaction (stake and rent back) and returns [`ClientError::Refused`] naming the servers and
+/// reasons. `None` when a server locked it meanwhile (a decliner may still): then the answer is
+/// followed as usual.
+async fn give_up_refused<C: Chain + 'static>(
+    inner: &crate::Inner<C>,
+    (request, response): (Address, Address),
+    fees: &AtomicU64,
+    account: &Account,
+) -> Result<Option<ClientError>, ClientError> {
+    let decoded = RequestAccount::decode(&account.data)?;
+    let servers: Vec<Address> = decoded.allowed.iter().map(address).collect();
+    let reasons = decoded.header.decline_reasons();
+    let refused = |refunded| ClientError::Refused { request, servers, reasons, refunded };
+    let wallet = inner.wallet_address();
+    let refs = RequestRefs { request: request.to_bytes(), response: response.to_bytes(), client: wallet };
+    let transaction = [
+        instruction(builders::cancel_request(&inner.program, &wallet, &refs.request)),
+        // Never locked now (a release discards the response), so nothing is held for a server.
+        instruction(builders::close_request(&inner.program, &wallet, &refs, &wallet)),
+    ];
+    match inner.chain.send(&transaction, &[&inner.wallet]).await {
+        Ok(sent) => {
+            fees.fetch_add(sent.fee, Ordering::Relaxed);
+            tracing::info!(%request, %reasons, "every allowed server declined; cancelled and closed");
+            // The stake and the rent: every lamport the request held.
+            Ok(Some(refused(account.lamports.saturating_sub(sent.fee))))
+        }
+        Err(err) => {
+            if let chainference_chain::ChainError::Transaction { charged, .. } = &err {
+                fees.fetch_add(*charged, Ordering::Relaxed);
+            }
+            // Another handle of this request may have closed it first, or a server locked it:
+            // look before failing.
+            match inner.chain.account(&request).await? {
+                None => Ok(Some(refused(0))),
+                Some(now) if RequestHeader::decode(&now.data)?.status != RequestStatus::Open => Ok(None),
+                Some(_) => Err(err.into()),
+            }
         }
     }
 }

@@ -274,7 +274,8 @@ unsafe impl Header for RequestHeader {
 
     #[inline(always)]
     fn check(&self) -> Result<()> {
-        if (u16::from(self.declined) >> self.allowed_count) != 0
+        // `checked_shr`: a malformed `allowed_count` of 16 or more must fail, not overflow.
+        if u16::from(self.declined).checked_shr(u32::from(self.allowed_count)).unwrap_or(0) != 0
             || (self.declined == 0) != (self.decline_reasons == 0)
             || self.flags & !(FLAG_FLAGGED | FLAG_COMPARED | FLAG_HAS_RESPONSE | FLAG_COUNTED | FLAG_PREFERRED) != 0
             || self.allowed_count == 0

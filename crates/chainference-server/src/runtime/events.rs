@@ -73,13 +73,38 @@ pub enum SkipReason {
     ClientExcluded,
     /// The prompt does not open with this server's keys or does not decode.
     Unreadable(chainference_core::Error),
-    /// The backend refused the job before anything was locked (for example, prompt too long).
+    /// The backend refused this prompt itself before anything was locked (longer than the
+    /// model's context, not renderable by its chat template, not tokenizable): no retry helps.
+    PromptRefused(String),
+    /// The backend failed before anything was locked (unavailable, failing, shutting down): it
+    /// may work on the next try, so the request is not declined.
     BackendRefused(String),
     /// The chain could not be reached to lock (nothing was locked).
     ChainUnavailable(String),
 }
 
 impl SkipReason {
+    /// Why the backend refused a job: the prompt itself (declined), or the backend's state
+    /// (passing).
+    pub fn from_backend(error: &crate::BackendError) -> Self {
+        use crate::BackendError;
+        match error {
+            BackendError::PromptTooLong { .. }
+            | BackendError::Template(_)
+            | BackendError::Tokenizer(_)
+            | BackendError::UnknownModel(_) => SkipReason::PromptRefused(error.to_string()),
+            _ => SkipReason::BackendRefused(error.to_string()),
+        }
+    }
+
+    /// The backend's words, for a reason that came from it.
+    pub(crate) fn message(&self) -> String {
+        match self {
+            SkipReason::PromptRefused(message) | SkipReason::BackendRefused(message) => message.clone(),
+            other => format!("{other:?}"),
+        }
+    }
+
     /// What to tell the client on chain ([`chainference_core::state::DeclineReasons`]), or
     /// `None` when a decline would not help: the server is not on the allow-list, the request
     /// is already past its deadline or no longer open, or the chain was out of reach.
@@ -104,7 +129,9 @@ impl SkipReason {
             SkipReason::PromptTooLarge => DeclineReasons::PROMPT_TOO_LARGE,
             SkipReason::ClientExcluded => DeclineReasons::CLIENT_EXCLUDED,
             SkipReason::Unreadable(_) => DeclineReasons::UNREADABLE,
-            SkipReason::BackendRefused(_) => DeclineReasons::MODEL_REFUSED,
+            SkipReason::PromptRefused(_) => DeclineReasons::MODEL_REFUSED,
+            // Passing: the next poll, or another server, may well answer it.
+            SkipReason::BackendRefused(_) => return None,
         })
     }
 }
@@ -142,7 +169,8 @@ pub enum ServerEvent {
         reason: SkipReason,
     },
     /// The server declined the request on chain, so its client learns why without waiting
-    /// for the deadline (sent once per request, after a [`ServerEvent::Skipped`]).
+    /// for the deadline (sent once per request, with a [`ServerEvent::Skipped`]; only for
+    /// reasons that hold until the deadline, never for a passing failure).
     Declined {
         /// The request.
         request: Address,
@@ -242,5 +270,31 @@ impl Counters {
             claimed: self.claimed.load(Ordering::Relaxed),
             fees_paid: self.fees_paid.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SkipReason;
+    use crate::BackendError;
+    use chainference_core::state::DeclineReasons;
+
+    #[test]
+    fn only_what_holds_until_the_deadline_is_declined() {
+        let declined = |error: BackendError| SkipReason::from_backend(&error).decline_reasons();
+        assert_eq!(
+            declined(BackendError::PromptTooLong { prompt_tokens: 9, max_tokens: 4 }),
+            Some(DeclineReasons::MODEL_REFUSED)
+        );
+        assert_eq!(declined(BackendError::Template("no".into())), Some(DeclineReasons::MODEL_REFUSED));
+        for passing in [
+            BackendError::Unavailable("down".into()),
+            BackendError::Inference("oom".into()),
+            BackendError::Load("missing".into()),
+        ] {
+            assert_eq!(declined(passing), None);
+        }
+        assert_eq!(SkipReason::BackendRefused("shut down".into()).decline_reasons(), None);
+        assert_eq!(SkipReason::ChainUnavailable("rpc".into()).decline_reasons(), None);
     }
 }

@@ -137,8 +137,17 @@ impl Shared {
                 tracing::info!(%request, %reasons, "declined the request on chain");
                 self.emit(ServerEvent::Declined { request, reasons });
             }
-            // Locked elsewhere, cancelled or past its deadline meanwhile: nothing to tell.
-            Err(err) => tracing::debug!(%request, error = %err, "declining failed"),
+            Err(err) => {
+                let refused = err.program_error().and_then(|(_, code)| chainference_core::Error::from_code(code));
+                // Locked elsewhere, cancelled or past its deadline meanwhile: nothing to tell.
+                // Anything else (the chain unreachable) is tried again on the next poll.
+                if refused.is_none()
+                    && let Ok(mut sent) = self.declining.lock()
+                {
+                    sent.remove(&request);
+                }
+                tracing::debug!(%request, error = %err, "declining failed");
+            }
         }
     }
 
@@ -322,9 +331,9 @@ impl Shared {
                     tracing::warn!(error = %err, "claiming held payments failed; retrying later");
                 }
             }
-            if self.permits.available_permits() > 0
-                && let Err(err) = self.poll_once(&mut reported).await
-            {
+            // Scanned even when every permit is taken: a busy server still declines at once
+            // what it would never take.
+            if let Err(err) = self.poll_once(&mut reported).await {
                 tracing::warn!(error = %err, "looking for open requests failed; retrying");
             }
             tokio::select! {
@@ -371,7 +380,8 @@ impl Shared {
             };
             match checked {
                 Ok(job) => {
-                    let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else { break };
+                    // Busy: taken on a later poll; the rest of the list is still checked.
+                    let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else { continue };
                     reported.remove(&request);
                     let shared = Arc::clone(self);
                     self.spawn(request, async move {
@@ -380,13 +390,17 @@ impl Shared {
                     });
                 }
                 Err(reason) => {
+                    // Not yet declined, here or on chain (a failed send is tried again).
+                    let to_decline = reason.decline_reasons().is_some()
+                        && !self.declined_on_chain(&decoded)
+                        && !self.declining.lock().is_ok_and(|sent| sent.contains(&request));
+                    if to_decline {
+                        let shared = Arc::clone(self);
+                        let reason = reason.clone();
+                        tokio::spawn(async move { shared.decline(request, &reason).await });
+                    }
                     if reported.get(&request) != Some(&reason) {
                         tracing::debug!(%request, ?reason, "passing on a request");
-                        if !self.declined_on_chain(&decoded) && reason.decline_reasons().is_some() {
-                            let shared = Arc::clone(self);
-                            let reason = reason.clone();
-                            tokio::spawn(async move { shared.decline(request, &reason).await });
-                        }
                         reported.insert(request, reason.clone());
                         self.emit(ServerEvent::Skipped { request, reason });
                     }
@@ -469,11 +483,8 @@ impl Shared {
         let payload = chainference_core::prompt::PromptPayload::decode(&plain).map_err(SkipReason::Unreadable)?;
         let affordable = chainference_core::pricing::affordable_tokens(decoded.header.stake, self.price_per_mtok)
             .min(u64::from(decoded.header.max_tokens));
-        let prompt_tokens = self
-            .backend
-            .prompt_tokens(&payload.messages)
-            .await
-            .map_err(|err| SkipReason::BackendRefused(err.to_string()))?;
+        let prompt_tokens =
+            self.backend.prompt_tokens(&payload.messages).await.map_err(|err| SkipReason::from_backend(&err))?;
         if affordable < u64::from(prompt_tokens).saturating_add(u64::from(self.accept.min_answer_tokens)) {
             return Err(SkipReason::BudgetTooSmall { affordable_tokens: affordable });
         }

@@ -171,14 +171,14 @@ async fn run(shared: &Shared, job: &Job) -> Outcome {
 
     let started = tokio::select! {
         started = tokio::time::timeout_at(finish_by, start_generation(shared, job)) => {
-            started.unwrap_or_else(|_| Err("the backend did not start before the deadline".into()))
+            started.unwrap_or_else(|_| Err(SkipReason::BackendRefused("the backend did not start before the deadline".into())))
         }
-        _ = release_now.wait_for(|release| *release) => Err("shut down".into()),
+        _ = release_now.wait_for(|release| *release) => Err(SkipReason::BackendRefused("shut down".into())),
     };
     let mut generated = match started {
         Ok(receiver) => receiver,
-        Err(error) if stream.locked => return Outcome::Release(ReleaseReason::BackendFailed(error)),
-        Err(error) => return Outcome::Passed(SkipReason::BackendRefused(error)),
+        Err(reason) if stream.locked => return Outcome::Release(ReleaseReason::BackendFailed(reason.message())),
+        Err(reason) => return Outcome::Passed(reason),
     };
 
     let (mut prompt_tokens, mut completion_tokens) = (0u32, 0u32);
@@ -260,9 +260,9 @@ fn after(by: Duration) -> Instant {
 }
 
 /// Starts the backend in its own task, so generation runs on while chunks are being sent.
-async fn start_generation(shared: &Shared, job: &Job) -> Result<mpsc::UnboundedReceiver<Generated>, String> {
+async fn start_generation(shared: &Shared, job: &Job) -> Result<mpsc::UnboundedReceiver<Generated>, SkipReason> {
     let generation = Generation::from_payload(&job.payload, job.budget);
-    let mut events = shared.backend.generate(generation).await.map_err(|err| err.to_string())?;
+    let mut events = shared.backend.generate(generation).await.map_err(|err| SkipReason::from_backend(&err))?;
     let (sender, receiver) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
