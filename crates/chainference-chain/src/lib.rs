@@ -265,16 +265,23 @@ pub trait Chain: Send + Sync {
     /// older than `before` when it is given (to page back). History is kept at the `confirmed`
     /// commitment, so on a cluster a transaction shows here a slot or two after
     /// [`Chain::send`] returned.
+    /// The default: [`ChainError::Unsupported`], for a transport without history.
     async fn signatures_for(
         &self,
         address: &Address,
         before: Option<Signature>,
         limit: usize,
-    ) -> Result<Vec<TransactionRef>, ChainError>;
+    ) -> Result<Vec<TransactionRef>, ChainError> {
+        let _ = (address, before, limit);
+        Err(ChainError::Unsupported("transaction history"))
+    }
 
     /// One confirmed transaction, `None` when the chain does not have it (it never landed, or
-    /// the node no longer keeps it).
-    async fn transaction(&self, signature: &Signature) -> Result<Option<ConfirmedTransaction>, ChainError>;
+    /// the node no longer keeps it). The default: [`ChainError::Unsupported`].
+    async fn transaction(&self, signature: &Signature) -> Result<Option<ConfirmedTransaction>, ChainError> {
+        let _ = signature;
+        Err(ChainError::Unsupported("transaction history"))
+    }
 
     /// An account's lamports, 0 if it does not exist.
     async fn balance(&self, address: &Address) -> Result<u64, ChainError> {
@@ -339,7 +346,8 @@ forward_chain!(Arc<T>);
 forward_chain!(Box<T>);
 
 /// A compiled message's instructions with their accounts resolved (static keys; signer and
-/// writable flags from the header), as they were built.
+/// writable flags from the header), as they were built. An instruction naming an account from
+/// an address lookup table is left out rather than misread.
 #[cfg(any(feature = "embedded", feature = "rpc"))]
 pub(crate) fn resolve_instructions(message: &solana_message::VersionedMessage) -> Vec<Instruction> {
     let keys = message.static_account_keys();
@@ -353,16 +361,16 @@ pub(crate) fn resolve_instructions(message: &solana_message::VersionedMessage) -
                 .iter()
                 .map(|index| {
                     let index = usize::from(*index);
-                    AccountMeta {
-                        pubkey: keys.get(index).copied().unwrap_or_default(),
+                    Some(AccountMeta {
+                        pubkey: *keys.get(index)?,
                         is_signer: message.is_signer(index),
                         is_writable: message.is_maybe_writable_with_reserved_addresses(
                             index,
                             None::<&std::collections::HashSet<Address>>,
                         ),
-                    }
+                    })
                 })
-                .collect();
+                .collect::<Option<Vec<_>>>()?;
             Some(Instruction { program_id, accounts, data: compiled.data.clone() })
         })
         .collect()

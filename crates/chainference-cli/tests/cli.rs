@@ -255,8 +255,16 @@ fn every_subcommand_against_a_real_validator() {
     let closed = json_of(&with(&client_key, &["--json", "close", &request]));
     assert!(closed["returned"].as_u64().unwrap() > 0);
     // Closed, and still in the history: recovered from transaction history, decrypted.
-    let history = json_of(&with(&client_key, &["--json", "history", "--since", "1h"]));
-    let entry = history.as_array().unwrap().iter().find(|e| e["request"] == request.as_str()).expect("recovered");
+    // (History is read at the `confirmed` commitment, which a loaded validator reaches late.)
+    let started = Instant::now();
+    let entry = loop {
+        let history = json_of(&with(&client_key, &["--json", "history", "--since", "1h"]));
+        if let Some(entry) = history.as_array().unwrap().iter().find(|e| e["request"] == request.as_str()) {
+            break entry.clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{request} never came back in the history: {history}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
     assert_eq!(entry["closed"], true, "{entry}");
     assert_eq!(entry["status"], "Completed");
     assert_eq!(entry["prompt"], "What is the capital of France?");

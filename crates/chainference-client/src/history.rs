@@ -11,6 +11,7 @@ use chainference_core::prompt::PromptPayload;
 use chainference_core::state::{
     AccountKind, DeclineReasons, RequestAccount, RequestHeader, RequestStatus, ResponseAccount,
 };
+use futures::StreamExt;
 
 use crate::request::RequestState;
 use crate::{Client, ClientError};
@@ -36,8 +37,10 @@ pub struct HistoryEntry {
     pub problem: Option<String>,
     /// Whether the request was closed: recovered from transaction history, its account gone.
     /// Its `state` is then rebuilt from its transactions: status, stake, price cap, the serving
-    /// server, billed tokens and cost are exact; what no instruction carries (fee, price
-    /// snapshot, deadline, held share, flags) reads 0.
+    /// server and billed tokens as the instructions say; cost from the wallet's balance change
+    /// at completion (the stake when the program held a refund back from an emptied wallet, and
+    /// without a dispute's refund); what no instruction carries (fee, price snapshot, deadline,
+    /// held share, flags) reads 0.
     pub closed: bool,
     /// When it was closed (unix seconds), once the close is in the node's confirmed history
     /// (a slot or two after it landed).
@@ -143,12 +146,20 @@ pub(crate) async fn load<C: Chain + 'static>(
         });
     }
     if query.include_closed {
-        let live: HashSet<Address> = entries.iter().map(|e| e.address).collect();
-        entries.extend(closed(client, &live, query).await?);
+        // Every request account of the wallet, whatever the filters above kept.
+        let live: HashSet<Address> = requests.iter().map(|(request, _)| *request).collect();
+        match closed(client, &live, query).await {
+            Ok(recovered) => entries.extend(recovered),
+            // A node without transaction history (or failing midway) still shows what is on chain.
+            Err(err) => tracing::warn!(error = %err, "closed requests could not be read from transaction history"),
+        }
     }
     entries.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.address.cmp(&b.address)));
     Ok(entries)
 }
+
+/// Transaction reads a history scan keeps in flight.
+const HISTORY_READS_IN_FLIGHT: usize = 8;
 
 /// A closed request as its transactions tell it.
 #[derive(Default)]
@@ -185,22 +196,29 @@ async fn closed<C: Chain + 'static>(
     'pages: while read < query.max_transactions {
         let asked = query.max_transactions.saturating_sub(read).min(1_000);
         let page = inner.chain.signatures_for(&wallet, before, asked).await?;
-        for reference in &page {
-            read = read.saturating_add(1);
-            before = Some(reference.signature);
-            // Newest first: everything from here on is older than `since`.
-            if query.since.zip(reference.block_time).is_some_and(|(since, time)| time < since) {
-                break 'pages;
-            }
-            if reference.failed {
-                continue;
-            }
-            if let Some(transaction) = inner.chain.transaction(&reference.signature).await? {
+        let Some(last) = page.last() else { break };
+        before = Some(last.signature);
+        read = read.saturating_add(page.len());
+        // Newest first: everything from the first one older than `since` on is older too.
+        let in_window: Vec<_> = page
+            .iter()
+            .take_while(|r| query.since.zip(r.block_time).is_none_or(|(since, time)| time >= since))
+            .filter(|r| !r.failed)
+            .collect();
+        let window_ended = in_window.len() < page.iter().filter(|r| !r.failed).count();
+        // Several reads in flight: most of a wallet's transactions are not this program's.
+        let transactions: Vec<_> = futures::stream::iter(in_window)
+            .map(|r| inner.chain.transaction(&r.signature))
+            .buffered(HISTORY_READS_IN_FLIGHT)
+            .collect()
+            .await;
+        for transaction in transactions {
+            if let Some(transaction) = transaction? {
                 note_transaction(&mut found, &transaction, &program, &wallet, live);
             }
         }
-        if page.len() < asked {
-            break;
+        if window_ended {
+            break 'pages;
         }
     }
 
@@ -210,6 +228,10 @@ async fn closed<C: Chain + 'static>(
         // (its close may not be in the confirmed history yet).
         let Some(created_at) = recovered.created_at else { continue };
         if query.since.is_some_and(|since| created_at < since) {
+            continue;
+        }
+        // Opened after the account scan above (another process of this wallet): not closed.
+        if recovered.status.is_none() && inner.chain.account(&request).await?.is_some() {
             continue;
         }
         entries.push(recovered_entry(client, request, recovered, created_at).await?);
@@ -313,7 +335,10 @@ async fn recovered_entry<C: Chain + 'static>(
         }
     }
 
-    let status = recovered.status.unwrap_or(RequestStatus::Cancelled);
+    let status = recovered.status.unwrap_or_else(|| {
+        problems.push("status: how it ended is not in the transactions read".into());
+        RequestStatus::Cancelled
+    });
     let cost = recovered.refund.map_or(0, |refund| recovered.stake.saturating_sub(refund));
     let state = RequestState {
         status,
@@ -382,6 +407,9 @@ async fn read_answer<C: Chain + 'static>(
         }
     }
     let fresh = || keys.response_opener(&request.to_bytes(), &server.to_bytes());
+    if chunks.is_empty() {
+        return Err("answer: no AppendResponse of the serving server in the response's history".into());
+    }
     let mut opener = fresh();
     let mut bytes = Vec::new();
     for (index, chunk) in chunks.iter().enumerate() {

@@ -262,8 +262,14 @@ impl StopMatcher {
             return String::new();
         }
         self.held.push_str(piece);
-        let first_match = self.stops.iter().filter_map(|stop| self.held.find(stop.as_str())).min();
-        if let Some(at) = first_match {
+        // The match that completes first, as if the text came one character at a time (so how
+        // it was split cannot matter); of two ending together, the longer.
+        let first_match = self
+            .stops
+            .iter()
+            .filter_map(|stop| self.held.find(stop.as_str()).map(|at| (at.saturating_add(stop.len()), at)))
+            .min();
+        if let Some((_, at)) = first_match {
             self.stopped = true;
             let mut shown = core::mem::take(&mut self.held);
             shown.truncate(at);
@@ -372,8 +378,11 @@ mod tests {
         assert_eq!(cut(&["Paris"], &["The capital is Paris."]), ("The capital is ".into(), true));
         assert_eq!(cut(&["Paris"], &["The capital is Pa", "ri", "s. More"]), ("The capital is ".into(), true));
         assert_eq!(cut(&["Paris"], &["Par", "ty in Pa", "ris"]), ("Party in ".into(), true));
-        // The earliest occurrence of any of them, whatever their order.
+        // The first to complete, whatever their order and however the text is split.
         assert_eq!(cut(&["world", "lo"], &["hello world"]), ("hel".into(), true));
+        assert_eq!(cut(&["abcdef", "cd"], &["abcdef"]), ("ab".into(), true));
+        assert_eq!(cut(&["abcdef", "cd"], &["abcd", "ef"]), ("ab".into(), true));
+        assert_eq!(cut(&["bc", "abc"], &["xabc"]), ("x".into(), true));
         // No stop sequence: everything, in order, once generation ends.
         assert_eq!(cut(&["Paris"], &["The capital is Pa", "ra"]), ("The capital is Para".into(), false));
         assert_eq!(cut(&[], &["a", "b"]), ("ab".into(), false));

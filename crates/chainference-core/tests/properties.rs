@@ -99,6 +99,33 @@ proptest! {
         let _ = RequestAccount::decode(&data);
     }
 
+    /// Stop sequences cut streamed text the same however it is split into pieces.
+    #[test]
+    fn stop_sequences_do_not_depend_on_how_text_is_split(
+        text in "[abc✓]{0,24}",
+        stops in proptest::collection::vec("[abc✓]{1,4}", 0..4),
+        cuts in proptest::collection::vec(0usize..30, 0..6),
+    ) {
+        use chainference_core::prompt::StopMatcher;
+        let run = |pieces: &[&str]| {
+            let mut matcher = StopMatcher::new(&stops);
+            let mut shown: String = pieces.iter().map(|p| matcher.push(p)).collect();
+            shown.push_str(&matcher.finish());
+            (shown, matcher.is_stopped())
+        };
+        let mut bounds: Vec<usize> = cuts.iter().map(|c| *c % (text.len() + 1)).filter(|c| text.is_char_boundary(*c)).collect();
+        bounds.push(0);
+        bounds.push(text.len());
+        bounds.sort_unstable();
+        bounds.dedup();
+        let pieces: Vec<&str> = bounds.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+        prop_assert_eq!(run(&pieces), run(&[text.as_str()]));
+        // One character at a time, as a model streams.
+        let chars: Vec<String> = text.chars().map(String::from).collect();
+        let chars: Vec<&str> = chars.iter().map(String::as_str).collect();
+        prop_assert_eq!(run(&chars), run(&[text.as_str()]));
+    }
+
     /// Any prefix of valid data decodes as Truncated (or another precise error), never Ok with
     /// garbage, and valid data with a byte appended is rejected.
     #[test]

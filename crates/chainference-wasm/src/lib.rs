@@ -426,9 +426,11 @@ pub fn encode_prompt(params: JsValue) -> JsResult<Uint8Array> {
     payload.seed = get_u64(&params, "seed", Some(0))?;
     payload.max_completion_tokens = get_u32(&params, "maxCompletionTokens", Some(0))?;
     let stop = Reflect::get(&params, &"stop".into())?;
-    if !stop.is_undefined() && !stop.is_null() {
+    if let Some(one) = stop.as_string() {
+        payload.stop.push(one);
+    } else if !stop.is_undefined() && !stop.is_null() {
         if !Array::is_array(&stop) {
-            return Err(js_sys::TypeError::new("`stop` must be an array of strings").into());
+            return Err(js_sys::TypeError::new("`stop` must be a string or an array of strings").into());
         }
         for item in Array::from(&stop).iter() {
             let text = item
