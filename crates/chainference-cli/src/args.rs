@@ -271,6 +271,11 @@ pub struct GatewayArgs {
     /// Completion tokens when a request names none.
     #[arg(long, default_value_t = chainference_gateway::DEFAULT_MAX_TOKENS)]
     pub default_max_tokens: u32,
+    /// A local GGUF whose tokenizer splits `usage` into prompt and completion tokens for
+    /// requests of its model (default: the model `cargo xtask setup` installed, when present;
+    /// without one, `prompt_tokens` reads 0 and the billed total is all completion).
+    #[arg(long)]
+    pub tokenizer_model: Option<PathBuf>,
     /// Each request's on-chain timeout in seconds (0: the deployment's default): past it the
     /// caller gets a 504 saying whether any server took the request, and the stake is reclaimed.
     #[arg(long, default_value_t = chainference_gateway::DEFAULT_REQUEST_TIMEOUT_SECS)]
@@ -287,6 +292,7 @@ impl std::fmt::Debug for GatewayArgs {
             .field("prompt_allowance", &self.prompt_allowance)
             .field("default_max_tokens", &self.default_max_tokens)
             .field("request_timeout", &self.request_timeout)
+            .field("tokenizer_model", &self.tokenizer_model)
             .finish()
     }
 }

@@ -30,7 +30,17 @@ pub async fn run(args: &GatewayArgs, cluster: impl FnOnce() -> Result<(Arc<dyn C
         demo_gateway(config).await?
     } else {
         let (chain, wallet) = cluster()?;
-        (Gateway::new(Client::new(chain, wallet), config), Vec::new())
+        let gateway = Gateway::new(Client::new(chain, wallet), config);
+        // prompt_tokens on a cluster too: the model's own tokenizer, from a local GGUF.
+        let gateway = match load_model(args.tokenizer_model.clone()) {
+            Ok(model) => gateway.token_counter(Arc::new(model)),
+            Err(err) if args.tokenizer_model.is_none() => {
+                eprintln!("no local model to count prompt tokens with ({err:#}); usage reports prompt_tokens 0");
+                gateway
+            }
+            Err(err) => return Err(err),
+        };
+        (gateway, Vec::new())
     };
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

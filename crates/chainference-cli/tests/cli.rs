@@ -299,6 +299,35 @@ fn every_subcommand_against_a_real_validator() {
     let preferred =
         servers["eligible"].as_array().unwrap().iter().find(|s| s["authority"] == second_address.as_str()).unwrap();
     assert_eq!(preferred["preference_bps"], 10_000, "{servers}");
+
+    // The OpenAI gateway on the cluster: answers from the servers, usage split by the local
+    // model's tokenizer as in the demo.
+    let mut gateway = bin()
+        .args(["--rpc", &rpc, "--keypair", &client_key, "gateway", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(gateway.stdout.take().unwrap()), &mut ready).unwrap();
+    let url = serde_json::from_str::<Value>(&ready).unwrap()["listening"].as_str().unwrap().to_string();
+    let body = serde_json::json!({
+        "model": "HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1",
+        "messages": [
+            { "role": "system", "content": "You are a helpful assistant." },
+            { "role": "user", "content": "What is the capital of France?" },
+        ],
+        "temperature": 0,
+    });
+    let reply: Value = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let response = reqwest::Client::new().post(format!("{url}/chat/completions")).json(&body).send().await.unwrap();
+        response.json().await.unwrap()
+    });
+    let _ = Command::new("kill").args(["-INT", &gateway.id().to_string()]).status();
+    let _ = gateway.wait();
+    assert_eq!(reply["choices"][0]["message"]["content"], "The capital of France is Paris.", "{reply}");
+    assert_eq!(reply["usage"]["prompt_tokens"], 27, "{reply}");
+    assert_eq!(reply["usage"]["completion_tokens"], 7, "{reply}");
     drop(second);
 
     // A wallet with nothing in it is told how much is missing and what to do.

@@ -10,6 +10,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use chainference_client::core::model::ModelId;
 use chainference_client::core::state::RequestStatus;
 use chainference_client::{
     AnswerEvent, Ask, Chain, ChatMessage, ClientError, PendingRequest, Policy, Receipt, Role, ServerQuery,
@@ -289,8 +290,8 @@ pub(crate) async fn chat_completions(
     let answer = waited
         .await
         .map_err(|err| ApiError::upstream(ClientError::Invalid(format!("the request task failed: {err}"))))??;
-    let usage = usage(&gateway, &request.messages, answer.receipt.tokens).await;
-    let finish = finish_reason(&gateway, usage, request.max_tokens, budget);
+    let usage = usage(&gateway, &request.model, &request.messages, answer.receipt.tokens).await;
+    let finish = finish_reason(&gateway, &request.model, usage, request.max_tokens, budget);
     let body = json!({
         "id": id,
         "object": "chat.completion",
@@ -324,25 +325,39 @@ async fn wait_failed(pending: &PendingRequest<Arc<dyn Chain>>, err: ClientError)
 }
 
 /// `(prompt, completion, total)`: the billed total, split by the token counter when the
-/// gateway has one.
-async fn usage(gateway: &Gateway, messages: &[ChatMessage], billed: u64) -> (u64, u64, u64) {
-    let prompt = match &gateway.token_counter {
+/// gateway has one for the request's model.
+async fn usage(gateway: &Gateway, model: &str, messages: &[ChatMessage], billed: u64) -> (u64, u64, u64) {
+    let prompt = match counter_for(gateway, model) {
         Some(counter) => counter.prompt_tokens(messages).await.map_or(0, u64::from).min(billed),
         None => 0,
     };
     (prompt, billed.saturating_sub(prompt), billed)
 }
 
+/// The token counter, when it runs the same model as the request (another model's tokenizer
+/// would count wrong).
+fn counter_for<'a>(gateway: &'a Gateway, model: &str) -> Option<&'a Arc<dyn chainference_server::InferenceBackend>> {
+    let canonical = |id: &str| ModelId::parse(id).map(|id| id.canonical()).ok();
+    gateway
+        .token_counter
+        .as_ref()
+        .filter(|counter| canonical(counter.model_id()).is_some_and(|c| Some(c) == canonical(model)))
+}
+
 /// "length" when the answer used its whole allowance: the completion tokens when the gateway
 /// can split the bill, else the whole budget.
 fn finish_reason(
     gateway: &Gateway,
+    model: &str,
     (_, completion, total): (u64, u64, u64),
     max_tokens: u32,
     budget: u32,
 ) -> &'static str {
-    let used_up =
-        if gateway.token_counter.is_some() { completion >= u64::from(max_tokens) } else { total >= u64::from(budget) };
+    let used_up = if counter_for(gateway, model).is_some() {
+        completion >= u64::from(max_tokens)
+    } else {
+        total >= u64::from(budget)
+    };
     if used_up { "length" } else { "stop" }
 }
 
@@ -446,8 +461,8 @@ fn stream_response(
                     break;
                 }
                 Ok(AnswerEvent::Completed(receipt)) => {
-                    let usage = usage(&gateway, &request.messages, receipt.tokens).await;
-                    let finish = finish_reason(&gateway, usage, request.max_tokens, request.budget);
+                    let usage = usage(&gateway, &request.model, &request.messages, receipt.tokens).await;
+                    let finish = finish_reason(&gateway, &request.model, usage, request.max_tokens, request.budget);
                     let mut last = chunk(json!({}), Some(finish));
                     if let Some(object) = last.as_object_mut() {
                         object.insert("chainference".into(), receipt_json(&receipt));
