@@ -68,6 +68,8 @@ struct Inner {
     history: Vec<ConfirmedTransaction>,
     /// For each address, the indexes in `history` of the transactions naming it, oldest first.
     history_by_address: HashMap<Address, Vec<usize>>,
+    /// Each transaction's index in `history`.
+    history_by_signature: HashMap<Signature, usize>,
 }
 
 impl Inner {
@@ -108,6 +110,7 @@ impl Inner {
         for key in keys {
             self.history_by_address.entry(*key).or_default().push(index);
         }
+        self.history_by_signature.insert(reference.signature, index);
         let message = solana_message::VersionedMessage::Legacy(transaction.message.clone());
         self.history.push(ConfirmedTransaction {
             reference,
@@ -167,6 +170,7 @@ impl EmbeddedChain {
             fees_charged: 0,
             history: Vec::new(),
             history_by_address: HashMap::new(),
+            history_by_signature: HashMap::new(),
         };
         inner.sync_clock();
         let chain = EmbeddedChain { inner: Mutex::new(inner), admin, program };
@@ -383,15 +387,20 @@ impl Chain for EmbeddedChain {
     ) -> Result<Vec<TransactionRef>, ChainError> {
         let inner = self.lock();
         let Some(indexes) = inner.history_by_address.get(address) else { return Ok(Vec::new()) };
-        let newest_first = indexes.iter().rev().filter_map(|index| inner.history.get(*index));
-        let older = newest_first.skip_while(|tx| before.is_some_and(|before| tx.reference.signature != before));
-        // Skip `before` itself when it was found.
-        let older = older.skip(usize::from(before.is_some()));
-        Ok(older.take(limit).map(|tx| tx.reference.clone()).collect())
+        // Only what is older than `before` (nothing when `before` is unknown, as on a node).
+        let older = match before {
+            None => indexes.as_slice(),
+            Some(before) => match inner.history_by_signature.get(&before) {
+                Some(at) => indexes.get(..indexes.partition_point(|index| index < at)).unwrap_or_default(),
+                None => &[],
+            },
+        };
+        let newest_first = older.iter().rev().filter_map(|index| inner.history.get(*index));
+        Ok(newest_first.take(limit).map(|tx| tx.reference.clone()).collect())
     }
 
     async fn transaction(&self, signature: &Signature) -> Result<Option<ConfirmedTransaction>, ChainError> {
         let inner = self.lock();
-        Ok(inner.history.iter().rev().find(|tx| tx.reference.signature == *signature).cloned())
+        Ok(inner.history_by_signature.get(signature).and_then(|index| inner.history.get(*index)).cloned())
     }
 }

@@ -358,6 +358,7 @@ async fn recovered_entry<C: Chain + 'static>(
         allowed_servers: recovered.allowed_servers,
         declined_by: 0,
         decline_reasons: DeclineReasons::empty(),
+        declined_by_all: false,
     };
     Ok(HistoryEntry {
         address: request,

@@ -390,10 +390,7 @@ fn settle_later(chain: Arc<dyn Chain>, pending: PendingRequest<Arc<dyn Chain>>) 
             let Ok(state) = pending.state().await else { return };
             // Every allowed server declined and nobody follows it (a streaming caller hung up):
             // give it up now rather than at the deadline.
-            if state.status == RequestStatus::Open
-                && state.allowed_servers > 0
-                && state.declined_by == state.allowed_servers
-            {
+            if state.status == RequestStatus::Open && state.declined_by_all {
                 if let Err(err) = pending.give_up_if_refused().await {
                     tracing::warn!(error = %err, "giving up a declined request failed; retrying");
                     tokio::time::sleep(Duration::from_secs(2)).await;

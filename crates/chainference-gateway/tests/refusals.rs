@@ -4,26 +4,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use chainference_client::{Chain, Client, EmbeddedChain, Keypair, Signer};
 use chainference_gateway::{Gateway, GatewayConfig};
 use chainference_server::candle::{CandleBackend, ModelSource};
 use chainference_server::runtime::{AcceptPolicy, Server};
+use common::{requests_of, serve};
 use serde_json::{Value, json};
 
 const MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1";
-
-/// Serves `gateway` on a free port; returns its base URL.
-async fn serve(gateway: Gateway) -> String {
-    let app: Router = gateway.router();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    base
-}
 
 async fn post(http: &reqwest::Client, base: &str, body: &Value) -> (u16, Value, Duration) {
     let started = Instant::now();
@@ -96,22 +89,6 @@ async fn unusable_input_is_refused_at_once_and_silence_ends_in_a_504() {
     }
     let spent = before - chain.balance(&payer).await.unwrap();
     assert!(spent > 0 && spent <= 50_000, "only transaction fees are spent: {spent}");
-}
-
-/// Requests of `payer` still on chain (open, settled or not yet closed).
-async fn requests_of(chain: &EmbeddedChain, payer: &chainference_client::Address) -> usize {
-    let program = *chain.program();
-    chain
-        .program_accounts(
-            &chainference_client::chain::address(&program.id),
-            &[chainference_client::chain::AccountFilter::Memcmp {
-                offset: chainference_client::core::state::RequestHeader::CLIENT_OFFSET,
-                bytes: payer.to_bytes().to_vec(),
-            }],
-        )
-        .await
-        .unwrap()
-        .len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

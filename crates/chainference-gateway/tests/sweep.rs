@@ -7,16 +7,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::cast_possible_truncation)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use chainference_client::chain::{AccountFilter, address};
-use chainference_client::core::state::RequestHeader;
 use chainference_client::{Chain, Client, EmbeddedChain, Keypair, Signer};
 use chainference_gateway::{Gateway, GatewayConfig};
 use chainference_server::candle::{CandleBackend, ModelSource};
 use chainference_server::runtime::Server;
+use common::{requests_of, serve};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -240,10 +240,7 @@ async fn every_malformed_or_odd_body_gets_a_prompt_answer_and_nothing_is_strande
     let gateway =
         Gateway::new(Client::with_program(shared, wallet, program), GatewayConfig::new().request_timeout_secs(60))
             .token_counter(model);
-    let app: Router = gateway.router();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1/chat/completions", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("{}/chat/completions", serve(gateway).await);
     let (total_before, fees_before) = (chain.total_lamports(), chain.fees_charged());
 
     let cases = cases();
@@ -284,12 +281,11 @@ async fn every_malformed_or_odd_body_gets_a_prompt_answer_and_nothing_is_strande
     // Every request settles and closes in the background; lamports are conserved.
     let started = Instant::now();
     loop {
-        let filter = AccountFilter::Memcmp { offset: RequestHeader::CLIENT_OFFSET, bytes: payer.to_bytes().to_vec() };
-        let open = chain.program_accounts(&address(&program.id), &[filter]).await.unwrap();
-        if open.is_empty() {
+        let left = requests_of(&chain, &payer).await;
+        if left == 0 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "{} request accounts left", open.len());
+        assert!(started.elapsed() < Duration::from_secs(60), "{left} request accounts left");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     drop(server);

@@ -56,6 +56,8 @@ pub struct RequestState {
     pub declined_by: u8,
     /// The union of the reasons the declining servers gave.
     pub decline_reasons: DeclineReasons,
+    /// Whether every allowed server declined: nobody will answer before the deadline.
+    pub declined_by_all: bool,
 }
 
 impl RequestState {
@@ -79,6 +81,7 @@ impl RequestState {
             #[allow(clippy::cast_possible_truncation)] // at most MAX_ALLOWED_SERVERS bits set
             declined_by: header.declined.count_ones() as u8,
             decline_reasons: header.decline_reasons(),
+            declined_by_all: header.declined_by_all(),
         }
     }
 }
