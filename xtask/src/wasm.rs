@@ -1,5 +1,6 @@
 //! The wasm package (`pkg/`, for node and the web) and its tests: wasm-bindgen-test in node and
-//! headless Chromium, the web example with Playwright, and node's tests of the package.
+//! headless Chromium, the web example's offline page in headless Chromium and Firefox, node's
+//! tests of the package, and (with a validator) the web dApp against a real server.
 
 use std::env;
 use std::fs;
@@ -8,13 +9,14 @@ use std::process::Command;
 
 use chainference_host::{cache_dir, tools_dir};
 
-use crate::setup::{DEBIAN_RUSTC, wasm_bindgen};
+use crate::setup::{DEBIAN_RUSTC, geckodriver, wasm_bindgen};
 use crate::{Result, cargo, root, run, stage, target_dir};
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// Debian's cargo-web, next to its rustc.
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
-const PLAYWRIGHT_CORE_VERSION: &str = "1.64.1";
+/// The web example's folder: its package.json pins @solana/kit, esbuild and playwright-core.
+const WEB_EXAMPLE: &str = "examples/web";
 
 /// Debian's cargo and rustc (which ship the wasm32 std sources), in their own target dir.
 fn wasm_cargo() -> Command {
@@ -103,22 +105,9 @@ pub(crate) fn wasm_tests() -> Result {
     stage("wasm tests (headless Chromium)", || {
         run(wasm_test().env("CHROMEDRIVER", "/usr/bin/chromedriver").env("WASM_BINDGEN_USE_BROWSER", "1"))
     })?;
-    stage("web example (Playwright, headless Chromium)", || {
-        let dir = cache_dir().join("web-test");
-        let installed = fs::read_to_string(dir.join("node_modules/playwright-core/package.json")).unwrap_or_default();
-        if installed.contains(&format!("\"version\": \"{PLAYWRIGHT_CORE_VERSION}\"")) {
-            println!("playwright-core {PLAYWRIGHT_CORE_VERSION} already in {}", dir.display());
-        } else {
-            fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-            if !dir.join("package.json").exists() {
-                fs::write(dir.join("package.json"), "{\"private\": true}\n")
-                    .map_err(|e| format!("package.json: {e}"))?;
-            }
-            run(Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", &format!("playwright-core@{PLAYWRIGHT_CORE_VERSION}")])
-                .current_dir(&dir))?;
-        }
-        run(Command::new("node").arg("examples/web/test.mjs").current_dir(root()).env("PLAYWRIGHT_DIR", &dir))
+    stage("web example offline page (headless Chromium, Firefox)", || {
+        setup_web_example()?;
+        run(&mut web_test_command("offline.test.mjs"))
     })?;
     stage("wasm package (node --test)", || {
         // Core only: the client SDK (and LiteSVM) have no part in the interop check.
@@ -134,4 +123,25 @@ pub(crate) fn wasm_tests() -> Result {
             .current_dir(root())
             .env("CHAINFERENCE_INTEROP", interop))
     })
+}
+
+/// `npm ci` in the web example (when its lockfile changed since the last one) and `npm run
+/// build` (bundles @solana/kit into `vendor/kit.js`): what a user of the example runs.
+pub(crate) fn setup_web_example() -> Result {
+    let dir = root().join(WEB_EXAMPLE);
+    let lock = fs::read(dir.join("package-lock.json")).map_err(|e| format!("{WEB_EXAMPLE}/package-lock.json: {e}"))?;
+    // A copy of the lockfile the last `npm ci` installed from.
+    let stamp = dir.join("node_modules/.chainference-lock");
+    if fs::read(&stamp).ok().as_deref() != Some(lock.as_slice()) {
+        run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))?;
+        fs::write(&stamp, &lock).map_err(|e| format!("{}: {e}", stamp.display()))?;
+    }
+    run(Command::new("npm").args(["run", "--silent", "build"]).current_dir(&dir))
+}
+
+/// `node <script>` in the web example, with the browsers' drivers named.
+pub(crate) fn web_test_command(script: &str) -> Command {
+    let mut c = Command::new("node");
+    c.arg(script).current_dir(root().join(WEB_EXAMPLE)).env("GECKODRIVER", geckodriver());
+    c
 }

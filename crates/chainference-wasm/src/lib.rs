@@ -720,6 +720,14 @@ pub fn decode_server(data: &[u8]) -> JsResult<JsValue> {
     Ok(o.into())
 }
 
+/// The size of the request account OpenRequest creates for a canonical `model` id of
+/// `modelLen` bytes and an envelope of `envelopeLen` bytes: what its rent is paid on (the client
+/// gets it back at close).
+#[wasm_bindgen(js_name = requestAccountSize)]
+pub fn request_account_size(model_len: usize, envelope_len: usize) -> usize {
+    state::RequestHeader::account_size(model_len, envelope_len)
+}
+
 /// Byte offset in a request account of the declined-slots byte (bit i: allow-list slot i
 /// declined); the union of the decline reasons follows it. For filters and tests.
 #[wasm_bindgen(js_name = requestDeclinedOffset)]

@@ -1,0 +1,188 @@
+// The dApp (index.html) against a real cluster: starts a real `chainference server run` on the
+// validator at $CHAINFERENCE_RPC_URL, then in headless Chromium and Firefox (or $BROWSERS) checks
+// the errors a user meets first (an RPC that is not there, a cluster without the program, an empty
+// wallet), funds the page's in-page keypair from the faucet, asks, and checks the streamed answer
+// and every lamport against the chain.
+//
+//   CHAINFERENCE_RPC_URL   the validator (e.g. from `cargo xtask localnet`; its config must exist:
+//                          `chainference localnet` and the CLI's validator test create it)
+//   CHAINFERENCE_WS_URL    its websocket (default: the next port)
+//   CHAINFERENCE_BIN       the `chainference` binary (built with the `rpc` features)
+//   GECKODRIVER, FIREFOX, CHROMIUM   where the drivers and browsers are (Debian's by default)
+//   CHAINFERENCE_SCREENSHOTS   where to save each browser's final page (default: a temp dir)
+//
+// Run by `cargo xtask test` in its validator stage, after `npm ci` and `npm run build` here.
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { launch, root, serveRepository } from './browsers.mjs';
+
+const rpcUrl = process.env.CHAINFERENCE_RPC_URL;
+if (!rpcUrl) {
+  console.log('dapp.test.mjs: CHAINFERENCE_RPC_URL is not set; start a validator (cargo xtask localnet) to run it');
+  process.exit(process.env.CHAINFERENCE_REQUIRE_RPC ? 1 : 0);
+}
+const wsUrl = process.env.CHAINFERENCE_WS_URL ?? (() => {
+  const url = new URL(rpcUrl);
+  url.protocol = 'ws:';
+  url.port = String(Number(url.port) + 1);
+  return url.toString();
+})();
+const bin = process.env.CHAINFERENCE_BIN ?? 'chainference';
+const screenshots = process.env.CHAINFERENCE_SCREENSHOTS ?? mkdtempSync(join(tmpdir(), 'chainference-dapp-'));
+const cf = createRequire(import.meta.url)(join(root, 'pkg/node/chainference_wasm.js'));
+const ANSWER = 'The capital of France is Paris.';
+const PRICE = 2_000_000n;
+
+async function rpc(method, ...params) {
+  const res = await fetch(rpcUrl, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method, params }),
+  });
+  const body = await res.json();
+  if (body.error) throw new Error(`${method}: ${JSON.stringify(body.error)}`);
+  return body.result;
+}
+const balance = async (address) => BigInt((await rpc('getBalance', address, { commitment: 'confirmed' })).value);
+const exists = async (address) =>
+  (await rpc('getAccountInfo', address, { commitment: 'confirmed', encoding: 'base64' })).value !== null;
+
+// A real server, as an operator runs it, with its own fresh key.
+const dir = mkdtempSync(join(tmpdir(), 'chainference-dapp-server-'));
+const keyFile = join(dir, 'server.json');
+const server = JSON.parse(execFileSync(bin, ['keygen', '--out', keyFile, '--json'], { encoding: 'utf8' })).address;
+const serverProcess = spawn(
+  bin,
+  ['--rpc', rpcUrl, '--ws', wsUrl, '--keypair', keyFile, 'server', 'run', '--price', PRICE.toString(), '--airdrop', '10'],
+  { stdio: ['ignore', 'ignore', 'inherit'] },
+);
+const serverExit = new Promise((ok) => serverProcess.on('exit', ok));
+
+const site = await serveRepository();
+const page = `${site.base}/examples/web/index.html`;
+const treasury = cf.toBase58(cf.programAddresses().treasury);
+
+/** Waits in the page until `#status` reads one of `states`; returns every element's text. */
+const settle = (browser, states, seconds) =>
+  browser.evaluate(async ({ states, seconds }) => {
+    const until = Date.now() + seconds * 1000;
+    while (!states.includes(document.getElementById('status').textContent) && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const texts = {};
+    for (const el of document.querySelectorAll('[id]')) texts[el.id] = el.textContent.trim();
+    return texts;
+  }, { states, seconds });
+
+let failures = 0;
+try {
+  for (const name of (process.env.BROWSERS ?? 'chromium,firefox').split(',')) {
+    const started = Date.now();
+    const browser = await launch(name);
+    try {
+      // An RPC URL where nothing listens: the error names it, with a hint.
+      await browser.goto(`${page}?rpc=${encodeURIComponent('http://127.0.0.1:9')}`);
+      let shown = await settle(browser, ['failed', 'ready'], 30);
+      assert.equal(shown.status, 'failed', `${name}: a dead RPC URL must fail: ${JSON.stringify(shown)}`);
+      assert.match(shown.error, /cannot reach the RPC node at http:\/\/127\.0\.0\.1:9[\s\S]*hint: /);
+
+      // A cluster without this program: says so, with a hint.
+      const elsewhere = cf.toBase58(crypto.getRandomValues(new Uint8Array(32)));
+      await browser.goto(`${page}?rpc=${encodeURIComponent(rpcUrl)}&ws=${encodeURIComponent(wsUrl)}&program=${elsewhere}`);
+      shown = await settle(browser, ['failed', 'ready'], 30);
+      assert.equal(shown.status, 'failed', `${name}: ${JSON.stringify(shown)}`);
+      assert.match(shown.error, /no Chainference deployment[\s\S]*hint: .*chainference localnet/);
+
+      // The real cluster: the page lists our server once it has registered.
+      await browser.goto(`${page}?rpc=${encodeURIComponent(rpcUrl)}&ws=${encodeURIComponent(wsUrl)}`);
+      shown = await settle(browser, ['failed', 'ready'], 60);
+      assert.equal(shown.status, 'ready', `${name}: ${shown.error}`);
+      const wallet = shown['wallet-address'];
+      assert.equal(shown['wallet-kind'], 'in-page keypair');
+      const listed = await browser.evaluate(async ({ server, seconds }) => {
+        const until = Date.now() + seconds * 1000;
+        for (;;) {
+          const row = document.querySelector(`#servers tr[data-authority="${server}"]`);
+          if (row) {
+            row.querySelector('input[type=checkbox]').click();
+            return [...row.cells].map((c) => c.textContent);
+          }
+          if (Date.now() > until) return null;
+          document.getElementById('refresh-servers').click();
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+      }, { server, seconds: 180 });
+      assert.ok(listed, `${name}: server ${server} never listed`);
+      assert.equal(listed[3], PRICE.toString());
+
+      // An empty wallet: refused before any transaction, with a hint to fund it.
+      await browser.evaluate(async () => document.getElementById('ask-form').requestSubmit());
+      shown = await settle(browser, ['failed', 'done'], 30);
+      assert.equal(shown.status, 'failed');
+      assert.match(shown.error, /the wallet holds 0 lamports[\s\S]*hint: .*Airdrop/);
+      assert.equal(await balance(wallet), 0n);
+
+      // Fund it from the faucet, then ask.
+      await browser.evaluate(async () => document.getElementById('airdrop').click());
+      shown = await settle(browser, ['ready', 'failed'], 60);
+      assert.equal(shown.error, '', `${name}: airdrop: ${shown.error}`);
+      const before = await balance(wallet);
+      assert.equal(before, 1_000_000_000n);
+      const treasuryBefore = await balance(treasury);
+      const asked = Date.now();
+      await browser.evaluate(async () => document.getElementById('ask-form').requestSubmit());
+      shown = await settle(browser, ['failed', 'done'], 300);
+      assert.equal(shown.status, 'done', `${name}: ${shown.error}`);
+      assert.equal(shown.error, '');
+      assert.equal(shown.answer, ANSWER);
+      assert.equal(shown['served-by'], server);
+      assert.ok(Number(shown.chunks) >= 1, `${name}: chunks opened: ${shown.chunks}`);
+
+      // Lamports: the page's figures against the chain's.
+      const n = (id) => BigInt(shown[id]);
+      const tokens = n('tokens');
+      assert.ok(tokens > 0n);
+      assert.equal(n('price'), PRICE);
+      assert.equal(n('cost'), (tokens * PRICE + 999_999n) / 1_000_000n, 'cost = ⌈tokens × price / 10⁶⌉');
+      assert.equal(n('refund'), n('stake-paid') - n('cost'));
+      assert.equal(n('balance-before'), before);
+      const after = await balance(wallet);
+      assert.equal(n('balance-after'), after);
+      assert.equal(before - after, n('cost') + n('tx-fees'), 'the wallet paid the cost and the fees; stake and rent are back');
+      assert.equal(n('spent'), before - after);
+      assert.equal(await balance(treasury) - treasuryBefore, n('protocol-fee'), 'the treasury took the fee');
+      assert.ok(!(await exists(shown['request-address'])), 'request closed');
+      assert.ok(!(await exists(shown['response-address'])), 'response closed');
+      const transactions = await browser.evaluate(async () =>
+        [...document.querySelectorAll('#transactions tbody tr')].map((tr) => tr.cells[0].textContent));
+      assert.equal(transactions[0], 'open');
+      assert.equal(transactions.at(-1), 'close');
+
+      await browser.screenshot(join(screenshots, `dapp-${name}.png`));
+      assert.deepEqual(browser.errors, []);
+      console.log(
+        `examples/web/index.html in headless ${name}: "${shown.answer}" from ${server}, ${tokens} tokens, ` +
+          `cost ${shown.cost} + fees ${shown['tx-fees']} lamports (${transactions.length} transactions), ` +
+          `${shown.chunks} chunks, first text ${shown['first-text']} after the open, ` +
+          `answered ${((Date.now() - asked) / 1000).toFixed(1)} s after Ask; ${((Date.now() - started) / 1000).toFixed(1)} s in all`,
+      );
+    } catch (error) {
+      failures += 1;
+      console.error(`examples/web/index.html in ${name} failed:`, error);
+      await browser.screenshot(join(screenshots, `dapp-${name}-failed.png`)).catch(() => {});
+    } finally {
+      await browser.close();
+    }
+  }
+} finally {
+  site.close();
+  serverProcess.kill('SIGINT');
+  await Promise.race([serverExit, new Promise((r) => setTimeout(r, 30_000))]);
+  serverProcess.kill('SIGKILL');
+}
+console.log(`screenshots in ${screenshots}`);
+process.exit(failures ? 1 : 0);
