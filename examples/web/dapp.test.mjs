@@ -2,7 +2,7 @@
 // validator at $CHAINFERENCE_RPC_URL, then in headless Chromium and Firefox (or $BROWSERS) checks
 // the errors a user meets first (an RPC that is not there, a cluster without the program, an empty
 // wallet), funds the page's in-page keypair from the faucet, asks, and checks the streamed answer
-// and every lamport against the chain.
+// and every lamport against the chain; then the same through a Wallet Standard wallet.
 //
 //   CHAINFERENCE_RPC_URL   the validator (e.g. from `cargo xtask localnet`; its config must exist:
 //                          `chainference localnet` and the CLI's validator test create it)
@@ -78,6 +78,93 @@ const settle = (browser, states, seconds) =>
     return texts;
   }, { states, seconds });
 
+/**
+ * Airdrops 1 SOL to the page's wallet, asks, and checks the answer and every lamport against
+ * the chain; returns a line for the log.
+ */
+async function fundAndAsk(browser, name, wallet) {
+  await browser.evaluate(async () => document.getElementById('airdrop').click());
+  let shown = await settle(browser, ['ready', 'failed'], 60);
+  assert.equal(shown.error, '', `${name}: airdrop: ${shown.error}`);
+  const before = await balance(wallet);
+  assert.equal(before, 1_000_000_000n);
+  const treasuryBefore = await balance(treasury);
+  const asked = Date.now();
+  await browser.evaluate(async () => document.getElementById('ask-form').requestSubmit());
+  shown = await settle(browser, ['failed', 'done'], 300);
+  assert.equal(shown.status, 'done', `${name}: ${shown.error}`);
+  assert.equal(shown.error, '');
+  assert.equal(shown.answer, ANSWER);
+  assert.equal(shown['served-by'], server);
+  assert.ok(Number(shown.chunks) >= 1, `${name}: chunks opened: ${shown.chunks}`);
+
+  // Lamports: the page's figures against the chain's.
+  const n = (id) => BigInt(shown[id]);
+  const tokens = n('tokens');
+  assert.ok(tokens > 0n);
+  assert.equal(n('price'), PRICE);
+  assert.equal(n('cost'), (tokens * PRICE + 999_999n) / 1_000_000n, 'cost = ⌈tokens × price / 10⁶⌉');
+  assert.equal(n('refund'), n('stake-paid') - n('cost'));
+  assert.equal(n('balance-before'), before);
+  const after = await balance(wallet);
+  assert.equal(n('balance-after'), after);
+  assert.equal(before - after, n('cost') + n('tx-fees'), 'the wallet paid the cost and the fees; stake and rent are back');
+  assert.equal(n('spent'), before - after);
+  assert.equal(await balance(treasury) - treasuryBefore, n('protocol-fee'), 'the treasury took the fee');
+  assert.ok(!(await exists(shown['request-address'])), 'request closed');
+  assert.ok(!(await exists(shown['response-address'])), 'response closed');
+  const transactions = await browser.evaluate(async () =>
+    [...document.querySelectorAll('#transactions tbody tr')].map((tr) => tr.cells[0].textContent));
+  assert.equal(transactions[0], 'open');
+  assert.equal(transactions.at(-1), 'close');
+  return `"${shown.answer}" from ${server}, ${tokens} tokens, ` +
+    `cost ${shown.cost} + fees ${shown['tx-fees']} lamports (${transactions.length} transactions), ` +
+    `${shown.chunks} chunks, first text ${shown['first-text']} after the open, ` +
+    `answered ${((Date.now() - asked) / 1000).toFixed(1)} s after Ask`;
+}
+
+/**
+ * Runs in the page: registers a Wallet Standard wallet ("Test Wallet") holding a fresh key, with
+ * the features the page needs, through the standard's register-wallet event; returns its address.
+ */
+async function registerStandardWallet() {
+  const kit = await import(new URL('vendor/kit.js', location.href).href);
+  const signer = await kit.generateKeyPairSigner();
+  const chains = ['solana:localnet'];
+  const account = {
+    address: signer.address,
+    publicKey: kit.getAddressEncoder().encode(signer.address),
+    chains,
+    features: ['solana:signMessage', 'solana:signTransaction'],
+  };
+  const wallet = {
+    version: '1.0.0',
+    name: 'Test Wallet',
+    icon: 'data:image/svg+xml;base64,PHN2Zy8+',
+    chains,
+    accounts: [account],
+    features: {
+      'standard:connect': { version: '1.0.0', connect: async () => ({ accounts: [account] }) },
+      'solana:signMessage': {
+        version: '1.0.0',
+        signMessage: (...inputs) => Promise.all(inputs.map(async ({ message }) =>
+          ({ signedMessage: message, signature: await kit.signBytes(signer.keyPair.privateKey, message) }))),
+      },
+      'solana:signTransaction': {
+        version: '1.0.0',
+        supportedTransactionVersions: ['legacy', 0],
+        signTransaction: (...inputs) => Promise.all(inputs.map(async ({ transaction, chain }) => {
+          if (!chains.includes(chain)) throw new Error(`Test Wallet does not sign for ${chain}`);
+          const signed = await kit.signTransaction([signer.keyPair], kit.getTransactionDecoder().decode(transaction));
+          return { signedTransaction: kit.getTransactionEncoder().encode(signed) };
+        })),
+      },
+    },
+  };
+  window.dispatchEvent(new CustomEvent('wallet-standard:register-wallet', { detail: ({ register }) => register(wallet) }));
+  return signer.address;
+}
+
 let failures = 0;
 try {
   for (const name of (process.env.BROWSERS ?? 'chromium,firefox').split(',')) {
@@ -127,49 +214,28 @@ try {
       assert.equal(await balance(wallet), 0n);
 
       // Fund it from the faucet, then ask.
-      await browser.evaluate(async () => document.getElementById('airdrop').click());
-      shown = await settle(browser, ['ready', 'failed'], 60);
-      assert.equal(shown.error, '', `${name}: airdrop: ${shown.error}`);
-      const before = await balance(wallet);
-      assert.equal(before, 1_000_000_000n);
-      const treasuryBefore = await balance(treasury);
-      const asked = Date.now();
-      await browser.evaluate(async () => document.getElementById('ask-form').requestSubmit());
-      shown = await settle(browser, ['failed', 'done'], 300);
-      assert.equal(shown.status, 'done', `${name}: ${shown.error}`);
-      assert.equal(shown.error, '');
-      assert.equal(shown.answer, ANSWER);
-      assert.equal(shown['served-by'], server);
-      assert.ok(Number(shown.chunks) >= 1, `${name}: chunks opened: ${shown.chunks}`);
-
-      // Lamports: the page's figures against the chain's.
-      const n = (id) => BigInt(shown[id]);
-      const tokens = n('tokens');
-      assert.ok(tokens > 0n);
-      assert.equal(n('price'), PRICE);
-      assert.equal(n('cost'), (tokens * PRICE + 999_999n) / 1_000_000n, 'cost = ⌈tokens × price / 10⁶⌉');
-      assert.equal(n('refund'), n('stake-paid') - n('cost'));
-      assert.equal(n('balance-before'), before);
-      const after = await balance(wallet);
-      assert.equal(n('balance-after'), after);
-      assert.equal(before - after, n('cost') + n('tx-fees'), 'the wallet paid the cost and the fees; stake and rent are back');
-      assert.equal(n('spent'), before - after);
-      assert.equal(await balance(treasury) - treasuryBefore, n('protocol-fee'), 'the treasury took the fee');
-      assert.ok(!(await exists(shown['request-address'])), 'request closed');
-      assert.ok(!(await exists(shown['response-address'])), 'response closed');
-      const transactions = await browser.evaluate(async () =>
-        [...document.querySelectorAll('#transactions tbody tr')].map((tr) => tr.cells[0].textContent));
-      assert.equal(transactions[0], 'open');
-      assert.equal(transactions.at(-1), 'close');
-
+      const first = await fundAndAsk(browser, name, wallet);
       await browser.screenshot(join(screenshots, `dapp-${name}.png`));
+      console.log(`examples/web/index.html in headless ${name}, in-page keypair: ${first}`);
+
+      // The same with a Wallet Standard wallet (registered in the page, signing with its own
+      // key): the page signs the key message and every transaction through the standard's API.
+      const standard = await browser.evaluate(registerStandardWallet, null);
+      await browser.evaluate(async () => {
+        const button = [...document.querySelectorAll('#wallets button')].find((b) => b.textContent === 'Test Wallet');
+        button.click();
+        const until = Date.now() + 10_000;
+        while (document.getElementById('wallet-kind').textContent !== 'Test Wallet' && Date.now() < until) {
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      });
+      shown = await settle(browser, ['ready', 'failed', 'done'], 5);
+      assert.equal(shown['wallet-kind'], 'Test Wallet', `${name}: ${shown.error}`);
+      assert.equal(shown['wallet-address'], standard);
+      const second = await fundAndAsk(browser, name, standard);
+      console.log(`examples/web/index.html in headless ${name}, Wallet Standard wallet: ${second}`);
       assert.deepEqual(browser.errors, []);
-      console.log(
-        `examples/web/index.html in headless ${name}: "${shown.answer}" from ${server}, ${tokens} tokens, ` +
-          `cost ${shown.cost} + fees ${shown['tx-fees']} lamports (${transactions.length} transactions), ` +
-          `${shown.chunks} chunks, first text ${shown['first-text']} after the open, ` +
-          `answered ${((Date.now() - asked) / 1000).toFixed(1)} s after Ask; ${((Date.now() - started) / 1000).toFixed(1)} s in all`,
-      );
+      console.log(`examples/web/index.html in headless ${name}: ${((Date.now() - started) / 1000).toFixed(1)} s in all`);
     } catch (error) {
       failures += 1;
       console.error(`examples/web/index.html in ${name} failed:`, error);
