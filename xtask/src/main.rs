@@ -56,7 +56,11 @@ fn main() -> ExitCode {
         "cu" => setup::setup().and_then(|()| sbf::build_sbf()).and_then(|_| test::compute_units()),
         "wasm" => setup::setup().and_then(|()| wasm::build_wasm_package()),
         "wasm-test" => setup::setup().and_then(|()| wasm::wasm_tests()),
-        "demo" => test::demo(rest),
+        "demo" => {
+            let outcome = test::demo(rest);
+            print_stage_times();
+            outcome
+        }
         "localnet" => localnet::localnet(rest),
         "bench-backend" => llama::bench_backend(),
         other => Err(format!(
