@@ -8,16 +8,17 @@ const $ = (id) => document.getElementById(id);
 const fromBase64 = (text) => Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
 const toHex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 const fromHex = (text) => new Uint8Array(text.match(/../g).map((b) => parseInt(b, 16)));
+const sameBytes = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
 const LAMPORTS_PER_SOL = 1_000_000_000n;
-/** A table cell showing the start and end of a long address or signature (all of it on hover). */
-function shortCell(row, text) {
-  const cell = row.insertCell();
-  cell.textContent = text.length > 16 ? `${text.slice(0, 8)}…${text.slice(-6)}` : text;
-  cell.title = text;
-  return cell;
-}
 const U64_MAX = (1n << 64n) - 1n;
 const COMMITMENT = 'confirmed';
+const CLOCK_SYSVAR = kit.address('SysvarC1ock11111111111111111111111111111111');
+/** Genesis hashes of the public clusters; anything else is a local or private one. */
+const CLUSTERS = {
+  '5eykt4UsFv8P8NJdTREpY1vzqKqZKvdpKuc147dw2N9d': 'solana:mainnet',
+  EtWTRABZaYq6iMfeYKouRu166VU2xqa1wcaWoxPkrZBG: 'solana:devnet',
+  '4uhcVJyU9pJkvQyS88uRDiswHXSCkY3zQawwpjk2NsNY': 'solana:testnet',
+};
 
 /** An error the user can act on: what went wrong and what to do about it. */
 class Hinted extends Error {
@@ -41,6 +42,14 @@ function setStatus(text) {
   $('status').textContent = text;
 }
 
+/** A table cell showing the start and end of a long address or signature (all of it on hover). */
+function shortCell(row, text) {
+  const cell = row.insertCell();
+  cell.textContent = text.length > 16 ? `${text.slice(0, 8)}…${text.slice(-6)}` : text;
+  cell.title = text;
+  return cell;
+}
+
 // ---------------------------------------------------------------------------------------------
 // cluster
 // ---------------------------------------------------------------------------------------------
@@ -59,15 +68,8 @@ const rpc = kit.createSolanaRpc(rpcUrl);
 const subscriptions = kit.createSolanaRpcSubscriptions(wsUrl);
 const sendAndConfirm = kit.sendAndConfirmTransactionFactory({ rpc, rpcSubscriptions: subscriptions });
 const airdrop = kit.airdropFactory({ rpc, rpcSubscriptions: subscriptions });
-
-/** The Wallet Standard chain id of the cluster behind `url` (wallets sign for one chain). */
-function chainOf(url) {
-  const host = new URL(url).hostname;
-  if (host === '127.0.0.1' || host === 'localhost') return 'solana:localnet';
-  if (host.includes('devnet')) return 'solana:devnet';
-  if (host.includes('testnet')) return 'solana:testnet';
-  return 'solana:mainnet';
-}
+/** The Wallet Standard chain id (`solana:localnet` for any cluster not public), from genesis. */
+let chain = 'solana:localnet';
 
 /** Runs an RPC call; a network failure becomes an error naming the URL. */
 async function call(request) {
@@ -93,11 +95,20 @@ async function balanceOf(address) {
   return (await call(rpc.getBalance(address, { commitment: COMMITMENT }))).value;
 }
 
+/** The cluster's clock (the Clock sysvar's unix_timestamp): deadlines are in chain time. */
+async function chainTime() {
+  const clock = await accountBytes(CLOCK_SYSVAR);
+  return Number(new DataView(clock.buffer, clock.byteOffset).getBigInt64(32, true));
+}
+
 // ---------------------------------------------------------------------------------------------
 // wallets: an in-page keypair, or any Wallet Standard wallet the browser has
 // ---------------------------------------------------------------------------------------------
 
-/** The page's own keypair, kept for this tab only (sessionStorage): for local and test funds. */
+/**
+ * The page's own keypair, kept for this tab only (sessionStorage, readable by scripts of this
+ * origin): for local and test clusters' funds, never real ones.
+ */
 async function inPageWallet() {
   let seed = sessionStorage.getItem('chainference-in-page-seed');
   if (!seed) {
@@ -113,23 +124,41 @@ async function inPageWallet() {
   };
 }
 
+const WALLET_FEATURES = ['standard:connect', 'solana:signMessage', 'solana:signTransaction'];
+
 /** A Wallet Standard wallet's account as the page's wallet (sign message, sign transaction). */
 async function standardWallet(wallet) {
+  if (!wallet.chains.includes(chain)) {
+    throw new Hinted(`${wallet.name} does not sign for ${chain}`, 'switch the wallet to this cluster, or pick another wallet');
+  }
   const { accounts } = await wallet.features['standard:connect'].connect();
-  const account = accounts[0];
-  if (!account) throw new Hinted(`${wallet.name} gave no account`, 'unlock the wallet and allow this page');
-  const chain = chainOf(rpcUrl);
+  const account = accounts.find((a) => a.chains.includes(chain)
+    && ['solana:signMessage', 'solana:signTransaction'].every((f) => a.features.includes(f)));
+  if (!account) throw new Hinted(`${wallet.name} has no account that signs messages and transactions on ${chain}`, 'unlock the wallet and allow this page');
+  const address = kit.address(account.address);
+  const publicKey = await kit.getPublicKeyFromAddress(address);
   return {
     kind: wallet.name,
-    address: kit.address(account.address),
+    address,
     async signMessage(message) {
       const [out] = await wallet.features['solana:signMessage'].signMessage({ account, message });
+      // The client's keys come from this signature: it must be over exactly these bytes, or the
+      // same wallet would derive other keys elsewhere and lose its history.
+      if (!sameBytes(out.signedMessage, message) || !(await kit.verifySignature(publicKey, out.signature, message))) {
+        throw new Hinted(`${wallet.name} signed something other than the key message`, 'use a wallet that signs messages as given');
+      }
       return out.signature;
     },
     async signTransaction(transaction) {
       const wire = kit.getTransactionEncoder().encode(transaction);
       const [out] = await wallet.features['solana:signTransaction'].signTransaction({ account, transaction: wire, chain });
       const signed = kit.getTransactionDecoder().decode(out.signedTransaction);
+      // A wallet may add its own instructions (priority fees, guards): the message then differs
+      // and is what gets priced and sent; its blockhash must still be ours.
+      const message = kit.getCompiledTransactionMessageDecoder().decode(signed.messageBytes);
+      if (message.lifetimeToken !== transaction.lifetimeConstraint.blockhash) {
+        throw new Hinted(`${wallet.name} changed the transaction's blockhash`, 'try again');
+      }
       return { ...signed, lifetimeConstraint: transaction.lifetimeConstraint };
     },
   };
@@ -141,8 +170,7 @@ function listenForWallets(onChange) {
   const api = {
     register(...wallets) {
       for (const w of wallets) {
-        const usable = ['standard:connect', 'solana:signMessage', 'solana:signTransaction'].every((f) => f in w.features);
-        if (usable && !standardWallets.includes(w)) standardWallets.push(w);
+        if (WALLET_FEATURES.every((f) => f in w.features) && !standardWallets.includes(w)) standardWallets.push(w);
       }
       onChange();
       return () => {};
@@ -156,7 +184,16 @@ function listenForWallets(onChange) {
 // transactions
 // ---------------------------------------------------------------------------------------------
 
-/** Signs and sends one transaction of `instructions`; returns its signature and fee. */
+/** The fee the cluster charges for a compiled message. */
+async function feeFor(messageBytes, label) {
+  const messageBase64 = kit.getBase64Decoder().decode(messageBytes);
+  const { value } = await call(rpc.getFeeForMessage(messageBase64, { commitment: COMMITMENT }));
+  if (value == null) throw new Error(`${label}: the cluster could not price the transaction (blockhash expired?)`);
+  return BigInt(value);
+}
+
+/** Signs `instructions` in one transaction with `wallet`, sends it and waits for confirmation;
+ *  returns its signature and the fee it paid. */
 async function send(wallet, label, instructions) {
   const { value: blockhash } = await call(rpc.getLatestBlockhash({ commitment: COMMITMENT }));
   const message = kit.pipe(
@@ -165,14 +202,10 @@ async function send(wallet, label, instructions) {
     (m) => kit.setTransactionMessageLifetimeUsingBlockhash(blockhash, m),
     (m) => kit.appendTransactionMessageInstructions(instructions.map(kitInstruction), m),
   );
-  const compiled = kit.compileTransaction(message);
-  // What the runtime will charge for it (confirmed transactions reach getTransaction seconds
-  // later on a busy node, so ask before sending).
-  const messageBase64 = kit.getBase64Decoder().decode(compiled.messageBytes);
-  const { value: quoted } = await call(rpc.getFeeForMessage(messageBase64, { commitment: COMMITMENT }));
-  if (quoted == null) throw new Error(`${label}: the cluster could not price the transaction (blockhash expired?)`);
-  const fee = BigInt(quoted);
-  const signed = await wallet.signTransaction(compiled);
+  const signed = await wallet.signTransaction(kit.compileTransaction(message));
+  // Priced from what was signed (confirmed transactions reach getTransaction seconds later on a
+  // busy node, so ask now).
+  const fee = await feeFor(signed.messageBytes, label);
   const signature = kit.getSignatureFromTransaction(signed);
   try {
     await sendAndConfirm(signed, { commitment: COMMITMENT });
@@ -218,8 +251,17 @@ async function loadConfig() {
   $('fee-bps').textContent = `${config.feeBps / 100}%`;
 }
 
+/** Best first, as the Rust client ranks them: reliability (with a prior against newcomers), fees
+ *  paid by counted work, preference, then price. */
+function byReliability(a, b) {
+  const key = (s) => [s.stats.rankingBps, s.stats.fees, s.stats.preferenceBps ?? 5000];
+  const [ka, kb] = [key(a), key(b)];
+  for (let i = 0; i < ka.length; i += 1) if (ka[i] !== kb[i]) return ka[i] > kb[i] ? -1 : 1;
+  return a.price === b.price ? 0 : a.price < b.price ? -1 : 1;
+}
+
 async function loadServers() {
-  const kindServer = btoa(String.fromCharCode(2)); // the kind byte at offset 0
+  const kindServer = btoa(String.fromCharCode(cf.serverAccountKind()));
   const accounts = await call(
     rpc.getProgramAccounts(programAddress, {
       encoding: 'base64',
@@ -227,7 +269,7 @@ async function loadServers() {
       filters: [{ memcmp: { offset: 0n, bytes: kindServer, encoding: 'base64' } }],
     }),
   );
-  const ticked = new Set(servers.filter((s) => s.ticked).map((s) => s.authority));
+  const ticked = new Set(servers.filter((s) => s.ticked).map((s) => `${s.authority} ${s.model}`));
   servers = [];
   for (const { account } of accounts) {
     let server;
@@ -238,11 +280,11 @@ async function loadServers() {
     }
     if (!server.active || server.retired) continue;
     for (const offer of server.offers) {
-      servers.push({ ...server, model: offer.model, price: offer.pricePerMtok, ticked: ticked.has(server.authority) });
+      const key = `${server.authority} ${offer.model}`;
+      servers.push({ ...server, model: offer.model, price: offer.pricePerMtok, ticked: ticked.has(key) });
     }
   }
-  // Cheapest first, then the better reputation.
-  servers.sort((a, b) => (a.price === b.price ? b.stats.successBps - a.stats.successBps : a.price < b.price ? -1 : 1));
+  servers.sort(byReliability);
   renderServers();
 }
 
@@ -261,15 +303,16 @@ function renderServers() {
       renderModels();
     });
     row.insertCell().append(box);
-    const preferred = s.stats.preferenceBps == null ? '—' : `${(s.stats.preferenceBps / 100).toFixed(1)}%`;
     shortCell(row, s.authority);
-    const cells = [s.model, s.price.toString(), s.stats.completed.toString(),
+    const preferred = s.stats.preferenceBps == null ? '—' : `${(s.stats.preferenceBps / 100).toFixed(1)}%`;
+    const cells = [s.model, s.price.toString(), s.stats.counted.toString(),
       `${(s.stats.successBps / 100).toFixed(2)}%`, preferred, s.endpoint || '—'];
     for (const text of cells) row.insertCell().textContent = text;
     for (const i of [3, 4, 5, 6]) row.cells[i].className = 'num';
   }
+  const operators = new Set(servers.map((s) => s.authority)).size;
   $('servers-note').textContent = servers.length
-    ? `${servers.length} offer${servers.length === 1 ? "" : "s"} from ${new Set(servers.map((s) => s.authority)).size} active server(s)`
+    ? `${servers.length} offer${servers.length === 1 ? '' : 's'} from ${operators} active server${operators === 1 ? '' : 's'}`
     : `no active server on this cluster yet — run \`chainference server run --rpc ${rpcUrl}\` to start one`;
   renderModels();
 }
@@ -283,14 +326,20 @@ function renderModels() {
   select.value = ticked?.model ?? (models.includes(chosen) ? chosen : models[0] ?? '');
 }
 
-/** The servers allowed to answer: the ticked ones offering the model, else the cheapest three. */
-function chosenServers(model) {
-  const offering = servers.filter((s) => s.model === model);
+/**
+ * The servers allowed to answer: the ticked ones offering the model, else the three most
+ * reliable. Never the wallet's own server: the program refuses self-dealing locks.
+ */
+function chosenServers(model, wallet) {
+  const offering = servers.filter((s) => s.model === model && s.authority !== wallet.address);
   const ticked = offering.filter((s) => s.ticked);
-  const chosen = (ticked.length ? ticked : offering).slice(0, 3);
+  if (ticked.length > cf.maxAllowedServers()) {
+    throw new Hinted(`${ticked.length} servers ticked; a request allows at most ${cf.maxAllowedServers()}`, 'untick some');
+  }
+  const chosen = ticked.length ? ticked : offering.slice(0, 3);
   if (!chosen.length) {
     throw new Hinted(
-      `no active server offers ${model || 'any model'} on this cluster`,
+      `no active server offers ${model || 'any model'} on this cluster (other than this wallet's own)`,
       `start one with \`chainference server run --rpc ${rpcUrl}\`, then press Refresh`,
     );
   }
@@ -305,8 +354,8 @@ function randomU64() {
   return new DataView(crypto.getRandomValues(new Uint8Array(8)).buffer).getBigUint64(0);
 }
 
-function parseLamports(text, name) {
-  if (!/^\d+$/.test(text.trim())) throw new Hinted(`${name} must be a whole number`, `e.g. ${name === 'max tokens' ? '256' : '1000000'}`);
+function parseWhole(text, name, example) {
+  if (!/^\d+$/.test(text.trim())) throw new Hinted(`${name} must be a whole number`, `e.g. ${example}`);
   return BigInt(text.trim());
 }
 
@@ -315,55 +364,78 @@ class AnswerReader {
   constructor(requestKeys) {
     this.requestKeys = requestKeys;
     this.sent = performance.now();
+    this.failure = null;
+    this.release = 0;
     this.reset();
   }
 
   reset() {
     this.server = null;
+    this.opener?.free();
     this.opener = null;
     this.next = 0;
     this.decoder = new TextDecoder();
-    $('answer').textContent = '';
+    for (const id of ['answer', 'chunks', 'first-text']) $(id).textContent = '';
   }
 
   get finished() {
     return this.opener?.isFinished ?? false;
   }
 
-  /** Takes the response account's bytes (`null`: discarded, e.g. a server released it). */
+  /** A release discards the answer so far: another server starts over. */
+  released(releaseCount) {
+    if (releaseCount === this.release) return;
+    this.release = releaseCount;
+    if (this.server) setStatus(`released by ${this.server}: waiting for another server…`);
+    this.reset();
+  }
+
+  /** Takes the response account's bytes (`null`: it is gone). Never throws: a chunk that does
+   *  not open is kept as `failure` (the answer is then not trusted). */
   update(bytes) {
-    if (this.finished) return; // complete: the account closing later takes nothing away
-    if (!bytes || bytes.length === 0) {
-      if (this.next > 0) this.reset(); // discarded by a release: another server starts over
-      return;
+    if (this.finished || this.failure) return; // complete: the account closing later takes nothing away
+    try {
+      if (!bytes || bytes.length === 0) return;
+      const response = cf.decodeResponse(bytes);
+      if (response.server !== this.server || response.chunks.length < this.next) {
+        this.reset();
+        this.server = response.server;
+        this.opener = this.requestKeys.responseOpener(cf.fromBase58(response.server));
+      }
+      for (const chunk of response.chunks.slice(this.next)) {
+        const { text, isFinal } = this.opener.openChunk(chunk);
+        this.next += 1;
+        $('answer').textContent += this.decoder.decode(text, { stream: !isFinal });
+        if (this.next === 1) $('first-text').textContent = `${((performance.now() - this.sent) / 1000).toFixed(2)} s`;
+        $('chunks').textContent = String(this.next);
+      }
+    } catch (error) {
+      this.failure = new Hinted(`chunk ${this.next} of ${this.server}'s answer does not open: ${error.message}`,
+        'the answer is not shown as trusted; flag the server');
     }
-    const response = cf.decodeResponse(bytes);
-    if (response.server !== this.server || response.chunks.length < this.next) {
-      if (this.server) setStatus(`restarted: ${response.server} now answers`);
-      this.reset();
-      this.server = response.server;
-      this.opener = this.requestKeys.responseOpener(cf.fromBase58(response.server));
-    }
-    for (const chunk of response.chunks.slice(this.next)) {
-      const { text, isFinal } = this.opener.openChunk(chunk);
-      this.next += 1;
-      $('answer').textContent += this.decoder.decode(text, { stream: !isFinal });
-      if (this.next === 1) $('first-text').textContent = `${((performance.now() - this.sent) / 1000).toFixed(2)} s`;
-      $('chunks').textContent = String(this.next);
-    }
+  }
+
+  free() {
+    this.opener?.free();
+    this.requestKeys.free();
   }
 }
 
-/** Resolves on the first of: a websocket notification, a poll (in case the socket is gone). */
+/** Calls `onBytes` with the account's bytes (`null`: closed) on every websocket notification. */
 async function watch(address, abort, onBytes) {
-  const notifications = await subscriptions
-    .accountNotifications(address, { encoding: 'base64', commitment: COMMITMENT })
-    .subscribe({ abortSignal: abort });
+  let notifications;
+  try {
+    notifications = await subscriptions
+      .accountNotifications(address, { encoding: 'base64', commitment: COMMITMENT })
+      .subscribe({ abortSignal: abort });
+  } catch (error) {
+    throw new Hinted(`cannot subscribe over the websocket at ${wsUrl}: ${error.message}`, 'open this page with ?ws=<url>');
+  }
   (async () => {
     try {
       for await (const { value } of notifications) onBytes(value.lamports === 0n ? null : fromBase64(value.data[0]));
     } catch (error) {
-      if (!abort.aborted) console.warn(`websocket for ${address} ended, polling`, error);
+      if (!abort.aborted) console.warn(`websocket for ${address} ended; polling instead`, error);
     }
   })();
 }
@@ -371,150 +443,214 @@ async function watch(address, abort, onBytes) {
 let wallet;
 let busy = false;
 
+function setBusy(value) {
+  busy = value;
+  $('ask').disabled = value;
+  for (const el of document.querySelectorAll('#wallets button, #cluster-form input, #airdrop')) el.disabled = value;
+}
+
 async function ask(event) {
   event.preventDefault();
   if (busy) return;
-  busy = true;
-  $('ask').disabled = true;
+  if (!wallet) {
+    showError(new Hinted('no wallet connected', 'pick a wallet above'));
+    return;
+  }
+  setBusy(true);
   clearError();
   const abort = new AbortController();
+  const asking = wallet; // the wallet that opens the request signs everything after it
   try {
-    await askOnce(abort.signal);
+    await askOnce(asking, abort.signal);
   } catch (error) {
     showError(error);
     setStatus('failed');
   } finally {
     abort.abort();
-    busy = false;
-    $('ask').disabled = false;
+    setBusy(false);
     await refreshBalance().catch(() => {});
   }
 }
 
-async function askOnce(abort) {
+async function askOnce(asking, abort) {
   for (const id of ['tokens', 'price', 'stake-paid', 'cost', 'protocol-fee', 'refund', 'rent', 'tx-fees',
-    'balance-before', 'balance-after', 'spent', 'served-by', 'request-address', 'response-address', 'chunks', 'first-text']) $(id).textContent = '';
+    'balance-before', 'balance-after', 'spent', 'served-by', 'request-address', 'response-address', 'chunks',
+    'first-text', 'answer']) $(id).textContent = '';
   $('transactions').querySelector('tbody').replaceChildren();
-  $('answer').textContent = '';
   const model = $('model').value;
   const prompt = $('prompt').value;
   if (!prompt.trim()) throw new Hinted('the prompt is empty', 'type a question');
-  const maxTokens = parseLamports($('max-tokens').value, 'max tokens');
+  const maxTokens = parseWhole($('max-tokens').value, 'max tokens', '256');
   if (maxTokens < 1n || maxTokens > 0xffffffffn) throw new Hinted('max tokens must be from 1 to 4294967295', 'e.g. 256');
-  const chosen = chosenServers(model);
+  const chosen = chosenServers(model, asking);
   const maxPrice = chosen.reduce((max, s) => (s.price > max ? s.price : max), 0n);
-  const stake = $('stake').value.trim() ? parseLamports($('stake').value, 'stake') : cf.maxCost(maxTokens, maxPrice, U64_MAX);
+  // Blank: the most the answer can cost (at least 1 lamport, as the program requires).
+  let stake = cf.maxCost(maxTokens, maxPrice, U64_MAX);
+  if ($('stake').value.trim()) stake = parseWhole($('stake').value, 'the stake', '1000000');
+  else if (stake < 1n) stake = 1n;
   if (stake < 1n) throw new Hinted('the stake must be at least 1 lamport', 'leave it blank for the most the answer can cost');
 
   // Keys: derived from the wallet's signature of a fixed message, so the same wallet can read
   // its history anywhere.
   setStatus('sign the key message in your wallet…');
-  const keys = cf.ClientKeys.fromWalletSignature(await wallet.signMessage(cf.clientKeyMessage()));
-  const client = cf.fromBase58(wallet.address);
+  const keys = cf.ClientKeys.fromWalletSignature(await asking.signMessage(cf.clientKeyMessage()));
+  const client = cf.fromBase58(asking.address);
   const nonce = cf.usableNonce(client, randomU64(), programBytes);
   const request = cf.requestAddress(client, nonce, programBytes);
   const requestAddress = kit.address(cf.toBase58(request));
   const responseAddress = kit.address(cf.toBase58(cf.responseAddress(request, programBytes)));
-  $('request-address').textContent = requestAddress;
-  $('response-address').textContent = responseAddress;
-  const requestKeys = keys.requestKeys(request);
-  const messages = [];
-  if ($('system').value.trim()) messages.push({ role: 'system', content: $('system').value });
-  messages.push({ role: 'user', content: prompt });
-  const payload = cf.encodePrompt({ messages, maxCompletionTokens: Number(maxTokens) });
-  const envelope = cf.sealPrompt(request, chosen.map((s) => s.hpkeKey), requestKeys.promptPublicKey, payload);
-  const instructions = cf.openRequestInstructions({
-    client, nonce, stake, maxPricePerMtok: maxPrice, maxTokens: Number(maxTokens), model,
-    allowed: chosen.map((s) => cf.fromBase58(s.authority)),
-    responseKey: requestKeys.responsePublicKey,
-    commitment: keys.commitment(request, model, payload),
-    envelope, programId: programBytes,
-  });
-  keys.free();
+  let instructions;
+  let reader;
+  try {
+    reader = new AnswerReader(keys.requestKeys(request));
+    const messages = [];
+    if ($('system').value.trim()) messages.push({ role: 'system', content: $('system').value });
+    messages.push({ role: 'user', content: prompt });
+    const payload = cf.encodePrompt({ messages, maxCompletionTokens: Number(maxTokens) });
+    const envelope = cf.sealPrompt(request, chosen.map((s) => s.hpkeKey), reader.requestKeys.promptPublicKey, payload);
+    instructions = cf.openRequestInstructions({
+      client, nonce, stake, maxPricePerMtok: maxPrice, maxTokens: Number(maxTokens), model,
+      allowed: chosen.map((s) => cf.fromBase58(s.authority)),
+      responseKey: reader.requestKeys.responsePublicKey,
+      commitment: keys.commitment(request, model, payload),
+      envelope, programId: programBytes,
+    });
 
-  // Can the wallet pay? Stake + the request account's rent + a fee per transaction.
-  const before = await balanceOf(wallet.address);
-  const size = cf.requestAccountSize(new TextEncoder().encode(model).length, envelope.length);
-  const rent = BigInt(await call(rpc.getMinimumBalanceForRentExemption(BigInt(size))));
-  const needed = stake + rent + 5000n * BigInt(instructions.length + 1);
-  if (before < needed) {
-    throw new Hinted(
-      `the wallet holds ${before} lamports; this request needs ${needed} (stake ${stake} + rent ${rent} + fees)`,
-      `press "Airdrop 1 SOL" on a local or test cluster, or send SOL to ${wallet.address}`,
-    );
+    // Can the wallet pay? Stake + the request account's rent + each transaction's fee, and the
+    // wallet may not be left below the rent-exempt minimum unless it is left empty.
+    const before = await balanceOf(asking.address);
+    const size = cf.requestAccountSize(new TextEncoder().encode(model).length, envelope.length);
+    const rent = BigInt(await call(rpc.getMinimumBalanceForRentExemption(BigInt(size))));
+    const reserve = BigInt(await call(rpc.getMinimumBalanceForRentExemption(0n)));
+    const signatureFee = 5000n; // per signature on every cluster today; each transaction here has one
+    let needed = stake + rent + signatureFee * BigInt(instructions.length + 1);
+    if (before > needed && before - needed < reserve) needed += reserve;
+    if (before < needed) {
+      const fund = chain === 'solana:mainnet'
+        ? `connect a wallet holding SOL (${asking.address} needs ${needed - before} more)`
+        : `press "Airdrop 1 SOL", or send SOL to ${asking.address}`;
+      throw new Hinted(`the wallet holds ${before} lamports; this request needs ${needed} (stake ${stake} + rent ${rent} + fees)`, fund);
+    }
+    $('request-address').textContent = requestAddress;
+    $('response-address').textContent = responseAddress;
+    $('balance-before').textContent = before.toString();
+    $('stake-paid').textContent = stake.toString();
+    $('rent').textContent = rent.toString();
+
+    const fees = await follow({ asking, abort, reader, chosen, client, request, requestAddress, responseAddress, instructions });
+    const after = await balanceOf(asking.address);
+    $('tx-fees').textContent = fees.toString();
+    $('balance-after').textContent = after.toString();
+    $('spent').textContent = (before - after).toString();
+    setStatus('done');
+  } finally {
+    keys.free();
+    reader?.free();
   }
-  $('balance-before').textContent = before.toString();
-  $('stake-paid').textContent = stake.toString();
-  $('rent').textContent = String(rent);
+}
 
-  // Follow both accounts before the open, so no chunk is missed.
-  const reader = new AnswerReader(requestKeys);
+/**
+ * Opens the request, follows it to its end and closes it; returns the transaction fees paid.
+ * Whatever happens after the open, the request does not stay open: a failed upload is
+ * cancelled, an ended request closed (stake and rent back), and only then is the error shown.
+ */
+async function follow({ asking, abort, reader, chosen, client, request, requestAddress, responseAddress, instructions }) {
   let latest = null;
   let wake = () => {};
   const changed = () => new Promise((resolve) => { wake = resolve; });
-  await watch(responseAddress, abort, (bytes) => { try { reader.update(bytes); } catch (error) { showError(error); } wake(); });
+  // Follow both accounts before the open, so no chunk is missed.
+  await watch(responseAddress, abort, (bytes) => { reader.update(bytes); });
   await watch(requestAddress, abort, (bytes) => { latest = bytes; wake(); });
 
   let fees = 0n;
-  for (const [i, ix] of instructions.entries()) {
-    setStatus(i === 0 ? 'opening the request…' : `uploading the prompt (${i + 1}/${instructions.length})…`);
-    fees += (await send(wallet, i === 0 ? 'open' : `write prompt ${i}`, [ix])).fee;
+  const pay = async (label, ixs) => { fees += (await send(asking, label, ixs)).fee; };
+  const readState = async () => {
+    const bytes = await accountBytes(requestAddress);
+    return bytes ? cf.decodeRequest(bytes) : null;
+  };
+  /** Closes an ended request: its rent back, and the held share to whoever served it. */
+  const close = (state, label = 'close') => pay(label, [cf.closeRequestInstruction(
+    client, request, client, state.lockedBy ? cf.fromBase58(state.lockedBy) : client, programBytes)]);
+
+  setStatus('opening the request…');
+  await pay('open', [instructions[0]]);
+  try {
+    for (const [i, ix] of instructions.slice(1).entries()) {
+      setStatus(`uploading the prompt (${i + 2}/${instructions.length})…`);
+      await pay(`write prompt ${i + 1}`, [ix]);
+    }
+  } catch (error) {
+    // A request whose prompt never finished uploading can only be cancelled by its client.
+    const state = await readState().catch(() => null);
+    if (state && (state.status === 'Draft' || state.status === 'Open')) {
+      await pay('cancel + close', [
+        cf.cancelRequestInstruction(client, request, programBytes),
+        cf.closeRequestInstruction(client, request, client, client, programBytes),
+      ]);
+      error.message += '; the request was cancelled and closed (stake and rent back)';
+    }
+    throw error;
   }
   reader.sent = performance.now();
   setStatus(`open: waiting for ${chosen.length === 1 ? 'the server' : `one of ${chosen.length} servers`}…`);
 
   // Until the request ends: notifications wake us, a poll every 2 s is the fallback.
-  let state;
   for (;;) {
     if (latest === null) await Promise.race([changed(), new Promise((r) => setTimeout(r, 2000))]);
-    const bytes = latest ?? (await accountBytes(requestAddress));
     latest = null;
-    if (!bytes) throw new Error(`request ${requestAddress} disappeared`);
-    state = cf.decodeRequest(bytes);
+    const state = await readState();
+    if (!state) throw new Error(`request ${requestAddress} disappeared`);
+    reader.released(state.releaseCount);
     if (state.status === 'Locked') {
       $('served-by').textContent = state.lockedBy;
       setStatus(`answering: ${state.lockedBy}`);
     }
-    if (state.status === 'Completed') break;
+    if (state.status === 'Completed') return finish(state, { reader, responseAddress, close, fees: () => fees });
+    if (state.status === 'Expired' || state.status === 'Cancelled') {
+      await close(state);
+      throw new Hinted(`the request ended ${state.status.toLowerCase()} without an answer; it is closed (stake and rent back)`, 'try other servers');
+    }
     if (state.status === 'Open' && state.declinedByAll) {
-      fees += (await send(wallet, 'cancel + close', [
-        cf.cancelRequestInstruction(client, request, programBytes),
-        cf.closeRequestInstruction(client, request, client, client, programBytes),
-      ])).fee;
+      try {
+        await pay('cancel + close', [
+          cf.cancelRequestInstruction(client, request, programBytes),
+          cf.closeRequestInstruction(client, request, client, client, programBytes),
+        ]);
+      } catch (error) {
+        if ((await readState())?.status !== 'Open') continue; // a server locked it meanwhile: follow the answer
+        throw error;
+      }
       throw new Hinted(
         `every allowed server declined: ${state.declineReasons.join(', ')}; the request was cancelled and closed (stake and rent back)`,
         'tick other servers, shorten the prompt or raise the stake',
       );
     }
-    if (Date.now() / 1000 > state.deadline + 1 && (state.status === 'Open' || state.status === 'Locked')) {
-      const lockedBy = state.lockedBy ? cf.fromBase58(state.lockedBy) : undefined;
-      fees += (await send(wallet, 'reclaim + close', [
-        cf.reclaimRequestInstruction(request, client, lockedBy, programBytes),
-        cf.closeRequestInstruction(client, request, client, client, programBytes),
-      ])).fee;
-      throw new Hinted('no answer before the deadline; the stake and rent are back', 'try other servers');
+    if ((state.status === 'Open' || state.status === 'Locked') && (await chainTime()) > state.deadline) {
+      try {
+        await pay('reclaim', [cf.reclaimRequestInstruction(request, client, state.lockedBy ? cf.fromBase58(state.lockedBy) : undefined, programBytes)]);
+      } catch (error) {
+        console.warn('reclaim failed; reading the request again', error);
+      }
+      // The next pass sees Expired (closes it) or Completed (a last-moment answer).
     }
   }
+}
+
+/** A completed request: the whole answer checked, the settlement shown, the request closed. */
+async function finish(state, { reader, responseAddress, close, fees }) {
   // The final chunk is written before completion: read it if no notification has yet.
   if (!reader.finished) reader.update(await accountBytes(responseAddress));
-  if (!reader.finished) throw new Error('the answer ended without its final chunk');
   $('served-by').textContent = state.lockedBy;
   $('tokens').textContent = state.tokens.toString();
   $('price').textContent = state.pricePerMtok.toString();
   $('cost').textContent = state.cost.toString();
   $('protocol-fee').textContent = state.fee.toString();
   $('refund').textContent = (state.stake - state.cost).toString();
-
   setStatus('answered: closing the request (rent back)…');
-  fees += (await send(wallet, 'close', [
-    cf.closeRequestInstruction(client, request, client, cf.fromBase58(state.lockedBy), programBytes),
-  ])).fee;
-  const after = await balanceOf(wallet.address);
-  $('tx-fees').textContent = fees.toString();
-  $('balance-after').textContent = after.toString();
-  $('spent').textContent = (before - after).toString();
-  setStatus('done');
-  $('status').dataset.done = 'true';
+  await close(state);
+  if (reader.failure) throw reader.failure;
+  if (!reader.finished) throw new Hinted('the answer ended without its final chunk', 'flag the server');
+  return fees();
 }
 
 async function refreshBalance() {
@@ -537,7 +673,7 @@ function renderWallets() {
   list.replaceChildren();
   const inPage = document.createElement('button');
   inPage.type = 'button';
-  inPage.textContent = 'in-page keypair';
+  inPage.textContent = chain === 'solana:mainnet' ? 'in-page keypair (test funds only)' : 'in-page keypair';
   inPage.addEventListener('click', () => inPageWallet().then(useWallet).catch(showError));
   list.append(inPage);
   for (const w of standardWallets) {
@@ -556,6 +692,10 @@ async function main() {
   $('rpc-url').value = rpcUrl;
   $('ws-url').value = wsUrl;
   $('program').value = programAddress;
+  if (programAddress !== cf.programId()) {
+    $('program-warning').textContent = `This page uses program ${programAddress}, not Chainference's (${cf.programId()}): ` +
+      'your stake goes to whatever that program does. Go on only if you trust who gave you this link.';
+  }
   $('cluster-form').addEventListener('change', () => {
     const next = new URLSearchParams({ rpc: $('rpc-url').value, ws: $('ws-url').value, program: $('program').value });
     location.search = next.toString();
@@ -575,18 +715,25 @@ async function main() {
     }
   });
   listenForWallets(renderWallets);
+  const [version, genesis] = [await call(rpc.getVersion()), await call(rpc.getGenesisHash())];
+  chain = CLUSTERS[genesis] ?? 'solana:localnet';
+  $('cluster').textContent = `${chain} (solana-core ${version['solana-core']})`;
   renderWallets();
-  await useWallet(await inPageWallet());
-  const version = await call(rpc.getVersion());
-  $('cluster').textContent = `${chainOf(rpcUrl)} (solana-core ${version['solana-core']})`;
+  // The in-page keypair by default, but never on mainnet, where it would hold real funds.
+  if (chain !== 'solana:mainnet') await useWallet(await inPageWallet());
   await loadConfig();
   await loadServers();
   setStatus('ready');
 }
 
-// Whatever escapes a handler still reaches the user.
-window.addEventListener('error', (event) => showError(event.error ?? event.message));
-window.addEventListener('unhandledrejection', (event) => showError(event.reason));
+// Whatever escapes a handler still reaches the user, and is counted (the tests read it).
+window.unexpectedErrors = [];
+const unexpected = (error) => {
+  window.unexpectedErrors.push(String(error?.stack ?? error));
+  showError(error);
+};
+window.addEventListener('error', (event) => unexpected(event.error ?? event.message));
+window.addEventListener('unhandledrejection', (event) => unexpected(event.reason));
 
 main().catch((error) => {
   showError(error);

@@ -5,7 +5,7 @@
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
-import { extname, join, normalize } from 'node:path';
+import { extname, join, normalize, sep } from 'node:path';
 
 export const root = normalize(join(import.meta.dirname, '..', '..'));
 const types = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'application/wasm', '.json': 'application/json' };
@@ -13,8 +13,14 @@ const types = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/ja
 /** Serves the repository on 127.0.0.1 (the page loads ../../pkg/web); returns `{ base, close }`. */
 export async function serveRepository() {
   const server = createServer(async (req, res) => {
-    const path = normalize(join(root, decodeURIComponent(new URL(req.url, 'http://x').pathname)));
-    if (!path.startsWith(root)) {
+    let path;
+    try {
+      path = normalize(join(root, decodeURIComponent(new URL(req.url, 'http://x').pathname)));
+    } catch {
+      res.writeHead(400).end();
+      return;
+    }
+    if (!path.startsWith(root + sep)) {
       res.writeHead(403).end();
       return;
     }
@@ -41,7 +47,8 @@ async function freePort() {
 /**
  * Launches `name` ('chromium' or 'firefox') headless. The page handle has `goto(url)`,
  * `evaluate(fn, arg)` (an async function run in the page; its result must be JSON),
- * `screenshot(path)` and `close()`.
+ * `screenshot(path)` and `close()`; `errors` collects uncaught page errors where the browser
+ * reports them (Chromium; pages under test also keep their own list).
  */
 export async function launch(name) {
   if (name === 'chromium') return launchChromium();

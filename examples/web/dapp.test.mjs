@@ -2,7 +2,8 @@
 // validator at $CHAINFERENCE_RPC_URL, then in headless Chromium and Firefox (or $BROWSERS) checks
 // the errors a user meets first (an RPC that is not there, a cluster without the program, an empty
 // wallet), funds the page's in-page keypair from the faucet, asks, and checks the streamed answer
-// and every lamport against the chain; then the same through a Wallet Standard wallet.
+// and every lamport against the chain; then the same through a Wallet Standard wallet, and a
+// request that every allowed server declines on chain (cancelled and closed at once).
 //
 //   CHAINFERENCE_RPC_URL   the validator (e.g. from `cargo xtask localnet`; its config must exist:
 //                          `chainference localnet` and the CLI's validator test create it)
@@ -60,11 +61,30 @@ const serverProcess = spawn(
   ['--rpc', rpcUrl, '--ws', wsUrl, '--keypair', keyFile, 'server', 'run', '--price', PRICE.toString(), '--airdrop', '10'],
   { stdio: ['ignore', 'ignore', 'inherit'] },
 );
+let stopping = false;
 const serverExit = new Promise((ok) => serverProcess.on('exit', ok));
+// A second server that declines every prompt longer than 16 bytes, on chain.
+const pickyKey = join(dir, 'picky.json');
+const pickyServer = JSON.parse(execFileSync(bin, ['keygen', '--out', pickyKey, '--json'], { encoding: 'utf8' })).address;
+const picky = spawn(
+  bin,
+  ['--rpc', rpcUrl, '--ws', wsUrl, '--keypair', pickyKey, 'server', 'run', '--price', PRICE.toString(), '--airdrop', '10',
+    '--max-prompt-bytes', '16'],
+  { stdio: ['ignore', 'ignore', 'inherit'] },
+);
+serverExit.then((code) => {
+  if (!stopping) {
+    console.error(`chainference server run exited early (${code}); see its output above`);
+    process.exit(1);
+  }
+});
 
 const site = await serveRepository();
 const page = `${site.base}/examples/web/index.html`;
 const treasury = cf.toBase58(cf.programAddresses().treasury);
+const configBytes = (await rpc('getAccountInfo', cf.toBase58(cf.programAddresses().config), { encoding: 'base64' })).value;
+if (!configBytes) throw new Error(`no config account at ${rpcUrl}: run \`chainference localnet\` (it initializes it)`);
+const feeBps = cf.decodeConfig(Buffer.from(configBytes.data[0], 'base64')).feeBps;
 
 /** Waits in the page until `#status` reads one of `states`; returns every element's text. */
 const settle = (browser, states, seconds) =>
@@ -92,7 +112,7 @@ async function fundAndAsk(browser, name, wallet) {
   const asked = Date.now();
   await browser.evaluate(async () => document.getElementById('ask-form').requestSubmit());
   shown = await settle(browser, ['failed', 'done'], 300);
-  assert.equal(shown.status, 'done', `${name}: ${shown.error}`);
+  assert.equal(shown.status, 'done', `${name}: status "${shown.status}": ${shown.error}`);
   assert.equal(shown.error, '');
   assert.equal(shown.answer, ANSWER);
   assert.equal(shown['served-by'], server);
@@ -104,7 +124,9 @@ async function fundAndAsk(browser, name, wallet) {
   assert.ok(tokens > 0n);
   assert.equal(n('price'), PRICE);
   assert.equal(n('cost'), (tokens * PRICE + 999_999n) / 1_000_000n, 'cost = ⌈tokens × price / 10⁶⌉');
+  assert.equal(n('stake-paid'), (256n * PRICE + 999_999n) / 1_000_000n, 'stake = the most 256 tokens can cost');
   assert.equal(n('refund'), n('stake-paid') - n('cost'));
+  assert.equal(n('protocol-fee'), cf.settle(tokens, PRICE, n('stake-paid'), feeBps).fee, 'the fee at the config\'s rate');
   assert.equal(n('balance-before'), before);
   const after = await balance(wallet);
   assert.equal(n('balance-after'), after);
@@ -131,6 +153,7 @@ async function registerStandardWallet() {
   const kit = await import(new URL('vendor/kit.js', location.href).href);
   const signer = await kit.generateKeyPairSigner();
   const chains = ['solana:localnet'];
+  window.testWalletCalls = { messages: 0, transactions: 0 };
   const account = {
     address: signer.address,
     publicKey: kit.getAddressEncoder().encode(signer.address),
@@ -147,14 +170,17 @@ async function registerStandardWallet() {
       'standard:connect': { version: '1.0.0', connect: async () => ({ accounts: [account] }) },
       'solana:signMessage': {
         version: '1.0.0',
-        signMessage: (...inputs) => Promise.all(inputs.map(async ({ message }) =>
-          ({ signedMessage: message, signature: await kit.signBytes(signer.keyPair.privateKey, message) }))),
+        signMessage: (...inputs) => Promise.all(inputs.map(async ({ message }) => {
+          window.testWalletCalls.messages += 1;
+          return { signedMessage: message, signature: await kit.signBytes(signer.keyPair.privateKey, message) };
+        })),
       },
       'solana:signTransaction': {
         version: '1.0.0',
         supportedTransactionVersions: ['legacy', 0],
         signTransaction: (...inputs) => Promise.all(inputs.map(async ({ transaction, chain }) => {
           if (!chains.includes(chain)) throw new Error(`Test Wallet does not sign for ${chain}`);
+          window.testWalletCalls.transactions += 1;
           const signed = await kit.signTransaction([signer.keyPair], kit.getTransactionDecoder().decode(transaction));
           return { signedTransaction: kit.getTransactionEncoder().encode(signed) };
         })),
@@ -187,7 +213,7 @@ try {
       // The real cluster: the page lists our server once it has registered.
       await browser.goto(`${page}?rpc=${encodeURIComponent(rpcUrl)}&ws=${encodeURIComponent(wsUrl)}`);
       shown = await settle(browser, ['failed', 'ready'], 60);
-      assert.equal(shown.status, 'ready', `${name}: ${shown.error}`);
+      assert.equal(shown.status, 'ready', `${name}: status "${shown.status}": ${shown.error}`);
       const wallet = shown['wallet-address'];
       assert.equal(shown['wallet-kind'], 'in-page keypair');
       const listed = await browser.evaluate(async ({ server, seconds }) => {
@@ -233,8 +259,45 @@ try {
       assert.equal(shown['wallet-kind'], 'Test Wallet', `${name}: ${shown.error}`);
       assert.equal(shown['wallet-address'], standard);
       const second = await fundAndAsk(browser, name, standard);
+      const calls = await browser.evaluate(async () => window.testWalletCalls);
+      assert.equal(calls.messages, 1, `${name}: the key message is signed through the wallet`);
+      const sent = await browser.evaluate(async () => document.querySelectorAll('#transactions tbody tr').length);
+      assert.equal(calls.transactions, sent, `${name}: every transaction is signed through the wallet`);
       console.log(`examples/web/index.html in headless ${name}, Wallet Standard wallet: ${second}`);
+      // Only the picky server allowed: it declines on chain, and the page cancels and closes at
+      // once (the stake and rent back; only the fees spent), naming the reason.
+      const ticked = await browser.evaluate(async ({ picky, seconds }) => {
+        const until = Date.now() + seconds * 1000;
+        for (;;) {
+          const row = document.querySelector(`#servers tr[data-authority="${picky}"]`);
+          if (row) {
+            for (const box of document.querySelectorAll('#servers input[type=checkbox]')) if (box.checked) box.click();
+            row.querySelector('input[type=checkbox]').click();
+            return true;
+          }
+          if (Date.now() > until) return false;
+          document.getElementById('refresh-servers').click();
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+      }, { picky: pickyServer, seconds: 120 });
+      assert.ok(ticked, `${name}: the picky server ${pickyServer} never listed`);
+      const beforeDecline = await balance(standard);
+      const declineStarted = Date.now();
+      await browser.evaluate(async () => document.getElementById('ask-form').requestSubmit());
+      shown = await settle(browser, ['failed', 'done'], 60);
+      const declineTook = (Date.now() - declineStarted) / 1000;
+      assert.equal(shown.status, 'failed', `${name}: status "${shown.status}"`);
+      assert.match(shown.error, /every allowed server declined: prompt too large; the request was cancelled and closed[\s\S]*hint: /);
+      assert.ok(!(await exists(shown['request-address'])), 'declined request closed');
+      const feesPaid = await browser.evaluate(async () =>
+        [...document.querySelectorAll('#transactions tbody tr')].map((tr) => tr.cells[0].textContent + ':' + tr.cells[2].textContent));
+      assert.deepEqual(feesPaid.map((f) => f.split(':')[0]), ['open', 'cancel + close']);
+      const feeSum = feesPaid.reduce((sum, f) => sum + BigInt(f.split(':')[1]), 0n);
+      assert.equal(beforeDecline - (await balance(standard)), feeSum, 'a declined request costs only its fees');
+      console.log(`examples/web/index.html in headless ${name}: declined on chain, cancelled and closed ${declineTook.toFixed(1)} s after Ask, ${feeSum} lamports of fees`);
+
       assert.deepEqual(browser.errors, []);
+      assert.deepEqual(await browser.evaluate(async () => window.unexpectedErrors), [], `${name}: uncaught errors in the page`);
       console.log(`examples/web/index.html in headless ${name}: ${((Date.now() - started) / 1000).toFixed(1)} s in all`);
     } catch (error) {
       failures += 1;
@@ -246,9 +309,12 @@ try {
   }
 } finally {
   site.close();
+  stopping = true;
+  picky?.kill('SIGINT');
   serverProcess.kill('SIGINT');
   await Promise.race([serverExit, new Promise((r) => setTimeout(r, 30_000))]);
   serverProcess.kill('SIGKILL');
+  picky?.kill('SIGKILL');
 }
 console.log(`screenshots in ${screenshots}`);
 process.exit(failures ? 1 : 0);

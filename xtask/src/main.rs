@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         "wasm" => setup::setup().and_then(|()| wasm::build_wasm_package()),
         "wasm-test" => setup::setup().and_then(|()| wasm::wasm_tests()),
         "demo" => {
-            let outcome = test::demo(rest);
+            let outcome = test::demo(rest, true);
             print_stage_times();
             outcome
         }

@@ -1,6 +1,7 @@
 //! `cargo xtask test`, `cu` and `demo`.
 
 use std::fs;
+use std::process::Command;
 use std::time::Instant;
 
 use chainference_host::{DEPLOYED_PROGRAM_SO, cache_dir};
@@ -15,6 +16,9 @@ use crate::{Result, cargo, root, run, stage, target_dir};
 
 /// Features the RPC tests need, on top of the workspace defaults.
 const RPC_FEATURES: &str = "chainference-chain/rpc,chainference-client/rpc,chainference-server/hub";
+
+/// What the first build of the demo takes on a fresh 2-core machine (measured; README).
+const DEMO_COLD_BUILD_MINUTES: u32 = 10;
 
 /// The gateway's bad-input sweep (crates/chainference-gateway/tests/sweep.rs): run in a stage of
 /// its own so its report (bodies sent, none hung) shows in the log.
@@ -86,7 +90,9 @@ pub(crate) fn test(rest: &[String]) -> Result {
     wasm_tests()?;
     real_server_tests()?;
     // The README's main job must keep working (and conserving lamports).
-    demo(&[])?;
+    // On the binary the tests built (cargo test's feature set): rebuilding it with `cargo
+    // build`'s would recompile the crates whose features differ, twice per run.
+    demo(&[], false)?;
     println!("==> all stages ok in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -102,16 +108,27 @@ pub(crate) fn compute_units() -> Result {
 }
 
 /// `cargo xtask demo [ARGS]`: the CLI's demo on the freshly built program; `ARGS` go to it.
-pub(crate) fn demo(rest: &[String]) -> Result {
+/// `build`: build the binary first (otherwise the one in the target dir runs).
+pub(crate) fn demo(rest: &[String], build: bool) -> Result {
     setup_sbf()?;
     let so = build_sbf()?;
     setup_model()?;
+    if build {
+        stage("build the demo", || {
+            // The dev profile builds dependencies at opt-level 2 (see the root Cargo.toml), so
+            // the model runs at speed while the demo shares the test build. Cargo's progress shows.
+            println!(
+                "building the `chainference` binary: the first time about {DEMO_COLD_BUILD_MINUTES} minutes on 2 \
+                 cores (Solana runtime, Candle, RPC client), seconds after that"
+            );
+            run(cargo().args(["build", "-p", "chainference-cli", "--bin", "chainference"]))
+        })?;
+    }
     stage("demo", || {
-        // The dev profile builds dependencies at opt-level 2 (see the root Cargo.toml), so the
-        // model runs at speed while the demo shares the test build.
-        run(cargo()
-            .args(["run", "-q", "-p", "chainference-cli", "--bin", "chainference", "--", "demo"])
+        run(Command::new(target_dir().join("debug/chainference"))
+            .arg("demo")
             .args(rest)
+            .current_dir(root())
             .env("CHAINFERENCE_PROGRAM_SO", &so))
     })
 }

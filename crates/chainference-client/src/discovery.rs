@@ -240,14 +240,11 @@ impl ServerInfo {
         })
     }
 
-    /// The success ratio the default ranking uses, in bps:
-    /// `(counted - flagged) / (counted + timed_out + released + 2)`. The two phantom failures
-    /// are a prior: a server with no record scores 0 and climbs with paid work, so a fresh wallet
-    /// (a sybil, or an operator washing a bad record) cannot outrank one with a long, clean one.
+    /// The success ratio the default ranking uses, in bps (core's
+    /// [`ServerStats::ranking_bps`](chainference_core::pricing::ServerStats::ranking_bps): a prior
+    /// of two failures, so a fresh wallet cannot outrank a long, clean record).
     pub fn ranking_bps(&self) -> u16 {
-        let s = &self.stats;
-        let total = s.counted.saturating_add(s.timed_out).saturating_add(s.released).saturating_add(2);
-        chainference_core::pricing::ratio_bps(s.counted.saturating_sub(s.flagged), total).unwrap_or(0)
+        self.stats.ranking_bps()
     }
 
     /// Why `query`, asked by the wallet `asker`, excludes this server (empty: it is eligible).

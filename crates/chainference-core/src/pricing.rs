@@ -243,11 +243,39 @@ impl ServerStats {
     pub const fn preference_bps(&self) -> Option<u16> {
         ratio_bps(self.preferred, self.comparisons)
     }
+
+    /// The success ratio clients rank servers by, in bps:
+    /// `(counted - flagged) / (counted + timed_out + released + 2)`. The two phantom failures
+    /// are a prior: a server with no record scores 0 and climbs with paid work, so a fresh wallet
+    /// (a sybil, or an operator washing a bad record) cannot outrank one with a long, clean one.
+    #[inline]
+    pub const fn ranking_bps(&self) -> u16 {
+        let total = self.counted.saturating_add(self.timed_out).saturating_add(self.released).saturating_add(2);
+        match ratio_bps(self.counted.saturating_sub(self.flagged), total) {
+            Some(bps) => bps,
+            None => 0,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranking_puts_a_fresh_server_last_and_a_long_clean_record_first() {
+        let fresh = ServerStats::default();
+        let short = ServerStats { counted: 2, ..Default::default() };
+        let long = ServerStats { counted: 98, ..Default::default() };
+        let flagged = ServerStats { counted: 98, flagged: 49, ..Default::default() };
+        assert_eq!(fresh.ranking_bps(), 0, "no record: no rank, though success_bps says 100%");
+        assert_eq!(fresh.success_bps(), 10_000);
+        assert_eq!(short.ranking_bps(), 5_000);
+        assert_eq!(long.ranking_bps(), 9_800);
+        assert_eq!(flagged.ranking_bps(), 4_900);
+        let huge = ServerStats { counted: u64::MAX, timed_out: u64::MAX, ..Default::default() };
+        assert!(huge.ranking_bps() <= 10_000, "saturating sums never overflow");
+    }
 
     #[test]
     fn affordable_tokens_is_the_most_the_stake_pays_in_full() {

@@ -63,6 +63,34 @@ impl ApiError {
         }
     }
 
+    /// `status` (404, or 405 for a wrong method) for what this gateway does not serve, worded
+    /// as OpenAI's API words it ("Invalid URL", no code).
+    pub(crate) fn unknown_url(status: StatusCode, method: &str, path: &str) -> Self {
+        ApiError {
+            status,
+            message: format!(
+                "Invalid URL ({method} {path}); this gateway serves GET /v1/models and POST /v1/chat/completions"
+            ),
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+        }
+    }
+
+    /// A 404 for the legacy text completions API, saying what to use instead.
+    pub(crate) fn legacy_completions() -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: "POST /v1/completions (OpenAI's legacy text completions) is not served: requests on this \
+                      network carry chat messages, and the servers apply their model's chat template. Send the \
+                      text as a user message to POST /v1/chat/completions instead."
+                .into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("unsupported_endpoint"),
+        }
+    }
+
     /// A failure after the request was sent: the network's fault, not the caller's.
     pub(crate) fn upstream(err: ClientError) -> Self {
         let (status, code) = match &err {

@@ -32,6 +32,22 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// `/v1/completions` (standalone only): not served (see [`ApiError::legacy_completions`]), said
+/// in OpenAI's shape so its clients raise a `NotFoundError` that names the alternative.
+pub(crate) async fn legacy_completions() -> ApiError {
+    ApiError::legacy_completions()
+}
+
+/// Any other path (standalone [`Gateway::serve`] only): OpenAI's "Invalid URL" 404.
+pub(crate) async fn unknown_url(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::unknown_url(StatusCode::NOT_FOUND, method.as_str(), uri.path())
+}
+
+/// A served path with another method (standalone only): a 405 in the same shape.
+pub(crate) async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::unknown_url(StatusCode::METHOD_NOT_ALLOWED, method.as_str(), uri.path())
+}
+
 /// `GET /v1/models`: each model an active server offers, once, sorted.
 pub(crate) async fn models(
     State(gateway): State<Arc<Gateway>>,

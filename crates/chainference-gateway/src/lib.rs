@@ -11,6 +11,9 @@
 //!   gateway's wallet; the answer comes back decrypted, with `usage` from the billed tokens and
 //!   the on-chain settlement under `chainference`. Settled requests are closed (and unanswered
 //!   ones reclaimed) in the background, even when the caller hangs up.
+//! - Served standalone ([`Gateway::serve`], as `chainference gateway` does), `/v1/completions`
+//!   (the legacy text API) is a 404 that names chat completions instead (the network's sealed
+//!   prompts are chat messages), and other paths and methods get OpenAI-shaped 404s and 405s.
 //! - Errors use OpenAI's JSON shape and status codes ([`ApiError`]).
 //!
 //! The gateway runs over any [`Chain`]: the app picks the transport (`EmbeddedChain`, or
@@ -49,7 +52,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use chainference_client::{Chain, Client};
 use chainference_server::InferenceBackend;
 use zeroize::Zeroizing;
@@ -233,7 +236,8 @@ impl Gateway {
 
     /// The routes `GET /v1/models` and `POST /v1/chat/completions` (bodies up to
     /// [`MAX_BODY`]), for any app state `S`: merge them into an app, or nest them under a
-    /// prefix (`.nest("/openai", gateway.router())` serves `/openai/v1/models`).
+    /// prefix (`.nest("/openai", gateway.router())` serves `/openai/v1/models`). Nothing else,
+    /// so the app's own routes and fallback stay in charge of every other path.
     pub fn router<S>(self) -> Router<S>
     where
         S: Clone + Send + Sync + 'static,
@@ -246,13 +250,20 @@ impl Gateway {
     }
 
     /// Serves [`Gateway::router`] alone on `listener` until `shutdown` resolves, then finishes
-    /// the requests in progress. Requests already sent on chain still settle in the background
-    /// while the runtime runs.
+    /// the requests in progress. Standing alone, it also answers what OpenAI's clients may try
+    /// in OpenAI's JSON shape: `/v1/completions` (the legacy text API) is a 404 naming chat
+    /// completions, any other path OpenAI's "Invalid URL" 404, a wrong method a 405. Requests
+    /// already sent on chain still settle in the background while the runtime runs.
     pub async fn serve<F>(self, listener: tokio::net::TcpListener, shutdown: F) -> std::io::Result<()>
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        axum::serve(listener, self.router::<()>()).with_graceful_shutdown(shutdown).await
+        let app = self
+            .router::<()>()
+            .route("/v1/completions", any(handlers::legacy_completions))
+            .fallback(handlers::unknown_url)
+            .method_not_allowed_fallback(handlers::method_not_allowed);
+        axum::serve(listener, app).with_graceful_shutdown(shutdown).await
     }
 }
 

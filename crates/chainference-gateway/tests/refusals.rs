@@ -45,6 +45,27 @@ async fn unusable_input_is_refused_at_once_and_silence_ends_in_a_504() {
     let base = serve(Gateway::new(Client::with_program(shared, wallet, program), config)).await;
     let http = reqwest::Client::new();
 
+    // The legacy text completions API and unknown paths: OpenAI-shaped 404s naming what is served.
+    let legacy = http.post(format!("{base}/completions")).json(&json!({ "model": MODEL, "prompt": "Hi" }));
+    let legacy = legacy.send().await.unwrap();
+    assert_eq!(legacy.status().as_u16(), 404);
+    let legacy: Value = legacy.json().await.unwrap();
+    assert_eq!(legacy["error"]["code"], "unsupported_endpoint");
+    assert_eq!(legacy["error"]["type"], "invalid_request_error");
+    assert!(legacy["error"]["message"].as_str().unwrap().contains("POST /v1/chat/completions"), "{legacy}");
+    let unknown = http.post(format!("{base}/embeddings")).json(&json!({ "input": "Hi" })).send().await.unwrap();
+    assert_eq!(unknown.status().as_u16(), 404);
+    let unknown: Value = unknown.json().await.unwrap();
+    assert_eq!(unknown["error"]["type"], "invalid_request_error");
+    assert!(
+        unknown["error"]["message"].as_str().unwrap().starts_with("Invalid URL (POST /v1/embeddings)"),
+        "{unknown}"
+    );
+    let wrong_method = http.get(format!("{base}/chat/completions")).send().await.unwrap();
+    assert_eq!(wrong_method.status().as_u16(), 405);
+    let wrong_method: Value = wrong_method.json().await.unwrap();
+    assert!(wrong_method["error"]["message"].as_str().unwrap().starts_with("Invalid URL (GET /v1/chat/completions)"));
+
     // Content the model cannot read, named in the error; nothing is sent on chain.
     for (part, kind) in [
         (json!({ "type": "image_url", "image_url": { "url": "https://example.com/a.png" } }), "image_url"),

@@ -673,6 +673,7 @@ fn stats_object(s: &ServerStats) -> Object {
     set(&o, "comparisons", u64_big(s.comparisons));
     set(&o, "preferred", u64_big(s.preferred));
     set(&o, "successBps", s.success_bps());
+    set(&o, "rankingBps", s.ranking_bps());
     set(&o, "preferenceBps", s.preference_bps().map_or(JsValue::NULL, JsValue::from));
     o
 }
@@ -718,6 +719,19 @@ pub fn decode_server(data: &[u8]) -> JsResult<JsValue> {
     set(&o, "offers", offers);
     set(&o, "stats", stats_object(&s.header.stats));
     Ok(o.into())
+}
+
+/// The most servers one request's allow-list may name.
+#[wasm_bindgen(js_name = maxAllowedServers)]
+pub fn max_allowed_servers() -> usize {
+    state::MAX_ALLOWED_SERVERS
+}
+
+/// The kind byte at offset 0 of every Server account: a `getProgramAccounts` memcmp filter on it
+/// lists the servers.
+#[wasm_bindgen(js_name = serverAccountKind)]
+pub fn server_account_kind() -> u8 {
+    state::AccountKind::Server as u8
 }
 
 /// The size of the request account OpenRequest creates for a canonical `model` id of

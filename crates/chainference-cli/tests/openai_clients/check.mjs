@@ -61,4 +61,11 @@ for (const [extra, param] of [
   );
 }
 
+// The legacy text completions API is not served; the error says what to use.
+await assert.rejects(
+  client.completions.create({ model, prompt: 'The capital of France is' }),
+  (error) => error instanceof OpenAI.NotFoundError && error.code === 'unsupported_endpoint'
+    && error.message.includes('/v1/chat/completions'),
+);
+
 console.log(`openai-node ${version}: all checks passed against ${baseURL}`);

@@ -51,4 +51,12 @@ for extra, param in [
     else:
         raise AssertionError(f"{extra} was accepted")
 
+# The legacy text completions API is not served; the error says what to use.
+try:
+    client.completions.create(model=model, prompt="The capital of France is")
+except openai.NotFoundError as error:
+    assert error.code == "unsupported_endpoint" and "/v1/chat/completions" in error.message, error
+else:
+    raise AssertionError("/v1/completions answered")
+
 print(f"openai-python {openai.__version__}: all checks passed against {base_url}")

@@ -3,18 +3,17 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use axum::Router;
 use chainference_client::chain::{AccountFilter, address};
 use chainference_client::core::state::RequestHeader;
 use chainference_client::{Address, Chain, EmbeddedChain};
 use chainference_gateway::Gateway;
 
-/// Serves `gateway` on a free port; returns its base URL (`http://127.0.0.1:PORT/v1`).
+/// Serves `gateway` standalone ([`Gateway::serve`], as `chainference gateway` does) on a free
+/// port; returns its base URL (`http://127.0.0.1:PORT/v1`).
 pub async fn serve(gateway: Gateway) -> String {
-    let app: Router = gateway.router();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(gateway.serve(listener, std::future::pending()));
     base
 }
 
