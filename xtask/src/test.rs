@@ -18,7 +18,7 @@ use crate::{Result, cargo, root, run, stage, target_dir};
 const RPC_FEATURES: &str = "chainference-chain/rpc,chainference-client/rpc,chainference-server/hub";
 
 /// What the first build of the demo takes on a fresh 2-core machine (measured; README).
-const DEMO_COLD_BUILD_MINUTES: u32 = 10;
+const DEMO_COLD_BUILD_MINUTES: u32 = 9;
 
 /// The gateway's bad-input sweep (crates/chainference-gateway/tests/sweep.rs): run in a stage of
 /// its own so its report (bodies sent, none hung) shows in the log.
