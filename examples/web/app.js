@@ -110,6 +110,9 @@ async function chainTime() {
  * origin): for local and test clusters' funds, never real ones.
  */
 async function inPageWallet() {
+  if (chain === 'solana:mainnet') {
+    throw new Hinted('the in-page keypair is for local and test clusters only', 'connect a wallet');
+  }
   let seed = sessionStorage.getItem('chainference-in-page-seed');
   if (!seed) {
     seed = toHex(crypto.getRandomValues(new Uint8Array(32)));
@@ -252,12 +255,14 @@ async function loadConfig() {
 }
 
 /** Best first, as the Rust client ranks them: reliability (with a prior against newcomers), fees
- *  paid by counted work, preference, then price. */
+ *  paid by counted work, preference (overall: the page does not weigh it per comparing client),
+ *  price, then address. */
 function byReliability(a, b) {
   const key = (s) => [s.stats.rankingBps, s.stats.fees, s.stats.preferenceBps ?? 5000];
   const [ka, kb] = [key(a), key(b)];
   for (let i = 0; i < ka.length; i += 1) if (ka[i] !== kb[i]) return ka[i] > kb[i] ? -1 : 1;
-  return a.price === b.price ? 0 : a.price < b.price ? -1 : 1;
+  if (a.price !== b.price) return a.price < b.price ? -1 : 1;
+  return a.authority < b.authority ? -1 : a.authority > b.authority ? 1 : 0;
 }
 
 async function loadServers() {
@@ -387,6 +392,7 @@ class AnswerReader {
     if (releaseCount === this.release) return;
     this.release = releaseCount;
     if (this.server) setStatus(`released by ${this.server}: waiting for another server…`);
+    this.failure = null; // the discarded answer's fault is not the next server's
     this.reset();
   }
 
@@ -477,6 +483,7 @@ async function askOnce(asking, abort) {
     'balance-before', 'balance-after', 'spent', 'served-by', 'request-address', 'response-address', 'chunks',
     'first-text', 'answer']) $(id).textContent = '';
   $('transactions').querySelector('tbody').replaceChildren();
+  $('verdict').hidden = true;
   const model = $('model').value;
   const prompt = $('prompt').value;
   if (!prompt.trim()) throw new Hinted('the prompt is empty', 'type a question');
@@ -595,6 +602,7 @@ async function follow({ asking, abort, reader, chosen, client, request, requestA
   setStatus(`open: waiting for ${chosen.length === 1 ? 'the server' : `one of ${chosen.length} servers`}…`);
 
   // Until the request ends: notifications wake us, a poll every 2 s is the fallback.
+  let reclaimFailures = 0;
   for (;;) {
     if (latest === null) await Promise.race([changed(), new Promise((r) => setTimeout(r, 2000))]);
     latest = null;
@@ -605,7 +613,9 @@ async function follow({ asking, abort, reader, chosen, client, request, requestA
       $('served-by').textContent = state.lockedBy;
       setStatus(`answering: ${state.lockedBy}`);
     }
-    if (state.status === 'Completed') return finish(state, { reader, responseAddress, close, fees: () => fees });
+    if (state.status === 'Completed') {
+      return finish(state, { asking, client, request, reader, responseAddress, close, fees: () => fees });
+    }
     if (state.status === 'Expired' || state.status === 'Cancelled') {
       await close(state);
       throw new Hinted(`the request ended ${state.status.toLowerCase()} without an answer; it is closed (stake and rent back)`, 'try other servers');
@@ -617,19 +627,26 @@ async function follow({ asking, abort, reader, chosen, client, request, requestA
           cf.closeRequestInstruction(client, request, client, client, programBytes),
         ]);
       } catch (error) {
-        if ((await readState())?.status !== 'Open') continue; // a server locked it meanwhile: follow the answer
-        throw error;
+        const now = await readState();
+        // A server locked it meanwhile: follow the answer. (Gone: the cancel + close landed.)
+        if (now && now.status !== 'Open') continue;
+        if (now) throw error;
       }
       throw new Hinted(
         `every allowed server declined: ${state.declineReasons.join(', ')}; the request was cancelled and closed (stake and rent back)`,
         'tick other servers, shorten the prompt or raise the stake',
       );
     }
-    if ((state.status === 'Open' || state.status === 'Locked') && (await chainTime()) > state.deadline) {
+    if ((state.status === 'Open' || state.status === 'Locked') && (await chainTime()) >= state.deadline) {
       try {
         await pay('reclaim', [cf.reclaimRequestInstruction(request, client, state.lockedBy ? cf.fromBase58(state.lockedBy) : undefined, programBytes)]);
       } catch (error) {
-        console.warn('reclaim failed; reading the request again', error);
+        // A last-moment answer makes the reclaim fail: read again. Persistent failure ends here.
+        reclaimFailures += 1;
+        if (reclaimFailures >= 3) {
+          throw new Hinted(`no answer before the deadline, and the reclaim fails: ${error.message}`,
+            `reclaim it later (\`chainference reclaim ${requestAddress}\`)`);
+        }
       }
       // The next pass sees Expired (closes it) or Completed (a last-moment answer).
     }
@@ -637,7 +654,7 @@ async function follow({ asking, abort, reader, chosen, client, request, requestA
 }
 
 /** A completed request: the whole answer checked, the settlement shown, the request closed. */
-async function finish(state, { reader, responseAddress, close, fees }) {
+async function finish(state, { asking, client, request, reader, responseAddress, close, fees }) {
   // The final chunk is written before completion: read it if no notification has yet.
   if (!reader.finished) reader.update(await accountBytes(responseAddress));
   $('served-by').textContent = state.lockedBy;
@@ -646,11 +663,39 @@ async function finish(state, { reader, responseAddress, close, fees }) {
   $('cost').textContent = state.cost.toString();
   $('protocol-fee').textContent = state.fee.toString();
   $('refund').textContent = (state.stake - state.cost).toString();
+  // Closing accepts the answer (the server's held share is paid): an answer that did not open
+  // stays open to be flagged or disputed first, as the user chooses.
+  if (reader.failure || !reader.finished) {
+    offerVerdict(asking, client, request, cf.fromBase58(state.lockedBy));
+    throw reader.failure ?? new Hinted('the answer ended without its final chunk', 'flag or dispute it below, then it is closed');
+  }
   setStatus('answered: closing the request (rent back)…');
   await close(state);
-  if (reader.failure) throw reader.failure;
-  if (!reader.finished) throw new Hinted('the answer ended without its final chunk', 'flag the server');
   return fees();
+}
+
+/** Shows the flag / dispute / close choices for a completed request whose answer failed. */
+function offerVerdict(asking, client, request, servedBy) {
+  const done = async (label, ixs) => {
+    if (busy) return;
+    setBusy(true);
+    clearError();
+    try {
+      await send(asking, label, ixs);
+      $('verdict').hidden = true;
+      setStatus(`${label}: done`);
+    } catch (error) {
+      showError(error);
+    } finally {
+      setBusy(false);
+      await refreshBalance().catch(() => {});
+    }
+  };
+  const closeIx = () => cf.closeRequestInstruction(client, request, client, servedBy, programBytes);
+  $('flag').onclick = () => done('flag + close', [cf.flagResponseInstruction(client, request, servedBy, programBytes, false), closeIx()]);
+  $('dispute').onclick = () => done('dispute + close', [cf.flagResponseInstruction(client, request, servedBy, programBytes, true), closeIx()]);
+  $('accept').onclick = () => done('close', [closeIx()]);
+  $('verdict').hidden = false;
 }
 
 async function refreshBalance() {
@@ -671,14 +716,18 @@ async function useWallet(next) {
 function renderWallets() {
   const list = $('wallets');
   list.replaceChildren();
-  const inPage = document.createElement('button');
-  inPage.type = 'button';
-  inPage.textContent = chain === 'solana:mainnet' ? 'in-page keypair (test funds only)' : 'in-page keypair';
-  inPage.addEventListener('click', () => inPageWallet().then(useWallet).catch(showError));
-  list.append(inPage);
+  if (chain !== 'solana:mainnet') {
+    const inPage = document.createElement('button');
+    inPage.type = 'button';
+    inPage.textContent = 'in-page keypair';
+    inPage.disabled = busy;
+    inPage.addEventListener('click', () => inPageWallet().then(useWallet).catch(showError));
+    list.append(inPage);
+  }
   for (const w of standardWallets) {
     const button = document.createElement('button');
     button.type = 'button';
+    button.disabled = busy;
     button.textContent = w.name;
     button.addEventListener('click', () => standardWallet(w).then(useWallet).catch(showError));
     list.append(button);
@@ -714,10 +763,11 @@ async function main() {
       showError(new Hinted(`airdrop failed: ${error.message}`, 'only local and test clusters have a faucet; send SOL to the address instead'));
     }
   });
-  listenForWallets(renderWallets);
   const [version, genesis] = [await call(rpc.getVersion()), await call(rpc.getGenesisHash())];
   chain = CLUSTERS[genesis] ?? 'solana:localnet';
   $('cluster').textContent = `${chain} (solana-core ${version['solana-core']})`;
+  // Wallets sign for a chain: list them once the cluster's is known.
+  listenForWallets(renderWallets);
   renderWallets();
   // The in-page keypair by default, but never on mainnet, where it would hold real funds.
   if (chain !== 'solana:mainnet') await useWallet(await inPageWallet());

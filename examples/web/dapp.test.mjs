@@ -146,14 +146,17 @@ async function fundAndAsk(browser, name, wallet) {
 }
 
 /**
- * Runs in the page: registers a Wallet Standard wallet ("Test Wallet") holding a fresh key, with
- * the features the page needs, through the standard's register-wallet event; returns its address.
+ * Runs in the page: registers a Wallet Standard wallet (`name`, default "Test Wallet") holding a
+ * fresh key, with the features the page needs, through the standard's register-wallet event;
+ * returns its address. `prefix`: it signs a prefixed copy of each message instead.
  */
-async function registerStandardWallet() {
+async function registerStandardWallet(options) {
+  const { name = 'Test Wallet', prefix = false } = options ?? {};
   const kit = await import(new URL('vendor/kit.js', location.href).href);
   const signer = await kit.generateKeyPairSigner();
   const chains = ['solana:localnet'];
-  window.testWalletCalls = { messages: 0, transactions: 0 };
+  const calls = { messages: 0, transactions: 0 };
+  if (!prefix) window.testWalletCalls = calls;
   const account = {
     address: signer.address,
     publicKey: kit.getAddressEncoder().encode(signer.address),
@@ -162,7 +165,7 @@ async function registerStandardWallet() {
   };
   const wallet = {
     version: '1.0.0',
-    name: 'Test Wallet',
+    name,
     icon: 'data:image/svg+xml;base64,PHN2Zy8+',
     chains,
     accounts: [account],
@@ -171,16 +174,18 @@ async function registerStandardWallet() {
       'solana:signMessage': {
         version: '1.0.0',
         signMessage: (...inputs) => Promise.all(inputs.map(async ({ message }) => {
-          window.testWalletCalls.messages += 1;
-          return { signedMessage: message, signature: await kit.signBytes(signer.keyPair.privateKey, message) };
+          calls.messages += 1;
+          // Some wallets sign a prefixed message: what the page must refuse.
+          const signed = prefix ? new Uint8Array([...new TextEncoder().encode('\xffsolana offchain'), ...message]) : message;
+          return { signedMessage: signed, signature: await kit.signBytes(signer.keyPair.privateKey, signed) };
         })),
       },
       'solana:signTransaction': {
         version: '1.0.0',
         supportedTransactionVersions: ['legacy', 0],
         signTransaction: (...inputs) => Promise.all(inputs.map(async ({ transaction, chain }) => {
-          if (!chains.includes(chain)) throw new Error(`Test Wallet does not sign for ${chain}`);
-          window.testWalletCalls.transactions += 1;
+          if (!chains.includes(chain)) throw new Error(`${name} does not sign for ${chain}`);
+          calls.transactions += 1;
           const signed = await kit.signTransaction([signer.keyPair], kit.getTransactionDecoder().decode(transaction));
           return { signedTransaction: kit.getTransactionEncoder().encode(signed) };
         })),
@@ -209,6 +214,7 @@ try {
       shown = await settle(browser, ['failed', 'ready'], 30);
       assert.equal(shown.status, 'failed', `${name}: ${JSON.stringify(shown)}`);
       assert.match(shown.error, /no Chainference deployment[\s\S]*hint: .*chainference localnet/);
+      assert.match(shown['program-warning'], /not Chainference's/, `${name}: a foreign program is warned about`);
 
       // The real cluster: the page lists our server once it has registered.
       await browser.goto(`${page}?rpc=${encodeURIComponent(rpcUrl)}&ws=${encodeURIComponent(wsUrl)}`);
@@ -264,6 +270,29 @@ try {
       const sent = await browser.evaluate(async () => document.querySelectorAll('#transactions tbody tr').length);
       assert.equal(calls.transactions, sent, `${name}: every transaction is signed through the wallet`);
       console.log(`examples/web/index.html in headless ${name}, Wallet Standard wallet: ${second}`);
+      // A wallet that signs something other than the key message (here: a prefixed copy) is
+      // refused before anything is sent: keys derived from it would not be this wallet's.
+      await browser.evaluate(registerStandardWallet, { name: 'Prefixing Wallet', prefix: true });
+      await browser.evaluate(async () => {
+        [...document.querySelectorAll('#wallets button')].find((b) => b.textContent === 'Prefixing Wallet').click();
+        const until = Date.now() + 10_000;
+        while (document.getElementById('wallet-kind').textContent !== 'Prefixing Wallet' && Date.now() < until) {
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        document.getElementById('ask-form').requestSubmit();
+      });
+      shown = await settle(browser, ['failed', 'done'], 30);
+      assert.equal(shown.status, 'failed', `${name}: status "${shown.status}"`);
+      assert.match(shown.error, /Prefixing Wallet signed something other than the key message/);
+      assert.equal(shown['request-address'], '', 'nothing was opened');
+      await browser.evaluate(async () => {
+        [...document.querySelectorAll('#wallets button')].find((b) => b.textContent === 'Test Wallet').click();
+        const until = Date.now() + 10_000;
+        while (document.getElementById('wallet-kind').textContent !== 'Test Wallet' && Date.now() < until) {
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      });
+
       // Only the picky server allowed: it declines on chain, and the page cancels and closes at
       // once (the stake and rent back; only the fees spent), naming the reason.
       const ticked = await browser.evaluate(async ({ picky, seconds }) => {

@@ -2,16 +2,18 @@
 //! Chainference. Every subcommand is idempotent and says what it does.
 //!
 //! - `setup`: installs the SBF toolchain (Debian's rustc-web with the bpfel std, LLVM 22,
-//!   `sbpf-linker`), the wasm toolchain (`wasm-bindgen`) and Chromium, and the model (a
+//!   `sbpf-linker`), the wasm toolchain (`wasm-bindgen`), Chromium, Firefox and `geckodriver`,
+//!   and the model (a
 //!   SHA-256-checked SmolLM2 GGUF), into `$CHAINFERENCE_CACHE` (default `~/.cache/chainference`)
 //!   or from apt, skipping what is already there at the right version.
 //! - `build-sbf`: builds the on-chain program to `target/deploy/chainference_program.so`.
 //! - `test`: fmt check, clippy `-D warnings`, core's `no_std` build for `bpfel-unknown-none`
 //!   (checked for 128-bit multiply calls), the SBF build and every workspace test (extra
-//!   arguments go to `cargo test`); then the RPC and HTTP suites against a real validator and a
-//!   real llama.cpp server, the wasm tests in node and headless Chromium, the web example with
-//!   Playwright, and the demo. The gateway is also driven by the official OpenAI clients
-//!   (openai-python and openai-node, pinned, installed into the cache).
+//!   arguments go to `cargo test`); then the wasm tests in node and headless Chromium and the web
+//!   example's offline page in Chromium and Firefox; the RPC and HTTP suites against a real
+//!   validator and a real llama.cpp server, and the web dApp in both browsers against that
+//!   validator and real server processes; and the demo. The gateway is also driven by the
+//!   official OpenAI clients (openai-python and openai-node, pinned, installed into the cache).
 //! - `cu`: measures every instruction's compute units and writes `docs/compute-units.md`.
 //! - `wasm`: builds the npm package (node and web) into `pkg/`.
 //! - `wasm-test`: the wasm stages of `test` alone (node, headless Chromium, the web example,
@@ -84,9 +86,15 @@ fn root() -> PathBuf {
     manifest_dir.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// The host target dir: `$CARGO_TARGET_DIR`, else one shared cache outside the clone.
+/// The host target dir: `$CARGO_TARGET_DIR` (a relative one from the workspace root, as cargo
+/// reads it there), else one shared cache outside the clone. Always absolute: tools run from
+/// other folders are handed paths inside it.
 fn target_dir() -> PathBuf {
-    env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| chainference_host::cache_dir().join("target"))
+    match env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        Some(dir) => root().join(dir),
+        None => chainference_host::cache_dir().join("target"),
+    }
 }
 
 /// The cargo that runs xtask (`$CARGO`, else `cargo` on the `PATH`), with nothing else set.

@@ -93,7 +93,7 @@ pub(crate) fn build_wasm_package() -> Result {
 }
 
 /// Builds the package, then wasm-bindgen-test under node and in headless Chromium, the web
-/// example with Playwright, and node --test on the package.
+/// example's offline page in headless Chromium and Firefox, and node --test on the package.
 pub(crate) fn wasm_tests() -> Result {
     build_wasm_package()?;
     let wasm_test = || {
