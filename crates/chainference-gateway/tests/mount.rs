@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 use chainference_client::{Chain, Client, EmbeddedChain, Keypair, Signer};
 use chainference_gateway::{Gateway, GatewayConfig};
 use chainference_server::candle::{CandleBackend, CandleConfig, ModelSource};
@@ -27,6 +28,16 @@ struct AppState {
 
 async fn health(State(state): State<AppState>) -> &'static str {
     state.name
+}
+
+/// The app's own text completions, next to the gateway's routes.
+async fn own_completions() -> &'static str {
+    "the app's own completions"
+}
+
+/// The app's own fallback.
+async fn own_fallback() -> (StatusCode, &'static str) {
+    (StatusCode::IM_A_TEAPOT, "the app's own fallback")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +71,9 @@ async fn the_gateway_mounts_under_a_prefix_in_an_app_router() {
 
     let app: Router = Router::new()
         .route("/health", get(health))
+        .route("/openai/v1/completions", post(own_completions))
         .nest("/openai", gateway.router())
+        .fallback(own_fallback)
         .with_state(AppState { name: "my-app" });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -72,6 +85,13 @@ async fn the_gateway_mounts_under_a_prefix_in_an_app_router() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "my-app");
 
+    // The gateway's router adds only its two routes: the app's own paths and fallback stay its own
+    // (the standalone server's 404s for /v1/completions and unknown paths are not imposed).
+    let response = http.post(format!("{base}/openai/v1/completions")).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "the app's own completions");
+    let response = http.get(format!("{base}/openai/v1/embeddings")).send().await.unwrap();
+    assert_eq!(response.status(), 418);
+
     // The model list, under the prefix: each model once, sorted, in OpenAI's shape.
     let response = http.get(format!("{base}/openai/v1/models")).bearer_auth("sk-test").send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -79,9 +99,9 @@ async fn the_gateway_mounts_under_a_prefix_in_an_app_router() {
     let listed = |id: &str| json!({ "id": id, "object": "model", "created": 0, "owned_by": "chainference" });
     assert_eq!(models, json!({ "object": "list", "data": [listed(MODEL), listed(OTHER)] }));
 
-    // Only under the prefix.
+    // Only under the prefix (elsewhere: the app's fallback).
     let response = http.get(format!("{base}/v1/models")).bearer_auth("sk-test").send().await.unwrap();
-    assert_eq!(response.status(), 404);
+    assert_eq!(response.status(), 418);
 
     // The API key.
     let response = http.get(format!("{base}/openai/v1/models")).bearer_auth("sk-wrong").send().await.unwrap();

@@ -89,6 +89,31 @@ test('a prompt payload with stop sequences round-trips, and bad ones are refused
   assert.throws(() => cf.encodePrompt({ messages: [{ role: 'wizard', content: 'hi' }] }), TypeError);
 });
 
+test('what a dApp sizes, filters and ranks servers by comes from core', () => {
+  const vectors = require('../../../chainference-core/tests/vectors/core-v1.json');
+  const requestBytes = unhex(vectors.layouts.request);
+  const request = cf.decodeRequest(requestBytes);
+  assert.equal(cf.requestAccountSize(Buffer.byteLength(request.model), request.prompt.length), requestBytes.length);
+  const serverBytes = unhex(vectors.layouts.server);
+  assert.equal(cf.serverAccountKind(), serverBytes[0], 'the kind byte a getProgramAccounts filter matches');
+  assert.notEqual(cf.serverAccountKind(), requestBytes[0]);
+  const { stats } = cf.decodeServer(serverBytes);
+  // (counted − flagged) / (counted + timed out + released + 2): below the plain success ratio.
+  const expected = Math.floor((Number(stats.counted - stats.flagged) * 10_000) / Number(stats.counted + stats.timedOut + stats.released + 2n));
+  assert.equal(stats.rankingBps, expected);
+  assert.ok(stats.rankingBps < stats.successBps);
+  // The allow-list bound: one more server than allowed is refused when the instructions are built.
+  const client = randomBytes(32);
+  const nonce = cf.usableNonce(client, 1n);
+  const params = (allowed) => ({
+    client, nonce, stake: 1000n, maxPricePerMtok: 1n, maxTokens: 16, model: request.model,
+    allowed, responseKey: randomBytes(32), commitment: randomBytes(32), envelope: randomBytes(100),
+  });
+  const servers = (n) => Array.from({ length: n }, () => randomBytes(32));
+  assert.ok(cf.openRequestInstructions(params(servers(cf.maxAllowedServers()))).length >= 1);
+  assert.throws(() => cf.openRequestInstructions(params(servers(cf.maxAllowedServers() + 1))), (e) => typeof e.code === 'number');
+});
+
 test('bad input throws a clear Error, never a trap', () => {
   assert.throws(() => cf.ClientKeys.fromWalletSignature(new Uint8Array(3)), (e) => e instanceof Error && e.code === 7);
   assert.throws(() => cf.sealPrompt(new Uint8Array(32), 'nope', new Uint8Array(32), new Uint8Array(1)), TypeError);
