@@ -496,6 +496,11 @@ async function askOnce(asking, abort) {
   if ($('stake').value.trim()) stake = parseWhole($('stake').value, 'the stake', '1000000');
   else if (stake < 1n) stake = 1n;
   if (stake < 1n) throw new Hinted('the stake must be at least 1 lamport', 'leave it blank for the most the answer can cost');
+  // 0: the deployment's default; otherwise within the config's bounds (the program's rule).
+  const timeout = $('timeout').value.trim() ? Number(parseWhole($('timeout').value, 'the timeout', String(config.defaultTimeout))) : 0;
+  if (timeout !== 0 && (timeout < config.minTimeout || timeout > config.maxTimeout)) {
+    throw new Hinted(`the timeout must be from ${config.minTimeout} to ${config.maxTimeout} s on this deployment`, 'leave it blank for the default');
+  }
 
   // Keys: derived from the wallet's signature of a fixed message, so the same wallet can read
   // its history anywhere.
@@ -516,7 +521,7 @@ async function askOnce(asking, abort) {
     const payload = cf.encodePrompt({ messages, maxCompletionTokens: Number(maxTokens) });
     const envelope = cf.sealPrompt(request, chosen.map((s) => s.hpkeKey), reader.requestKeys.promptPublicKey, payload);
     instructions = cf.openRequestInstructions({
-      client, nonce, stake, maxPricePerMtok: maxPrice, maxTokens: Number(maxTokens), model,
+      client, nonce, stake, maxPricePerMtok: maxPrice, maxTokens: Number(maxTokens), model, timeout,
       allowed: chosen.map((s) => cf.fromBase58(s.authority)),
       responseKey: reader.requestKeys.responsePublicKey,
       commitment: keys.commitment(request, model, payload),

@@ -2,8 +2,9 @@
 // validator at $CHAINFERENCE_RPC_URL, then in headless Chromium and Firefox (or $BROWSERS) checks
 // the errors a user meets first (an RPC that is not there, a cluster without the program, an empty
 // wallet), funds the page's in-page keypair from the faucet, asks, and checks the streamed answer
-// and every lamport against the chain; then the same through a Wallet Standard wallet, and a
-// request that every allowed server declines on chain (cancelled and closed at once).
+// and every lamport against the chain; then the same through a Wallet Standard wallet, a
+// request that every allowed server declines on chain (cancelled and closed at once), and one its
+// server never answers (reclaimed at the deadline and closed).
 //
 //   CHAINFERENCE_RPC_URL   the validator (e.g. from `cargo xtask localnet`; its config must exist:
 //                          `chainference localnet` and the CLI's validator test create it)
@@ -324,6 +325,34 @@ try {
       const feeSum = feesPaid.reduce((sum, f) => sum + BigInt(f.split(':')[1]), 0n);
       assert.equal(beforeDecline - (await balance(standard)), feeSum, 'a declined request costs only its fees');
       console.log(`examples/web/index.html in headless ${name}: declined on chain, cancelled and closed ${declineTook.toFixed(1)} s after Ask, ${feeSum} lamports of fees`);
+
+      // A server that stops answering (SIGSTOP): with a 10 s timeout the page reclaims the request
+      // at its deadline (chain time) and closes it; only the fees are spent.
+      serverProcess.kill('SIGSTOP');
+      try {
+        await browser.evaluate(async ({ server }) => {
+          for (const box of document.querySelectorAll('#servers input[type=checkbox]')) if (box.checked) box.click();
+          document.querySelector(`#servers tr[data-authority="${server}"] input[type=checkbox]`).click();
+          document.getElementById('timeout').value = '10';
+        }, { server });
+        const beforeExpiry = await balance(standard);
+        const expiryStarted = Date.now();
+        await browser.evaluate(async () => document.getElementById('ask-form').requestSubmit());
+        shown = await settle(browser, ['failed', 'done'], 90);
+        const expiryTook = (Date.now() - expiryStarted) / 1000;
+        assert.equal(shown.status, 'failed', `${name}: status "${shown.status}": ${shown.error}`);
+        assert.match(shown.error, /ended expired without an answer; it is closed \(stake and rent back\)[\s\S]*hint: /);
+        assert.ok(!(await exists(shown['request-address'])), 'expired request closed');
+        const paid = await browser.evaluate(async () =>
+          [...document.querySelectorAll('#transactions tbody tr')].map((tr) => [tr.cells[0].textContent, tr.cells[2].textContent]));
+        assert.deepEqual(paid.map(([label]) => label), ['open', 'reclaim', 'close']);
+        const expiryFees = paid.reduce((sum, [, fee]) => sum + BigInt(fee), 0n);
+        assert.equal(beforeExpiry - (await balance(standard)), expiryFees, 'an expired request costs only its fees');
+        console.log(`examples/web/index.html in headless ${name}: unanswered, reclaimed at the deadline and closed ${expiryTook.toFixed(1)} s after Ask, ${expiryFees} lamports of fees`);
+      } finally {
+        serverProcess.kill('SIGCONT');
+        await browser.evaluate(async () => { document.getElementById('timeout').value = ''; });
+      }
 
       assert.deepEqual(browser.errors, []);
       assert.deepEqual(await browser.evaluate(async () => window.unexpectedErrors), [], `${name}: uncaught errors in the page`);
