@@ -583,6 +583,11 @@ async function follow({ asking, abort, reader, chosen, client, request, requestA
   /** Closes an ended request: its rent back, and the held share to whoever served it. */
   const close = (state, label = 'close') => pay(label, [cf.closeRequestInstruction(
     client, request, client, state.lockedBy ? cf.fromBase58(state.lockedBy) : client, programBytes)]);
+  /** An Open (or Draft) request nobody holds: cancelled and closed in one transaction. */
+  const cancelAndClose = () => pay('cancel + close', [
+    cf.cancelRequestInstruction(client, request, programBytes),
+    cf.closeRequestInstruction(client, request, client, client, programBytes),
+  ]);
 
   setStatus('opening the request…');
   await pay('open', [instructions[0]]);
@@ -595,10 +600,7 @@ async function follow({ asking, abort, reader, chosen, client, request, requestA
     // A request whose prompt never finished uploading can only be cancelled by its client.
     const state = await readState().catch(() => null);
     if (state && (state.status === 'Draft' || state.status === 'Open')) {
-      await pay('cancel + close', [
-        cf.cancelRequestInstruction(client, request, programBytes),
-        cf.closeRequestInstruction(client, request, client, client, programBytes),
-      ]);
+      await cancelAndClose();
       error.message += '; the request was cancelled and closed (stake and rent back)';
     }
     throw error;
@@ -627,10 +629,7 @@ async function follow({ asking, abort, reader, chosen, client, request, requestA
     }
     if (state.status === 'Open' && state.declinedByAll) {
       try {
-        await pay('cancel + close', [
-          cf.cancelRequestInstruction(client, request, programBytes),
-          cf.closeRequestInstruction(client, request, client, client, programBytes),
-        ]);
+        await cancelAndClose();
       } catch (error) {
         const now = await readState();
         // A server locked it meanwhile: follow the answer. (Gone: the cancel + close landed.)
