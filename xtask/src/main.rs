@@ -12,7 +12,8 @@
 //!   arguments go to `cargo test`); then the wasm tests in node and headless Chromium and the web
 //!   example's offline page in Chromium and Firefox; the RPC and HTTP suites against a real
 //!   validator and a real llama.cpp server, and the web dApp in both browsers against that
-//!   validator and real server processes; and the demo. The gateway is also driven by the
+//!   validator and real server processes; the soak's short form (load and faults on a real
+//!   validator, see `soak`); and the demo. The gateway is also driven by the
 //!   official OpenAI clients (openai-python and openai-node, pinned, installed into the cache).
 //! - `cu`: measures every instruction's compute units and writes `docs/compute-units.md`.
 //! - `wasm`: builds the npm package (node and web) into `pkg/`.
@@ -22,6 +23,10 @@
 //!   `chainference-localnet` tool, built once into the tools cache; arguments pass through).
 //! - `bench-backend`: Candle next to llama.cpp on the same GGUF and thread counts, and the
 //!   server runtime through the embedded chain next to the bare backend.
+//! - `soak`: many clients and servers on a real validator while faults are injected (a server
+//!   killed mid-answer, one shut down, websockets cut, RPC refusing and slow, a client killed
+//!   after its open, the validator restarted); checks nothing is stranded and lamports are
+//!   conserved, and prints its figures (arguments pass through; see `crates/chainference-soak`).
 //! - `demo`: the main job (see README).
 
 mod llama;
@@ -29,6 +34,7 @@ mod localnet;
 mod openai_clients;
 mod sbf;
 mod setup;
+mod soak;
 mod test;
 mod wasm;
 
@@ -44,7 +50,7 @@ type Result<T = ()> = std::result::Result<T, String>;
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
-        eprintln!("usage: cargo xtask <setup|build-sbf|test|cu|wasm|wasm-test|localnet|bench-backend|demo>");
+        eprintln!("usage: cargo xtask <setup|build-sbf|test|cu|wasm|wasm-test|localnet|bench-backend|soak|demo>");
         return ExitCode::from(2);
     };
     let outcome = match cmd.as_str() {
@@ -65,8 +71,13 @@ fn main() -> ExitCode {
         }
         "localnet" => localnet::localnet(rest),
         "bench-backend" => llama::bench_backend(),
+        "soak" => {
+            let outcome = soak::soak(rest);
+            print_stage_times();
+            outcome
+        }
         other => Err(format!(
-            "unknown subcommand `{other}`; expected setup, build-sbf, test, cu, wasm, wasm-test, localnet, bench-backend or demo"
+            "unknown subcommand `{other}`; expected setup, build-sbf, test, cu, wasm, wasm-test, localnet, bench-backend, soak or demo"
         )),
     };
     match outcome {

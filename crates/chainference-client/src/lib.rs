@@ -323,9 +323,14 @@ impl<C: Chain + 'static> Client<C> {
                 // Closed meanwhile (by hand, or by anyone after the retention): nothing to do.
                 // Unreadable now: it stays queued.
                 match self.inner.chain.account(&address(&finished.request)).await {
-                    Ok(Some(_)) => {
-                        ixs.push(finished.close_instruction(&self.inner.program, &self.address().to_bytes()))
-                    }
+                    // Ended: closable. Not ended (the chain rolled back past its end, after a
+                    // node restart): it stays queued for a later call rather than fail the batch.
+                    Ok(Some(account)) => match RequestHeader::decode(&account.data) {
+                        Ok(header) if header.status.is_terminal() => {
+                            ixs.push(finished.close_instruction(&self.inner.program, &self.address().to_bytes()))
+                        }
+                        _ => request::requeue(&self.inner.to_close, [*finished]),
+                    },
                     Ok(None) => {}
                     Err(err) => {
                         request::requeue(&self.inner.to_close, [*finished]);

@@ -113,6 +113,43 @@ async fn discover_estimate_ask_stream_settle_close() {
     drop(dear);
 }
 
+/// A lost connection while the answer is followed (the deadline check's clock read fails, a
+/// subscription cannot be opened) pauses the follower; it does not end it (the soak's RPC
+/// refusal found `wait` failing within half a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_is_followed_through_a_chain_outage() {
+    let chain = chain();
+    let server = TestServer::register(chain.as_ref(), 2_000_000).await;
+    let outage = Arc::new(common::Outage::new(Arc::clone(&chain)));
+    let wallet = funded(chain.as_ref(), FUNDS).await;
+    let client = Client::new(Arc::clone(&outage), wallet);
+    let start_total = total(&chain);
+    for phase in ["down while following", "down before following"] {
+        let ask = Ask::new(MODEL, "What is the capital of France?").to_servers([server.authority()]).max_tokens(400);
+        let request = client.ask(ask).await.unwrap();
+        let follower = client.request(&request.address()).await.unwrap();
+        if phase == "down before following" {
+            outage.set_down(true);
+        }
+        let waiting = tokio::spawn(async move { follower.wait().await });
+        if phase == "down before following" {
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            outage.set_down(true);
+            // Several deadline checks (every 500 ms) fail meanwhile.
+            tokio::time::sleep(Duration::from_millis(1_600)).await;
+        }
+        outage.set_down(false);
+        server.serve(chain.as_ref(), &request.address(), &["The capital ", "of France ", "is Paris."], 300).await;
+        let answer = waiting.await.unwrap().unwrap_or_else(|err| panic!("{phase}: {err}"));
+        assert_eq!(answer.text, "The capital of France is Paris.", "{phase}");
+        request.close().await.unwrap();
+    }
+    // Each phase: one open and one close transaction.
+    assert_eq!(start_total - total(&chain), u128::from(server.fees() + 4 * 5_000), "lamports conserved");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exclusions_are_explained_and_refused() {
     let chain = chain();

@@ -397,40 +397,98 @@ fn receipt_json(receipt: &Receipt) -> Value {
 /// (no signature of its own) before it is closed alone.
 const CLOSE_FLUSH_DELAY: Duration = Duration::from_secs(3);
 
+/// How long settling a request keeps trying through chain failures before it gives up (and
+/// says so in the log): far past any deadline, so only a chain gone for good stops it.
+const SETTLE_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Failures of one settling task, and when they began.
+#[derive(Default)]
+struct Patience {
+    since: Option<tokio::time::Instant>,
+}
+
+impl Patience {
+    /// Logs a failed step; `true` once steps have failed for [`SETTLE_PATIENCE`] (give up).
+    fn failed(&mut self, request: chainference_client::Address, what: &str, err: &dyn std::fmt::Display) -> bool {
+        let since = *self.since.get_or_insert_with(tokio::time::Instant::now);
+        let give_up = since.elapsed() >= SETTLE_PATIENCE;
+        if give_up {
+            tracing::error!(%request, error = %err, "{what} kept failing; the request is left for `chainference history`");
+        } else {
+            tracing::warn!(%request, error = %err, "{what} failed; trying again");
+        }
+        give_up
+    }
+}
+
 /// The gateway's wallet is the client: once a request is settled, close it to get its rent
 /// back (inside the next request's open transaction under load, or alone after a short wait);
-/// one nobody answered by its deadline is reclaimed first.
+/// one nobody answered by its deadline is reclaimed first. A failing step (the RPC refusing for
+/// a while, a request completed just as it was reclaimed) is tried again from a fresh read of
+/// the request, never dropped: a caller who hung up has nobody else to settle their request.
 fn settle_later(chain: Arc<dyn Chain>, pending: PendingRequest<Arc<dyn Chain>>) {
     tokio::spawn(async move {
+        let request = pending.address();
+        let mut patience = Patience::default();
+        let mut failed = |what: &str, err: &dyn std::fmt::Display| patience.failed(request, what, err);
         loop {
-            let Ok(state) = pending.state().await else { return };
+            let state = match pending.state().await {
+                Ok(state) => state,
+                Err(chainference_client::ClientError::RequestNotFound(_)) => return, // closed meanwhile
+                Err(err) => {
+                    if failed("reading the request", &err) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            };
             // Every allowed server declined and nobody follows it (a streaming caller hung up):
             // give it up now rather than at the deadline.
             if state.status == RequestStatus::Open && state.declined_by_all {
-                if let Err(err) = pending.give_up_if_refused().await {
-                    tracing::warn!(error = %err, "giving up a declined request failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                if let Err(err) = pending.give_up_if_refused().await
+                    && failed("giving up a declined request", &err)
+                {
+                    return;
                 }
+                tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
             if state.status.is_terminal() {
                 if let Err(err) = pending.close_later().await {
-                    tracing::warn!(error = %err, "queueing a settled request to close failed");
-                    return;
+                    if failed("queueing a settled request to close", &err) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
                 }
                 tokio::time::sleep(CLOSE_FLUSH_DELAY).await;
-                if let Err(err) = pending.client().close_finished().await {
-                    tracing::warn!(error = %err, "closing settled requests failed");
+                match pending.client().close_finished().await {
+                    Ok(_) => return,
+                    // Still queued: the next open or the next try closes it.
+                    Err(err) => {
+                        if failed("closing settled requests", &err) {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        continue;
+                    }
                 }
-                return;
             }
-            let now = chain.clock().await.map_or(0, |clock| clock.unix_timestamp);
-            if state.deadline > 0 && now >= state.deadline {
-                if let Err(err) = pending.reclaim().await {
-                    tracing::warn!(error = %err, "reclaiming an unanswered request failed");
-                    return;
+            match chain.clock().await {
+                Ok(clock) if state.deadline > 0 && clock.unix_timestamp >= state.deadline => {
+                    if let Err(err) = pending.reclaim().await
+                        && failed("reclaiming an unanswered request", &err)
+                    {
+                        return;
+                    }
                 }
-                continue;
+                Ok(_) => {}
+                Err(err) => {
+                    if failed("reading the clock", &err) {
+                        return;
+                    }
+                }
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }

@@ -358,6 +358,13 @@ async fn a_server_restarted_mid_answer_releases_and_serves_again() {
 
     let second = start(&chain, restarted_wallet, model(), 2_000_000).await;
     assert_eq!(second.public_key().await, key_before, "the wallet-derived key is found again");
+    // The release happened inside `start`, before anyone could subscribe; the first subscriber
+    // still sees it (an operator's log, the soak's counters).
+    let mut startup = second.events();
+    let first_event = next_event(&mut startup, |_| true).await;
+    assert!(matches!(first_event, ServerEvent::Registered { created: false, .. }), "{first_event:?}");
+    let released = next_event(&mut startup, |e| matches!(e, ServerEvent::Released { .. })).await;
+    assert!(matches!(released, ServerEvent::Released { reason: ReleaseReason::Restarted, .. }), "{released:?}");
     let mut restarts = 0;
     let receipt = loop {
         match events.next().await.unwrap().unwrap() {

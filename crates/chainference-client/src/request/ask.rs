@@ -371,7 +371,7 @@ impl Prepared {
                 Err(err) => {
                     if let chainference_chain::ChainError::Transaction { charged, .. } = &err {
                         fees.fetch_add(*charged, Ordering::Relaxed);
-                    } else if inner.chain.account(&self.address).await.ok().flatten().is_some() {
+                    } else if landed(&inner.chain, &self.address).await {
                         // Reported lost, but it landed (closes included: one transaction).
                         return self.upload_rest(client, pending, 1).await;
                     }
@@ -401,6 +401,10 @@ impl Prepared {
                 Err(err) => {
                     if let chainference_chain::ChainError::Transaction { charged, .. } = &err {
                         fees.fetch_add(*charged, Ordering::Relaxed);
+                    } else if index == 0 && landed(&inner.chain, &pending.address).await {
+                        // Reported lost (a transport failure), but the open is on chain: go on
+                        // rather than leave a request nobody follows.
+                        continue;
                     }
                     if index > 0 {
                         // Half uploaded: take the stake and rent back rather than strand them.
@@ -416,6 +420,27 @@ impl Prepared {
         }
         tracing::debug!(request = %pending.address, transactions = self.transactions.len(), "request published");
         Ok(pending)
+    }
+}
+
+/// How long an open whose outcome is unknown is looked for on chain.
+const LANDED_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Whether the request account exists, for a send whose outcome is unknown (the transport
+/// failed after or while sending). Asks until the chain answers or [`LANDED_PATIENCE`] passes:
+/// a single read in the same outage would say "no" for a request that landed, and the caller
+/// would lose track of it.
+async fn landed<C: Chain>(chain: &C, request: &Address) -> bool {
+    let started = tokio::time::Instant::now();
+    loop {
+        match chain.account(request).await {
+            Ok(found) => return found.is_some(),
+            Err(err) if started.elapsed() < LANDED_PATIENCE => {
+                tracing::debug!(%request, %err, "checking whether the open landed; asking again");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(_) => return false,
+        }
     }
 }
 

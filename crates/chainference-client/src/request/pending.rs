@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chainference_chain::{Account, Address, Chain, Instruction, address, instruction};
+use chainference_chain::{Account, Address, Chain, ChainError, Instruction, address, instruction};
 use chainference_core::builders::{self, RequestRefs};
 use chainference_core::envelope::ResponseOpener;
 use chainference_core::state::{
@@ -471,6 +471,29 @@ impl ChunkReader {
     }
 }
 
+/// How long following an answer keeps trying to subscribe while the chain's RPC fails.
+const SUBSCRIBE_PATIENCE: Duration = Duration::from_secs(20);
+
+/// Subscribes to `address`, trying again through a transport failure of up to
+/// [`SUBSCRIBE_PATIENCE`] (a node restarting, a dropped connection); other errors at once.
+async fn subscribe_through_outages<C: Chain>(
+    chain: &C,
+    address: &Address,
+) -> Result<chainference_chain::AccountUpdates, ClientError> {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match chain.subscribe(address).await {
+            Err(ChainError::Rpc(reason)) if started.elapsed() < SUBSCRIBE_PATIENCE => {
+                tracing::debug!(%address, %reason, "subscribing failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause = pause.saturating_mul(2).min(Duration::from_secs(2));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// The task behind [`PendingRequest::events`].
 struct Watcher<C> {
     chain: Arc<crate::Inner<C>>,
@@ -501,8 +524,8 @@ impl<C: Chain + 'static> Watcher<C> {
 
     async fn follow(&self) -> Result<(), ClientError> {
         let chain = &self.chain.chain;
-        let mut requests = chain.subscribe(&self.request).await?;
-        let mut responses = chain.subscribe(&self.response).await?;
+        let mut requests = subscribe_through_outages(chain, &self.request).await?;
+        let mut responses = subscribe_through_outages(chain, &self.response).await?;
         let mut reader: Option<ChunkReader> = None;
         let mut header: Option<RequestHeader> = None;
         let mut tick = tokio::time::interval(DEADLINE_CHECK);
@@ -531,7 +554,10 @@ impl<C: Chain + 'static> Watcher<C> {
                 _ = tick.tick() => {
                     if let Some(header) = &header
                         && matches!(header.status, RequestStatus::Open | RequestStatus::Locked) && header.deadline > 0 {
-                            let now = chain.clock().await?.unix_timestamp;
+                            // A clock the chain cannot give now (a passing RPC failure) is
+                            // asked again at the next tick; it is no reason to stop following.
+                            let Ok(clock) = chain.clock().await else { continue };
+                            let now = clock.unix_timestamp;
                             if now >= header.deadline {
                                 return Err(ClientError::DeadlinePassed { deadline: header.deadline, now });
                             }

@@ -172,3 +172,84 @@ pub struct Locked {
 pub fn addr(bytes: &[u8; 32]) -> Address {
     address(bytes)
 }
+
+/// A real chain behind a switch: while it is down every call fails as a lost connection would
+/// (`ChainError::Rpc`); subscriptions opened before keep their updates (a websocket that
+/// survives while HTTP refuses). The SDK must ride through such an outage.
+pub struct Outage<C> {
+    pub chain: C,
+    pub down: std::sync::atomic::AtomicBool,
+}
+
+impl<C> Outage<C> {
+    pub fn new(chain: C) -> Self {
+        Outage { chain, down: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), ChainError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(ChainError::Rpc("connection refused (outage)".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<C: Chain> Chain for Outage<C> {
+    async fn send(
+        &self,
+        instructions: &[chainference_client::chain::Instruction],
+        signers: &[chainference_client::chain::SignerRef<'_>],
+    ) -> Result<chainference_client::chain::Sent, ChainError> {
+        self.check()?;
+        self.chain.send(instructions, signers).await
+    }
+    async fn fee_for(
+        &self,
+        instructions: &[chainference_client::chain::Instruction],
+        payer: &Address,
+    ) -> Result<u64, ChainError> {
+        self.check()?;
+        self.chain.fee_for(instructions, payer).await
+    }
+    async fn account(&self, address: &Address) -> Result<Option<chainference_client::chain::Account>, ChainError> {
+        self.check()?;
+        self.chain.account(address).await
+    }
+    async fn accounts(
+        &self,
+        addresses: &[Address],
+    ) -> Result<Vec<Option<chainference_client::chain::Account>>, ChainError> {
+        self.check()?;
+        self.chain.accounts(addresses).await
+    }
+    async fn program_accounts(
+        &self,
+        program: &Address,
+        filters: &[chainference_client::chain::AccountFilter],
+    ) -> Result<Vec<(Address, chainference_client::chain::Account)>, ChainError> {
+        self.check()?;
+        self.chain.program_accounts(program, filters).await
+    }
+    async fn subscribe(&self, address: &Address) -> Result<chainference_client::chain::AccountUpdates, ChainError> {
+        self.check()?;
+        self.chain.subscribe(address).await
+    }
+    async fn clock(&self) -> Result<chainference_client::chain::ChainClock, ChainError> {
+        self.check()?;
+        self.chain.clock().await
+    }
+    async fn rent_exempt_minimum(&self, data_len: usize) -> Result<u64, ChainError> {
+        self.check()?;
+        self.chain.rent_exempt_minimum(data_len).await
+    }
+    async fn airdrop(&self, to: &Address, lamports: u64) -> Result<(), ChainError> {
+        self.check()?;
+        self.chain.airdrop(to, lamports).await
+    }
+}

@@ -173,7 +173,7 @@ where
             None => None,
         };
         let ring = keys::KeyRing::resolve(self.keys, &self.wallet, published);
-        let (events, _) = broadcast::channel(1024);
+        let (events, startup_events) = broadcast::channel(1024);
         let (stop_locking, _) = watch::channel(false);
         let (release_now, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -201,7 +201,13 @@ where
         shared.register().await?;
         shared.recover().await?;
         let main = tokio::spawn(Arc::clone(&shared).watch());
-        Ok(ServerHandle { shared, main: Some(main), max_concurrent: self.max_concurrent, grace: self.shutdown_grace })
+        Ok(ServerHandle {
+            shared,
+            main: Some(main),
+            max_concurrent: self.max_concurrent,
+            grace: self.shutdown_grace,
+            startup_events: std::sync::Mutex::new(Some(startup_events)),
+        })
     }
 
     /// [`ServerBuilder::start`], then serves until `shutdown` resolves, then shuts down

@@ -17,6 +17,9 @@ pub struct ServerHandle {
     pub(super) main: Option<JoinHandle<()>>,
     pub(super) max_concurrent: usize,
     pub(super) grace: Duration,
+    /// Subscribed before registration, so the first [`ServerHandle::events`] caller also sees
+    /// what `start` itself did (registering, releasing what a crashed run left half answered).
+    pub(super) startup_events: std::sync::Mutex<Option<broadcast::Receiver<ServerEvent>>>,
 }
 
 impl ServerHandle {
@@ -35,9 +38,12 @@ impl ServerHandle {
         self.shared.keys.read().await.current.public_key()
     }
 
-    /// Events from now on.
+    /// The runtime's events: for the first caller, every event since the runtime started
+    /// (its registration, and what it resumed or released from a previous run that crashed);
+    /// for later callers, events from now on.
     pub fn events(&self) -> broadcast::Receiver<ServerEvent> {
-        self.shared.events.subscribe()
+        let startup = self.startup_events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        startup.unwrap_or_else(|| self.shared.events.subscribe())
     }
 
     /// Counters since start.

@@ -92,6 +92,9 @@ fn fail(shared: &Shared, request: Address, error: String) {
     shared.emit(ServerEvent::Failed { request, error });
 }
 
+/// How long a send whose outcome is unknown waits for the chain to say what happened.
+const OUTCOME_PATIENCE: Duration = Duration::from_secs(20);
+
 /// Hands a locked request back to the open pool (its response account is discarded).
 pub(crate) async fn release(shared: &Shared, request: &Address, reason: ReleaseReason) {
     let request_bytes = request.to_bytes();
@@ -441,10 +444,20 @@ impl Stream<'_> {
     /// says what happened.
     async fn unconfirmed(&self, locking: bool, err: &ChainError) -> Outcome {
         let request = address(&self.refs.request);
-        let header = match self.shared.chain.account(&request).await {
-            Ok(Some(account)) => RequestAccount::decode(&account.data).ok().map(|decoded| decoded.header),
-            _ => None,
+        // The failure that hid the outcome may last a while (a node restarting, a dropped
+        // connection): ask until the chain answers, or the outcome is told wrong (a completion
+        // that landed counted as a failure, a release sent after it).
+        let started = tokio::time::Instant::now();
+        let account = loop {
+            match self.shared.chain.account(&request).await {
+                Ok(account) => break account,
+                Err(_) if started.elapsed() < OUTCOME_PATIENCE => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(_) => break None,
+            }
         };
+        let header = account.and_then(|account| RequestAccount::decode(&account.data).ok().map(|d| d.header));
         let Some(header) = header else { return self.failure(format!("sending: {err}")) };
         let ours = header.locked_by == self.authority;
         match header.status {
