@@ -50,6 +50,7 @@ use futures::Stream;
 pub mod conformance;
 #[cfg(feature = "embedded")]
 mod embedded;
+pub mod outage;
 #[cfg(feature = "rpc")]
 mod rpc;
 

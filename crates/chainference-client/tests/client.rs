@@ -120,7 +120,7 @@ async fn discover_estimate_ask_stream_settle_close() {
 async fn an_answer_is_followed_through_a_chain_outage() {
     let chain = chain();
     let server = TestServer::register(chain.as_ref(), 2_000_000).await;
-    let outage = Arc::new(common::Outage::new(Arc::clone(&chain)));
+    let outage = Arc::new(chainference_client::chain::outage::Outage::new(Arc::clone(&chain)));
     let wallet = funded(chain.as_ref(), FUNDS).await;
     let client = Client::new(Arc::clone(&outage), wallet);
     let start_total = total(&chain);

@@ -387,3 +387,39 @@ async fn a_server_restarted_mid_answer_releases_and_serves_again() {
 fn request_server(chain: &EmbeddedChain, wallet: &Keypair) -> chainference_chain::Address {
     chainference_chain::address(&chain.program().server(&wallet.pubkey().to_bytes()))
 }
+
+/// The reply to the one transaction that locks, answers and completes a short request is lost,
+/// and the chain refuses for a while after: the runtime waits for the chain to say what
+/// happened and counts the completion (the soak found servers counting such a completion as a
+/// failure, their counters disagreeing with their on-chain stats).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_whose_reply_is_lost_is_counted_from_the_chain() {
+    use chainference_chain::outage::Outage;
+    let chain = chain();
+    let (server_wallet, client_wallet) = (funded(&chain).await, funded(&chain).await);
+    let start_total = chain.total_lamports();
+    let outage = Arc::new(Outage::new(Arc::clone(&chain)));
+    let server = Server::builder(Arc::clone(&outage), server_wallet, model())
+        .program(*chain.program())
+        .price(2_000_000)
+        .flush_interval(Duration::from_secs(3))
+        .poll_interval(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let mut events = server.events();
+    outage.lose_next_reply(Duration::from_secs(2));
+    let client = Client::with_program(Arc::clone(&chain), client_wallet, *chain.program());
+    let request = client.ask(Ask::chat(model().model_id(), france()).max_tokens(400)).await.unwrap();
+    let answer = request.wait().await.unwrap();
+    assert_eq!(answer.text, "The capital of France is Paris.");
+    let completed =
+        next_event(&mut events, |e| matches!(e, ServerEvent::Completed { .. } | ServerEvent::Failed { .. })).await;
+    assert!(matches!(completed, ServerEvent::Completed { .. }), "{completed:?}");
+    request.close().await.unwrap();
+    let counters = server.shutdown().await.unwrap();
+    assert_eq!((counters.completed, counters.failed, counters.released), (1, 0, 0));
+    // The lost reply carried the fee of its transaction (one signature): the runtime never saw it.
+    let fees = counters.fees_paid + 5_000 + request.transaction_fees();
+    assert_eq!(start_total - chain.total_lamports(), u128::from(fees), "lamports conserved");
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use chainference_chain::{Address, Chain, RpcChain};
+use chainference_chain::{Address, Chain, RpcChain, Signer};
 use chainference_client::Client;
 use chainference_client::core::state::RequestStatus;
 
@@ -145,12 +145,40 @@ impl Script<'_> {
             probes.push(self.probe(None));
             tokio::time::sleep(Duration::from_secs(1)).await;
             let at = Instant::now();
+            // Agave's RPC answers as soon as the restarted node runs, from older banks while it
+            // replays its ledger (wallets at 0, servers unregistered): what a load balancer's
+            // health check keeps from clients. The proxy plays that check: it refuses until the
+            // node is back at the slot it was killed at, with an idle wallet's balance as before.
+            let direct = self.cluster.direct_chain();
+            let marker = crate::network::read_keypair(self.killed_client)?.pubkey();
+            let (slot_before, balance_before) = (direct.clock().await?.slot, direct.balance(&marker).await?);
+            self.cluster.rpc_proxy.set(Mode::Refuse);
+            self.cluster.ws_proxy.set(Mode::Refuse);
             let down = self.cluster.restart_validator().await?;
+            let direct = self.cluster.direct_chain();
+            let caught_up = loop {
+                let slot = direct.clock().await.map(|c| c.slot).unwrap_or(0);
+                let balance = direct.balance(&marker).await.ok();
+                if slot >= slot_before && balance == Some(balance_before) {
+                    break at.elapsed();
+                }
+                if at.elapsed() > Duration::from_secs(300) {
+                    bail!("the restarted validator did not replay back to slot {slot_before} within 300 s");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            };
+            self.cluster.rpc_proxy.set(Mode::Pass);
+            self.cluster.ws_proxy.set(Mode::Pass);
             self.note(
                 &mut faults,
                 "validator restarted from its ledger",
                 at,
-                format!("killed, restarted with --keep-ledger on the same ports, down {:.1} s", down.as_secs_f64()),
+                format!(
+                    "killed at slot {slot_before}, restarted with --keep-ledger on the same ports ({:.1} s), \
+                     served again once replayed to that slot ({:.1} s after the kill)",
+                    down.as_secs_f64(),
+                    caught_up.as_secs_f64()
+                ),
             );
         }
         for probe in probes {

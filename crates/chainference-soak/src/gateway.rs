@@ -62,7 +62,7 @@ pub async fn burst(http: &reqwest::Client, base: &str, calls: usize) -> GatewayL
             });
             let response = match http.post(url.as_str()).json(&body).send().await {
                 Ok(response) => response,
-                Err(err) => return (stream, hang_up, Err(format!("call {i}: {err}"))),
+                Err(err) => return (stream, hang_up, Err(format!("call {i}: {}", chain_of(&err)))),
             };
             let status = response.status();
             if !status.is_success() {
@@ -82,7 +82,7 @@ pub async fn burst(http: &reqwest::Client, base: &str, calls: usize) -> GatewayL
             while let Some(chunk) = chunks.next().await {
                 match chunk {
                     Ok(bytes) => text.push_str(&String::from_utf8_lossy(&bytes)),
-                    Err(err) => return (stream, hang_up, Err(format!("call {i}: stream: {err}"))),
+                    Err(err) => return (stream, hang_up, Err(format!("call {i}: stream: {}", chain_of(&err)))),
                 }
                 if hang_up && text.contains("data: ") {
                     return (stream, hang_up, Ok(())); // dropping the body hangs up
@@ -108,4 +108,16 @@ pub async fn burst(http: &reqwest::Client, base: &str, calls: usize) -> GatewayL
     }
     load.elapsed = start.elapsed();
     load
+}
+
+/// An error with its sources, so a timeout or a reset says so.
+fn chain_of(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

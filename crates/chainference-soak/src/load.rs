@@ -262,12 +262,12 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ClientError>>,
 {
-    let mut tries = 0u32;
+    // Through any outage the fault script makes (the longest: a validator restart and replay).
+    let started = Instant::now();
     loop {
         match open().await {
-            Err(err) if transient(&err) && tries < 8 => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(750)).await;
+            Err(err) if transient(&err) && started.elapsed() < Duration::from_secs(180) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
             other => return other,
         }

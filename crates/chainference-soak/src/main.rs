@@ -56,6 +56,9 @@ struct Options {
     program: PathBuf,
 }
 
+/// The gateway's on-chain timeout: its burst queues behind the servers, 64 calls on 3 servers.
+const GATEWAY_TIMEOUT_SECS: u64 = 300;
+
 const USAGE: &str = "usage: chainference-soak [--requests R (200)] [--clients C (16)] [--servers S (3)] \
     [--gateway-calls G (64)] [--timeout SECS (120)] [--no-validator-restart] [--json] --cli PATH --program PATH";
 
@@ -131,7 +134,8 @@ async fn run() -> Result<bool> {
     std::fs::create_dir_all(&dir)?;
     eprintln!("soak: logs and wallets in {}", dir.display());
     let program = Program::default();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
+    // Longer than a gateway call can take (its on-chain timeout, below, and then some).
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
 
     // The network.
     let mut cluster = Cluster::start(&options.program, &dir).await.context("starting the validator")?;
@@ -182,7 +186,7 @@ async fn run() -> Result<bool> {
         "--listen",
         &format!("127.0.0.1:{gateway_port}"),
         "--request-timeout",
-        &options.timeout_secs.max(90).to_string(),
+        &GATEWAY_TIMEOUT_SECS.to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -251,7 +255,7 @@ async fn run() -> Result<bool> {
         if left == Some(0) {
             break Some(settle_start.elapsed());
         }
-        if settle_start.elapsed() > Duration::from_secs(u64::from(options.timeout_secs.max(90)) + 90) {
+        if settle_start.elapsed() > Duration::from_secs(GATEWAY_TIMEOUT_SECS + 90) {
             break None;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
