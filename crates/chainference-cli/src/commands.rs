@@ -490,8 +490,14 @@ async fn serve(cli: &Cli, args: &ServerRunArgs) -> Result<()> {
         lamports(args.price)
     );
     let json = cli.json;
-    let printer = tokio::spawn(async move {
-        while let Ok(event) = events.recv().await {
+    let mut printer = tokio::spawn(async move {
+        loop {
+            let event = match events.recv().await {
+                Ok(event) => event,
+                // Fell behind (a burst of skips): what follows still prints.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            };
             if json {
                 println!("{}", json!({ "event": format!("{event:?}") }));
                 continue;
@@ -515,7 +521,10 @@ async fn serve(cli: &Cli, args: &ServerRunArgs) -> Result<()> {
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     eprintln!("stopping: finishing or releasing in-flight requests");
     let counters = handle.shutdown().await?;
-    printer.abort();
+    // What shutdown did (the last completions, the releases) is printed before the counters.
+    if tokio::time::timeout(Duration::from_secs(2), &mut printer).await.is_err() {
+        printer.abort();
+    }
     done(
         cli,
         json!({ "completed": counters.completed, "released": counters.released, "declined": counters.declined, "earned": counters.earned, "fees_paid": counters.fees_paid }),

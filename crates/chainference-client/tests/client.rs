@@ -150,6 +150,28 @@ async fn an_answer_is_followed_through_a_chain_outage() {
     assert_eq!(start_total - total(&chain), u128::from(server.fees() + 4 * 5_000), "lamports conserved");
 }
 
+/// The open lands but its reply is lost and the chain refuses for a while after: `ask` finds
+/// the request on chain and returns it, rather than an error for a request that exists and that
+/// nobody would follow (the soak's RPC refusal left such orphans to its final sweep).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_whose_reply_is_lost_is_found_on_chain() {
+    let chain = chain();
+    let server = TestServer::register(chain.as_ref(), 2_000_000).await;
+    let outage = Arc::new(chainference_client::chain::outage::Outage::new(Arc::clone(&chain)));
+    let client = Client::new(Arc::clone(&outage), funded(chain.as_ref(), FUNDS).await);
+    let start_total = total(&chain);
+    let ask = Ask::new(MODEL, "What is the capital of France?").to_servers([server.authority()]).max_tokens(400);
+    let estimate = client.estimate(&ask).await.unwrap();
+    outage.lose_next_reply(Duration::from_secs(2));
+    let request = client.ask(ask).await.expect("the open landed: ask returns it");
+    assert_eq!(request.state().await.unwrap().status, RequestStatus::Open);
+    server.serve(chain.as_ref(), &request.address(), &["The capital ", "of France ", "is Paris."], 300).await;
+    assert_eq!(request.wait().await.unwrap().text, "The capital of France is Paris.");
+    request.close().await.unwrap();
+    // The lost reply's fee is the open's: the estimate's one transaction.
+    assert_eq!(start_total - total(&chain), u128::from(server.fees() + estimate.transaction_fees + 5_000));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exclusions_are_explained_and_refused() {
     let chain = chain();

@@ -409,6 +409,11 @@ struct Patience {
 
 impl Patience {
     /// Logs a failed step; `true` once steps have failed for [`SETTLE_PATIENCE`] (give up).
+    /// A step succeeded: the failures so far are over.
+    fn recovered(&mut self) {
+        self.since = None;
+    }
+
     fn failed(&mut self, request: chainference_client::Address, what: &str, err: &dyn std::fmt::Display) -> bool {
         let since = *self.since.get_or_insert_with(tokio::time::Instant::now);
         let give_up = since.elapsed() >= SETTLE_PATIENCE;
@@ -430,13 +435,24 @@ fn settle_later(chain: Arc<dyn Chain>, pending: PendingRequest<Arc<dyn Chain>>) 
     tokio::spawn(async move {
         let request = pending.address();
         let mut patience = Patience::default();
-        let mut failed = |what: &str, err: &dyn std::fmt::Display| patience.failed(request, what, err);
         loop {
             let state = match pending.state().await {
-                Ok(state) => state,
-                Err(chainference_client::ClientError::RequestNotFound(_)) => return, // closed meanwhile
+                Ok(state) => {
+                    patience.recovered();
+                    state
+                }
+                // Closed: by this task's close, by another task's batch that took this request
+                // along, or (read once more after a pause, in case a restarting node answered
+                // from an old bank) never to come back.
+                Err(chainference_client::ClientError::RequestNotFound(_)) => {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    if matches!(pending.state().await, Err(chainference_client::ClientError::RequestNotFound(_))) {
+                        return;
+                    }
+                    continue;
+                }
                 Err(err) => {
-                    if failed("reading the request", &err) {
+                    if patience.failed(request, "reading the request", &err) {
                         return;
                     }
                     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -447,7 +463,7 @@ fn settle_later(chain: Arc<dyn Chain>, pending: PendingRequest<Arc<dyn Chain>>) 
             // give it up now rather than at the deadline.
             if state.status == RequestStatus::Open && state.declined_by_all {
                 if let Err(err) = pending.give_up_if_refused().await
-                    && failed("giving up a declined request", &err)
+                    && patience.failed(request, "giving up a declined request", &err)
                 {
                     return;
                 }
@@ -456,18 +472,23 @@ fn settle_later(chain: Arc<dyn Chain>, pending: PendingRequest<Arc<dyn Chain>>) 
             }
             if state.status.is_terminal() {
                 if let Err(err) = pending.close_later().await {
-                    if failed("queueing a settled request to close", &err) {
+                    if patience.failed(request, "queueing a settled request to close", &err) {
                         return;
                     }
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     continue;
                 }
                 tokio::time::sleep(CLOSE_FLUSH_DELAY).await;
+                // Another task's batch may hold this request (close_finished takes the whole
+                // queue): only its account being gone ends this task, at the top of the loop.
                 match pending.client().close_finished().await {
-                    Ok(_) => return,
+                    Ok(_) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                     // Still queued: the next open or the next try closes it.
                     Err(err) => {
-                        if failed("closing settled requests", &err) {
+                        if patience.failed(request, "closing settled requests", &err) {
                             return;
                         }
                         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -478,14 +499,14 @@ fn settle_later(chain: Arc<dyn Chain>, pending: PendingRequest<Arc<dyn Chain>>) 
             match chain.clock().await {
                 Ok(clock) if state.deadline > 0 && clock.unix_timestamp >= state.deadline => {
                     if let Err(err) = pending.reclaim().await
-                        && failed("reclaiming an unanswered request", &err)
+                        && patience.failed(request, "reclaiming an unanswered request", &err)
                     {
                         return;
                     }
                 }
                 Ok(_) => {}
                 Err(err) => {
-                    if failed("reading the clock", &err) {
+                    if patience.failed(request, "reading the clock", &err) {
                         return;
                     }
                 }

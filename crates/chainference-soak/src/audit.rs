@@ -65,11 +65,17 @@ pub struct Fees {
     pub deltas: BTreeMap<String, i128>,
 }
 
-/// Every transaction a wallet in `wallets` signed after `after_slot`, each counted once. The
+/// Every transaction a wallet in `wallets` signed after `after_slot` and up to `up_to_slot`,
+/// each counted once. The
 /// fee comes from the block at the slot the history names (`getTransaction` finds nothing from
 /// before a restart; `getBlock` does), and a transaction missing from its block is one the
 /// restart rolled back.
-pub async fn fees_since(http: &reqwest::Client, rpc: &str, wallets: &[Address], after_slot: u64) -> Result<Fees> {
+pub async fn fees_between(
+    http: &reqwest::Client,
+    rpc: &str,
+    wallets: &[Address],
+    (after_slot, up_to_slot): (u64, u64),
+) -> Result<Fees> {
     let mut by_slot: BTreeMap<u64, HashSet<String>> = BTreeMap::new();
     for wallet in wallets {
         let mut before: Option<String> = None;
@@ -89,6 +95,9 @@ pub async fn fees_since(http: &reqwest::Client, rpc: &str, wallets: &[Address], 
                 before = Some(signature.clone());
                 if slot <= after_slot {
                     break 'pages;
+                }
+                if slot > up_to_slot {
+                    continue;
                 }
                 by_slot.entry(slot).or_default().insert(signature);
             }

@@ -74,14 +74,16 @@ impl Script<'_> {
         let target = self.servers.first().map(|s| s.authority).context("no server")?;
         probes.push(self.probe(Some(target)));
         let server = self.servers.first_mut().context("no server")?;
-        let holding = server.wait_in_flight(Duration::from_secs(60)).await;
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        let holding = server
+            .wait_in_flight(Duration::from_secs(90))
+            .await
+            .context("server 0 locked nothing to be killed in the middle of")?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let at = Instant::now();
         server.kill().await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         server.start()?;
-        let detail =
-            format!("SIGKILL {target} holding {}; restarted 2 s later", holding.as_deref().unwrap_or("nothing"));
+        let detail = format!("SIGKILL {target} holding {holding}; restarted 2 s later");
         self.note(&mut faults, "server killed mid-answer", at, detail);
         tokio::time::sleep(pause).await;
 
@@ -113,14 +115,14 @@ impl Script<'_> {
         probes.push(self.probe(Some(target)));
         let index = usize::from(self.servers.len() > 1);
         let server = self.servers.get_mut(index).context("no server")?;
-        let holding = server.wait_in_flight(Duration::from_secs(60)).await;
+        let holding =
+            server.wait_in_flight(Duration::from_secs(90)).await.context("the server to shut down locked nothing")?;
         let at = Instant::now();
         server.shut_down(Duration::from_secs(60)).await?;
         let stopped = at.elapsed();
         server.start()?;
         let detail = format!(
-            "Ctrl-C to {target} holding {}; it exited after {:.1} s and was started again",
-            holding.as_deref().unwrap_or("nothing"),
+            "Ctrl-C to {target} holding {holding}; it exited after {:.1} s and was started again",
             stopped.as_secs_f64()
         );
         self.note(&mut faults, "server shut down gracefully", at, detail);
@@ -225,6 +227,9 @@ impl Script<'_> {
             let now = watcher.chain().clock().await.map(|c| c.unix_timestamp).unwrap_or(0);
             if now > request.state.deadline {
                 break;
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!("the chain clock did not pass {}'s deadline within 120 s", request.address);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

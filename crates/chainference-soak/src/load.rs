@@ -194,7 +194,7 @@ pub async fn run_job(name: &str, client: &Client<Arc<RpcChain>>, job: &Job, boar
             }
         };
         let (mut one, mut two) =
-            tokio::join!(follow_and_settle(name, &first, sent, false), follow_and_settle(name, &second, sent, false));
+            tokio::join!(follow_and_settle(name, &first, sent), follow_and_settle(name, &second, sent));
         if one.outcome == Outcome::Completed && two.outcome == Outcome::Completed {
             let (a, b) = (first.address(), second.address());
             let compared = with_retries(|| client.compare(&a, &b, &a)).await;
@@ -216,7 +216,7 @@ pub async fn run_job(name: &str, client: &Client<Arc<RpcChain>>, job: &Job, boar
         Ok(pending) => pending,
         Err(err) => return board.record(failed_open(name, &err)),
     };
-    let mut record = follow_and_settle(name, &pending, sent, job.flag).await;
+    let mut record = follow_and_settle(name, &pending, sent).await;
     if job.flag && record.outcome == Outcome::Completed {
         let address = pending.address();
         match with_retries(|| client.flag(&address)).await {
@@ -285,12 +285,7 @@ where
 
 /// Follows the answer; on any interruption reads the request's state and goes on: follows
 /// again, reclaims after the deadline, or closes what ended.
-pub async fn follow_and_settle(
-    name: &str,
-    pending: &PendingRequest<Arc<RpcChain>>,
-    sent: Instant,
-    flag: bool,
-) -> Record {
+pub async fn follow_and_settle(name: &str, pending: &PendingRequest<Arc<RpcChain>>, sent: Instant) -> Record {
     let mut record = Record {
         who: name.to_string(),
         request: Some(pending.address()),
@@ -302,7 +297,6 @@ pub async fn follow_and_settle(
         flagged: false,
         compared: false,
     };
-    let _ = flag;
     for _attempt in 0..60u32 {
         let mut events = pending.events();
         let mut last_error = None;

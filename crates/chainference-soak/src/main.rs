@@ -22,6 +22,9 @@
 
 // A test harness: counters, sums and timings of its own, never input from outside.
 #![allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+// JSON from the validator and the gateway is read with serde_json's `value["key"]`, which gives
+// `Null` for what is missing rather than panicking.
+#![allow(clippy::indexing_slicing)]
 
 mod audit;
 mod faults;
@@ -35,7 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use chainference_chain::{Address, Keypair, Signer};
+use chainference_chain::{Address, Chain, Keypair, Signer};
 use chainference_client::Client;
 use chainference_core::builders::Program;
 use serde_json::json;
@@ -122,7 +125,7 @@ async fn run() -> Result<bool> {
         let rpc = args.get(2).context("--audit RPC AFTER_SLOT ADDRESS...")?;
         let after: u64 = args.get(3).context("AFTER_SLOT")?.parse()?;
         let wallets: Vec<Address> = args.iter().skip(4).map(|a| a.parse()).collect::<Result<_, _>>()?;
-        let fees = audit::fees_since(&reqwest::Client::new(), rpc, &wallets, after).await?;
+        let fees = audit::fees_between(&reqwest::Client::new(), rpc, &wallets, (after, u64::MAX)).await?;
         println!("{fees:#?}");
         return Ok(true);
     }
@@ -262,15 +265,19 @@ async fn run() -> Result<bool> {
     };
     let gateway_left = open_requests(&gateway_client).await.unwrap_or(usize::MAX);
     network::signal(&gateway.child, "-INT")?;
-    let _ = tokio::time::timeout(Duration::from_secs(30), gateway.child.wait()).await;
-
-    // Whatever a client lost track of is found and settled from chain data (and counted).
-    let mut rescued = 0usize;
-    let killed_client = Client::new(Arc::clone(&direct), network::read_keypair(&killed_keypair)?);
-    for client in clients.iter().chain([&probe, &gateway_client, &killed_client]) {
-        let (closed, reclaimed) = load::sweep(client, Duration::from_secs(u64::from(options.timeout_secs) + 30)).await;
-        rescued += closed + reclaimed;
+    if tokio::time::timeout(Duration::from_secs(30), gateway.child.wait()).await.is_err() {
+        eprintln!("soak: the gateway did not stop within 30 s of Ctrl-C; killing it");
+        gateway.child.kill().await?;
     }
+
+    // Stranded: what the clients and the gateway left on chain once they are done. Then the
+    // soak settles it itself (so the books close), counting what it had to rescue.
+    let stranded = audit::snapshot(&direct, &program, &everyone).await?.request_accounts;
+    let killed_client = Client::new(Arc::clone(&direct), network::read_keypair(&killed_keypair)?);
+    let patience = Duration::from_secs(u64::from(options.timeout_secs) + 30);
+    let sweeps = clients.iter().chain([&probe, &gateway_client, &killed_client]).map(|c| load::sweep(c, patience));
+    let rescued: usize =
+        futures::future::join_all(sweeps).await.into_iter().map(|(closed, reclaimed)| closed + reclaimed).sum();
 
     // Servers stop (each finishes or releases, then reports its counters).
     for server in &mut servers {
@@ -280,19 +287,18 @@ async fn run() -> Result<bool> {
     }
     let stats_after = server_stats(&observer, &servers).await?;
     let after = audit::snapshot(&direct, &program, &everyone).await?;
+    let up_to_slot = direct.clock().await?.slot;
     // The node indexes transactions by address in the background, behind the blocks under
     // load: read the history until it accounts for every lamport or stops growing.
-    let mut chain_fees = audit::fees_since(&http, &cluster.direct_rpc, &everyone, before.slot).await?;
+    // Only transactions between the two snapshots count (nothing of ours runs after `after`).
+    let window = (before.slot, up_to_slot);
+    let mut chain_fees = audit::fees_between(&http, &cluster.direct_rpc, &everyone, window).await?;
     for _ in 0..24 {
-        let spent = before.total().checked_sub(after.total());
-        if spent == Some(u128::from(chain_fees.lamports)) {
-            break;
-        }
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let again = audit::fees_since(&http, &cluster.direct_rpc, &everyone, before.slot).await?;
-        let grew = again.transactions != chain_fees.transactions;
+        let again = audit::fees_between(&http, &cluster.direct_rpc, &everyone, window).await?;
+        let settled = again.transactions == chain_fees.transactions && again.lamports == chain_fees.lamports;
         chain_fees = again;
-        if !grew && spent == Some(u128::from(chain_fees.lamports)) {
+        if settled {
             break;
         }
     }
@@ -313,7 +319,7 @@ async fn run() -> Result<bool> {
             _ => None,
         })
         .collect();
-    let stranded = after.request_accounts;
+    let left_after_sweep = after.request_accounts;
     // Account by account: the snapshots' change against what the transactions say moved.
     let mut unexplained = Vec::new();
     let accounts: std::collections::BTreeSet<&Address> = before.lamports.keys().chain(after.lamports.keys()).collect();
@@ -345,11 +351,11 @@ async fn run() -> Result<bool> {
     let released: u64 = events.iter().map(|e| e.released).sum();
     let mut counter_mismatches = Vec::new();
     for (((server, events), before), after) in servers.iter().zip(&events).zip(&stats_before).zip(&stats_after) {
-        let chain_completed = after.completed - before.completed;
-        let chain_released = after.released - before.released;
-        if chain_completed != events.completed || chain_released != events.released {
+        let chain_completed = after.completed.checked_sub(before.completed);
+        let chain_released = after.released.checked_sub(before.released);
+        if chain_completed != Some(events.completed) || chain_released != Some(events.released) {
             counter_mismatches.push(format!(
-                "{}: completed {} (chain {chain_completed}), released {} (chain {chain_released})",
+                "{}: completed {} (chain {chain_completed:?}), released {} (chain {chain_released:?})",
                 server.authority, events.completed, events.released
             ));
         }
@@ -368,6 +374,7 @@ async fn run() -> Result<bool> {
         "lost_by_client": lost.len(),
         "rescued_by_sweep": rescued,
         "stranded": stranded,
+        "left_after_sweep": left_after_sweep,
         "load_seconds": load_time.as_secs_f64(),
         "requests_per_min": records.len() as f64 / minutes.max(1e-9),
         "tokens_per_s": tokens as f64 / load_time.as_secs_f64().max(1e-9),
@@ -406,6 +413,8 @@ async fn run() -> Result<bool> {
         "unexplained": unexplained,
     });
     let ok = stranded == 0
+        && left_after_sweep == 0
+        && unexplained.is_empty()
         && conserved
         && counter_mismatches.is_empty()
         && lost.is_empty()

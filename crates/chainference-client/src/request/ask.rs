@@ -423,24 +423,35 @@ impl Prepared {
     }
 }
 
-/// How long an open whose outcome is unknown is looked for on chain.
-const LANDED_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+/// How long an open whose outcome is unknown is looked for on chain while the chain fails.
+const LANDED_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long a request not found yet is looked for: a transaction sent before the failure may
+/// still be on its way (the transport resends it until its blockhash expires).
+const IN_FLIGHT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Whether the request account exists, for a send whose outcome is unknown (the transport
-/// failed after or while sending). Asks until the chain answers or [`LANDED_PATIENCE`] passes:
-/// a single read in the same outage would say "no" for a request that landed, and the caller
-/// would lose track of it.
+/// failed after or while sending). Asks until the chain answers (up to [`LANDED_PATIENCE`]), and
+/// keeps looking for [`IN_FLIGHT_PATIENCE`] while it is absent: a single read would say "no" for
+/// an open still in flight, and the caller would lose track of a request that then lands.
 async fn landed<C: Chain>(chain: &C, request: &Address) -> bool {
     let started = tokio::time::Instant::now();
+    let mut first_answer: Option<tokio::time::Instant> = None;
     loop {
         match chain.account(request).await {
-            Ok(found) => return found.is_some(),
+            Ok(Some(_)) => return true,
+            Ok(None) => {
+                let since = *first_answer.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= IN_FLIGHT_PATIENCE {
+                    return false;
+                }
+            }
             Err(err) if started.elapsed() < LANDED_PATIENCE => {
                 tracing::debug!(%request, %err, "checking whether the open landed; asking again");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
             Err(_) => return false,
         }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 
@@ -466,8 +477,12 @@ async fn bundled_closes<C: Chain + 'static>(
         if closes.len() == MAX_BUNDLED_CLOSES {
             break;
         }
-        if inner.chain.account(&address(&finished.request)).await?.is_none() {
+        let Some(account) = inner.chain.account(&address(&finished.request)).await? else {
             lock_queue(&inner.to_close).retain(|f| *f != finished); // closed meanwhile
+            continue;
+        };
+        // Not ended (the chain rolled back past its end): closing it would fail the open.
+        if !RequestHeader::decode(&account.data).is_ok_and(|header| header.status.is_terminal()) {
             continue;
         }
         let mut ixs = vec![open.clone()];

@@ -474,6 +474,10 @@ impl ChunkReader {
 /// How long following an answer keeps trying to subscribe while the chain's RPC fails.
 const SUBSCRIBE_PATIENCE: Duration = Duration::from_secs(20);
 
+/// How long following an answer rides through the chain failing every deadline check before
+/// it reports the failure (a node gone for good must not hang `wait` forever).
+const CHAIN_PATIENCE: Duration = Duration::from_secs(120);
+
 /// Subscribes to `address`, trying again through a transport failure of up to
 /// [`SUBSCRIBE_PATIENCE`] (a node restarting, a dropped connection); other errors at once.
 async fn subscribe_through_outages<C: Chain>(
@@ -529,6 +533,7 @@ impl<C: Chain + 'static> Watcher<C> {
         let mut reader: Option<ChunkReader> = None;
         let mut header: Option<RequestHeader> = None;
         let mut tick = tokio::time::interval(DEADLINE_CHECK);
+        let mut failing_since: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 state = responses.next() => {
@@ -555,9 +560,21 @@ impl<C: Chain + 'static> Watcher<C> {
                     if let Some(header) = &header
                         && matches!(header.status, RequestStatus::Open | RequestStatus::Locked) && header.deadline > 0 {
                             // A clock the chain cannot give now (a passing RPC failure) is
-                            // asked again at the next tick; it is no reason to stop following.
-                            let Ok(clock) = chain.clock().await else { continue };
-                            let now = clock.unix_timestamp;
+                            // asked again at the next tick; it is no reason to stop following,
+                            // until the chain has failed for CHAIN_PATIENCE.
+                            let now = match chain.clock().await {
+                                Ok(clock) => {
+                                    failing_since = None;
+                                    clock.unix_timestamp
+                                }
+                                Err(err) => {
+                                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                                    if since.elapsed() >= CHAIN_PATIENCE {
+                                        return Err(err.into());
+                                    }
+                                    continue;
+                                }
+                            };
                             if now >= header.deadline {
                                 return Err(ClientError::DeadlinePassed { deadline: header.deadline, now });
                             }

@@ -93,7 +93,10 @@ fn fail(shared: &Shared, request: Address, error: String) {
 }
 
 /// How long a send whose outcome is unknown waits for the chain to say what happened.
-const OUTCOME_PATIENCE: Duration = Duration::from_secs(20);
+const OUTCOME_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How long a lock not seen on chain yet is looked for (it may still be on its way).
+const IN_FLIGHT_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Hands a locked request back to the open pool (its response account is discarded).
 pub(crate) async fn release(shared: &Shared, request: &Address, reason: ReleaseReason) {
@@ -447,20 +450,31 @@ impl Stream<'_> {
         // The failure that hid the outcome may last a while (a node restarting, a dropped
         // connection): ask until the chain answers, or the outcome is told wrong (a completion
         // that landed counted as a failure, a release sent after it).
+        // A lock still on its way (the transport resends it) reads as Open for a while: look
+        // again for IN_FLIGHT_PATIENCE before deciding it did not land, or a lock that lands
+        // later would hold the request with nobody serving it until its deadline.
         let started = tokio::time::Instant::now();
-        let account = loop {
+        let mut first_answer: Option<tokio::time::Instant> = None;
+        let header = loop {
             match self.shared.chain.account(&request).await {
-                Ok(account) => break account,
-                Err(_) if started.elapsed() < OUTCOME_PATIENCE => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                Ok(account) => {
+                    let header =
+                        account.and_then(|account| RequestAccount::decode(&account.data).ok().map(|d| d.header));
+                    let pending_lock = locking && header.is_some_and(|h| h.status == RequestStatus::Open);
+                    let since = *first_answer.get_or_insert_with(tokio::time::Instant::now);
+                    if !pending_lock || since.elapsed() >= IN_FLIGHT_PATIENCE {
+                        break header;
+                    }
                 }
+                Err(_) if started.elapsed() < OUTCOME_PATIENCE => {}
                 Err(_) => break None,
             }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         };
-        let header = account.and_then(|account| RequestAccount::decode(&account.data).ok().map(|d| d.header));
         let Some(header) = header else { return self.failure(format!("sending: {err}")) };
         let ours = header.locked_by == self.authority;
         match header.status {
+            // Ours but unanswered or half answered: hand it back so another server can serve it.
             RequestStatus::Locked if ours => Outcome::Release(ReleaseReason::ChainFailed(err.to_string())),
             RequestStatus::Completed if ours => {
                 Outcome::Completed { tokens: header.tokens, transactions: self.transactions.saturating_add(1) }
