@@ -494,8 +494,15 @@ async fn serve(cli: &Cli, args: &ServerRunArgs) -> Result<()> {
         loop {
             let event = match events.recv().await {
                 Ok(event) => event,
-                // Fell behind (a burst of skips): what follows still prints.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                // Fell behind (a burst of skips): say so, and what follows still prints.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    if json {
+                        println!("{}", json!({ "event": format!("Lagged({missed})") }));
+                    } else {
+                        eprintln!("({missed} events not shown: the printer fell behind)");
+                    }
+                    continue;
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             };
             if json {
@@ -520,11 +527,13 @@ async fn serve(cli: &Cli, args: &ServerRunArgs) -> Result<()> {
     });
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     eprintln!("stopping: finishing or releasing in-flight requests");
-    let counters = handle.shutdown().await?;
-    // What shutdown did (the last completions, the releases) is printed before the counters.
+    let stopped = handle.shutdown().await;
+    // What shutdown did (the last completions, the releases) is printed before the counters,
+    // and before any error of the shutdown itself.
     if tokio::time::timeout(Duration::from_secs(2), &mut printer).await.is_err() {
         printer.abort();
     }
+    let counters = stopped?;
     done(
         cli,
         json!({ "completed": counters.completed, "released": counters.released, "declined": counters.declined, "earned": counters.earned, "fees_paid": counters.fees_paid }),

@@ -327,7 +327,9 @@ impl<C: Chain + 'static> Client<C> {
                     // node restart): it stays queued for a later call rather than fail the batch.
                     Ok(Some(account)) => match RequestHeader::decode(&account.data) {
                         Ok(header) if header.status.is_terminal() => {
-                            ixs.push(finished.close_instruction(&self.inner.program, &self.address().to_bytes()))
+                            let wallet = self.address().to_bytes();
+                            let closable = finished.as_on_chain(&header, wallet);
+                            ixs.push(closable.close_instruction(&self.inner.program, &wallet))
                         }
                         _ => request::requeue(&self.inner.to_close, [*finished]),
                     },

@@ -409,7 +409,7 @@ struct Patience {
 
 impl Patience {
     /// Logs a failed step; `true` once steps have failed for [`SETTLE_PATIENCE`] (give up).
-    /// A step succeeded: the failures so far are over.
+    /// The request moved on: the failures so far are over.
     fn recovered(&mut self) {
         self.since = None;
     }
@@ -435,10 +435,14 @@ fn settle_later(chain: Arc<dyn Chain>, pending: PendingRequest<Arc<dyn Chain>>) 
     tokio::spawn(async move {
         let request = pending.address();
         let mut patience = Patience::default();
+        let mut last_status = None;
         loop {
             let state = match pending.state().await {
                 Ok(state) => {
-                    patience.recovered();
+                    // A step that keeps failing on a request that does not move is not forgiven.
+                    if last_status.replace(state.status) != Some(state.status) {
+                        patience.recovered();
+                    }
                     state
                 }
                 // Closed: by this task's close, by another task's batch that took this request

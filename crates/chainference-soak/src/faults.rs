@@ -153,9 +153,11 @@ impl Script<'_> {
             // node is back at the slot it was killed at, with an idle wallet's balance as before.
             let direct = self.cluster.direct_chain();
             let marker = crate::network::read_keypair(self.killed_client)?.pubkey();
-            let (slot_before, balance_before) = (direct.clock().await?.slot, direct.balance(&marker).await?);
             self.cluster.rpc_proxy.set(Mode::Refuse);
             self.cluster.ws_proxy.set(Mode::Refuse);
+            // What was sent before the refusal lands first; then the node's state is read.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (slot_before, balance_before) = (direct.clock().await?.slot, direct.balance(&marker).await?);
             let down = self.cluster.restart_validator().await?;
             let direct = self.cluster.direct_chain();
             let caught_up = loop {

@@ -320,7 +320,8 @@ impl ServerProcess {
             if let Some(request) = self.events().in_flight.first() {
                 return Some(request.clone());
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The whole log is read each time: not too often, on cores the models share.
+            tokio::time::sleep(Duration::from_millis(150)).await;
         }
         None
     }

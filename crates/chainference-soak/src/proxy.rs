@@ -16,9 +16,10 @@ use tokio::sync::watch;
 pub enum Mode {
     /// Forward everything.
     Pass,
-    /// Close every open connection and every new one at once.
+    /// Close every open connection and every new one at once (accepted, then closed: callers
+    /// see the connection end, as behind a load balancer, rather than ECONNREFUSED).
     Refuse,
-    /// Forward, waiting this long before each chunk in either direction.
+    /// Forward, waiting this long before each chunk read (up to 16 KiB) in either direction.
     Slow(Duration),
 }
 

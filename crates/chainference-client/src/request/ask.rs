@@ -343,8 +343,10 @@ impl Prepared {
         // itself fails, so does the ask; if the outcome is unknown, the chain says which.
         let bundled: Vec<Finished> = {
             let mut queue = lock_queue(&inner.to_close);
-            let bundled: Vec<Finished> = self.closes.iter().filter(|f| queue.contains(f)).copied().collect();
-            queue.retain(|f| !bundled.contains(f));
+            // By request: the close may pay whom the chain says now rather than whom was queued.
+            let bundled: Vec<Finished> =
+                self.closes.iter().filter(|f| queue.iter().any(|q| q.request == f.request)).copied().collect();
+            queue.retain(|q| !bundled.iter().any(|b| b.request == q.request));
             bundled
         };
         if let Some(first) = self.transactions.first()
@@ -371,7 +373,7 @@ impl Prepared {
                 Err(err) => {
                     if let chainference_chain::ChainError::Transaction { charged, .. } = &err {
                         fees.fetch_add(*charged, Ordering::Relaxed);
-                    } else if landed(&inner.chain, &self.address).await {
+                    } else if landed(&inner.chain, &self.address, &err).await {
                         // Reported lost, but it landed (closes included: one transaction).
                         return self.upload_rest(client, pending, 1).await;
                     }
@@ -401,14 +403,15 @@ impl Prepared {
                 Err(err) => {
                     if let chainference_chain::ChainError::Transaction { charged, .. } = &err {
                         fees.fetch_add(*charged, Ordering::Relaxed);
-                    } else if index == 0 && landed(&inner.chain, &pending.address).await {
+                    } else if index == 0 && landed(&inner.chain, &pending.address, &err).await {
                         // Reported lost (a transport failure), but the open is on chain: go on
                         // rather than leave a request nobody follows.
                         continue;
                     }
                     if index > 0 {
-                        // Half uploaded: take the stake and rent back rather than strand them.
-                        if let Err(cancel) = pending.cancel().await {
+                        // Half uploaded: take the stake and rent back rather than strand them
+                        // (only this wallet can cancel a Draft: through a passing outage too).
+                        if let Err(cancel) = cancel_through_outage(&pending).await {
                             tracing::warn!(request = %pending.address, %cancel, "could not cancel a half-uploaded request");
                         } else if let Err(close) = pending.close().await {
                             tracing::warn!(request = %pending.address, %close, "could not close a cancelled request");
@@ -423,18 +426,43 @@ impl Prepared {
     }
 }
 
+/// Cancels a half-uploaded request, trying again for [`LANDED_PATIENCE`] while the chain fails
+/// the way a lost connection does.
+async fn cancel_through_outage<C: Chain + 'static>(pending: &PendingRequest<C>) -> Result<u64, ClientError> {
+    let started = tokio::time::Instant::now();
+    loop {
+        match pending.cancel().await {
+            Err(ClientError::Chain(err)) if err.program_error().is_none() && started.elapsed() < LANDED_PATIENCE => {
+                tracing::debug!(%err, "cancelling a half-uploaded request failed; trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// How long an open whose outcome is unknown is looked for on chain while the chain fails.
 const LANDED_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// How long a request not found yet is looked for: a transaction sent before the failure may
-/// still be on its way (the transport resends it until its blockhash expires).
+/// How long a request not found yet is looked for after a transport failure: a transaction
+/// sent before it may still be on its way.
 const IN_FLIGHT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The same after the transport gave up confirming: the transaction it sent last may land
+/// until its blockhash expires (about 150 slots, a minute or more).
+const UNCONFIRMED_PATIENCE: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// Whether the request account exists, for a send whose outcome is unknown (the transport
 /// failed after or while sending). Asks until the chain answers (up to [`LANDED_PATIENCE`]), and
 /// keeps looking for [`IN_FLIGHT_PATIENCE`] while it is absent: a single read would say "no" for
 /// an open still in flight, and the caller would lose track of a request that then lands.
-async fn landed<C: Chain>(chain: &C, request: &Address) -> bool {
+async fn landed<C: Chain>(chain: &C, request: &Address, err: &chainference_chain::ChainError) -> bool {
+    let in_flight = match err {
+        chainference_chain::ChainError::Unconfirmed { .. } => UNCONFIRMED_PATIENCE,
+        chainference_chain::ChainError::Rpc(_) => IN_FLIGHT_PATIENCE,
+        // Rejected before it was sent or processed, or never sent: nothing can land.
+        _ => return false,
+    };
     let started = tokio::time::Instant::now();
     let mut first_answer: Option<tokio::time::Instant> = None;
     loop {
@@ -442,7 +470,7 @@ async fn landed<C: Chain>(chain: &C, request: &Address) -> bool {
             Ok(Some(_)) => return true,
             Ok(None) => {
                 let since = *first_answer.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= IN_FLIGHT_PATIENCE {
+                if since.elapsed() >= in_flight {
                     return false;
                 }
             }
@@ -482,9 +510,11 @@ async fn bundled_closes<C: Chain + 'static>(
             continue;
         };
         // Not ended (the chain rolled back past its end): closing it would fail the open.
-        if !RequestHeader::decode(&account.data).is_ok_and(|header| header.status.is_terminal()) {
+        let Ok(header) = RequestHeader::decode(&account.data) else { continue };
+        if !header.status.is_terminal() {
             continue;
         }
+        let finished = finished.as_on_chain(&header, payer.to_bytes());
         let mut ixs = vec![open.clone()];
         ixs.extend(
             closes.iter().chain([&finished]).map(|f: &Finished| f.close_instruction(&inner.program, &payer.to_bytes())),

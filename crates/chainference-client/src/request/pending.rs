@@ -156,6 +156,14 @@ pub(crate) struct Finished {
 }
 
 impl Finished {
+    /// The same request as its header reads now: paid to the server that holds it, or to the
+    /// client when none did (after a rollback the server that finally served it may not be the
+    /// one queued, and the program refuses a close naming another).
+    pub(crate) fn as_on_chain(&self, header: &RequestHeader, wallet: [u8; 32]) -> Finished {
+        let served_by = if header.locked_by == [0; 32] { wallet } else { header.locked_by };
+        Finished { served_by, ..*self }
+    }
+
     /// The CloseRequest the client `wallet` signs for it.
     pub(crate) fn close_instruction(&self, program: &builders::Program, wallet: &[u8; 32]) -> Instruction {
         let refs = RequestRefs { request: self.request, response: self.response, client: *wallet };
@@ -471,12 +479,17 @@ impl ChunkReader {
     }
 }
 
-/// How long following an answer keeps trying to subscribe while the chain's RPC fails.
-const SUBSCRIBE_PATIENCE: Duration = Duration::from_secs(20);
-
-/// How long following an answer rides through the chain failing every deadline check before
-/// it reports the failure (a node gone for good must not hang `wait` forever).
+/// How long following an answer rides through the chain failing (subscribing, or every
+/// deadline check) before it reports the failure: a node gone for good must not hang `wait`
+/// forever, and one restarting must not end it.
 const CHAIN_PATIENCE: Duration = Duration::from_secs(120);
+
+/// How long the request's subscription may stay silent before the follower reads the account
+/// itself (a quiet request costs one read per this interval).
+const STALL_POLL: Duration = Duration::from_secs(5);
+
+/// How long following an answer keeps trying to subscribe while the chain's RPC fails.
+const SUBSCRIBE_PATIENCE: Duration = CHAIN_PATIENCE;
 
 /// Subscribes to `address`, trying again through a transport failure of up to
 /// [`SUBSCRIBE_PATIENCE`] (a node restarting, a dropped connection); other errors at once.
@@ -534,6 +547,7 @@ impl<C: Chain + 'static> Watcher<C> {
         let mut header: Option<RequestHeader> = None;
         let mut tick = tokio::time::interval(DEADLINE_CHECK);
         let mut failing_since: Option<tokio::time::Instant> = None;
+        let mut last_news = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 state = responses.next() => {
@@ -542,21 +556,22 @@ impl<C: Chain + 'static> Watcher<C> {
                 }
                 state = requests.next() => {
                     let Some(state) = state else { return Err(ClientError::Invalid("chain closed".into())) };
-                    let Some(account) = state else { return Err(ClientError::RequestNotFound(self.request)) };
-                    let decoded = RequestHeader::decode(&account.data)?;
-                    header = Some(decoded);
-                    if decoded.status == RequestStatus::Open && decoded.declined_by_all() {
-                        let refs = (self.request, self.response);
-                        if let Some(refused) = give_up_refused(&self.chain, refs, &self.fees, &account).await? {
-                            return Err(refused);
-                        }
-                        continue;
-                    }
-                    if let Step::Done = self.on_request(&decoded, &mut reader).await? {
+                    last_news = tokio::time::Instant::now();
+                    if let Step::Done = self.on_request_state(state, &mut header, &mut reader).await? {
                         return Ok(());
                     }
                 }
                 _ = tick.tick() => {
+                    // A subscription that stalls (a websocket half open after a node restart)
+                    // must not stall the answer: read the request over HTTP now and then.
+                    if last_news.elapsed() >= STALL_POLL {
+                        last_news = tokio::time::Instant::now();
+                        if let Ok(state) = chain.account(&self.request).await
+                            && let Step::Done = self.on_request_state(state, &mut header, &mut reader).await?
+                        {
+                            return Ok(());
+                        }
+                    }
                     if let Some(header) = &header
                         && matches!(header.status, RequestStatus::Open | RequestStatus::Locked) && header.deadline > 0 {
                             // A clock the chain cannot give now (a passing RPC failure) is
@@ -631,6 +646,26 @@ impl<C: Chain + 'static> Watcher<C> {
             }
         }
         Ok(())
+    }
+
+    /// A state of the request account, from its subscription or a direct read.
+    async fn on_request_state(
+        &self,
+        state: Option<Account>,
+        header: &mut Option<RequestHeader>,
+        reader: &mut Option<ChunkReader>,
+    ) -> Result<Step, ClientError> {
+        let Some(account) = state else { return Err(ClientError::RequestNotFound(self.request)) };
+        let decoded = RequestHeader::decode(&account.data)?;
+        *header = Some(decoded);
+        if decoded.status == RequestStatus::Open && decoded.declined_by_all() {
+            let refs = (self.request, self.response);
+            if let Some(refused) = give_up_refused(&self.chain, refs, &self.fees, &account).await? {
+                return Err(refused);
+            }
+            return Ok(Step::Continue);
+        }
+        self.on_request(&decoded, reader).await
     }
 
     async fn on_request(&self, header: &RequestHeader, reader: &mut Option<ChunkReader>) -> Result<Step, ClientError> {

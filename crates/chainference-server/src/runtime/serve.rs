@@ -450,9 +450,10 @@ impl Stream<'_> {
         // The failure that hid the outcome may last a while (a node restarting, a dropped
         // connection): ask until the chain answers, or the outcome is told wrong (a completion
         // that landed counted as a failure, a release sent after it).
-        // A lock still on its way (the transport resends it) reads as Open for a while: look
-        // again for IN_FLIGHT_PATIENCE before deciding it did not land, or a lock that lands
-        // later would hold the request with nobody serving it until its deadline.
+        // A lock or an append/complete still on its way (the transport resends it) reads as the
+        // state before it for a while: look again for IN_FLIGHT_PATIENCE before deciding it did
+        // not land, or a lock that lands later would hold the request with nobody serving it, and
+        // a completion that lands after a release was sent would be counted as a failure.
         let started = tokio::time::Instant::now();
         let mut first_answer: Option<tokio::time::Instant> = None;
         let header = loop {
@@ -460,9 +461,16 @@ impl Stream<'_> {
                 Ok(account) => {
                     let header =
                         account.and_then(|account| RequestAccount::decode(&account.data).ok().map(|d| d.header));
-                    let pending_lock = locking && header.is_some_and(|h| h.status == RequestStatus::Open);
+                    // A lock or a completion still on its way reads as the state before it.
+                    let before_it = header.is_some_and(|h| {
+                        if locking {
+                            h.status == RequestStatus::Open
+                        } else {
+                            h.status == RequestStatus::Locked && h.locked_by == self.authority
+                        }
+                    });
                     let since = *first_answer.get_or_insert_with(tokio::time::Instant::now);
-                    if !pending_lock || since.elapsed() >= IN_FLIGHT_PATIENCE {
+                    if !before_it || since.elapsed() >= IN_FLIGHT_PATIENCE {
                         break header;
                     }
                 }
