@@ -21,6 +21,10 @@ pub struct GatewayLoad {
     pub hung_up: usize,
     /// Calls answered 200 with an answer (or a first chunk, for those that hung up).
     pub answered: usize,
+    /// Calls the gateway ended without an answer, as its API says it does: 504 when the
+    /// request's on-chain timeout passed (reclaimed), 503 when every server declined
+    /// (cancelled). Settled, not failed; the chain is checked for what they left.
+    pub unanswered: Vec<String>,
     /// Other outcomes: status and body, or the transport error.
     pub failures: Vec<String>,
     /// How long the whole burst took.
@@ -67,7 +71,12 @@ pub async fn burst(http: &reqwest::Client, base: &str, calls: usize) -> GatewayL
             let status = response.status();
             if !status.is_success() {
                 let text = response.text().await.unwrap_or_default();
-                return (stream, hang_up, Err(format!("call {i}: {status} {text}")));
+                let settled = matches!(status.as_u16(), 503 | 504);
+                return (
+                    stream,
+                    hang_up,
+                    Err(format!("{}call {i}: {status} {text}", if settled { "settled " } else { "" })),
+                );
             }
             if !stream {
                 let ok = response
@@ -100,7 +109,10 @@ pub async fn burst(http: &reqwest::Client, base: &str, calls: usize) -> GatewayL
                 load.hung_up += usize::from(hang_up);
                 match result {
                     Ok(()) => load.answered += 1,
-                    Err(err) => load.failures.push(err),
+                    Err(err) => match err.strip_prefix("settled ") {
+                        Some(settled) => load.unanswered.push(settled.to_string()),
+                        None => load.failures.push(err),
+                    },
                 }
             }
             Err(err) => load.failures.push(format!("task: {err}")),

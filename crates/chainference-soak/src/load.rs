@@ -228,18 +228,25 @@ pub async fn run_job(name: &str, client: &Client<Arc<RpcChain>>, job: &Job, boar
     board.record(record);
 }
 
-fn failed_open(name: &str, err: &ClientError) -> Record {
-    Record {
-        who: name.to_string(),
-        request: None,
-        outcome: Outcome::OpenFailed(err.to_string()),
-        receipt: None,
-        first_chunk: None,
-        complete: None,
-        restarts: 0,
-        flagged: false,
-        compared: false,
+impl Record {
+    /// A record of `who`'s `request` (none when the open failed), nothing settled yet.
+    fn new(who: &str, request: Option<Address>, outcome: Outcome) -> Self {
+        Record {
+            who: who.to_string(),
+            request,
+            outcome,
+            receipt: None,
+            first_chunk: None,
+            complete: None,
+            restarts: 0,
+            flagged: false,
+            compared: false,
+        }
     }
+}
+
+fn failed_open(name: &str, err: &ClientError) -> Record {
+    Record::new(name, None, Outcome::OpenFailed(err.to_string()))
 }
 
 /// Queues a settled request to be closed in the wallet's next open (one signature per request).
@@ -286,17 +293,7 @@ where
 /// Follows the answer; on any interruption reads the request's state and goes on: follows
 /// again, reclaims after the deadline, or closes what ended.
 pub async fn follow_and_settle(name: &str, pending: &PendingRequest<Arc<RpcChain>>, sent: Instant) -> Record {
-    let mut record = Record {
-        who: name.to_string(),
-        request: Some(pending.address()),
-        outcome: Outcome::Lost("not settled".into()),
-        receipt: None,
-        first_chunk: None,
-        complete: None,
-        restarts: 0,
-        flagged: false,
-        compared: false,
-    };
+    let mut record = Record::new(name, Some(pending.address()), Outcome::Lost("not settled".into()));
     for _attempt in 0..60u32 {
         let mut events = pending.events();
         let mut last_error = None;

@@ -393,6 +393,7 @@ async fn run() -> Result<bool> {
         "cost_lamports_per_request": cost as f64 / completed.max(1) as f64,
         "gateway": {
             "calls": burst.calls, "streamed": burst.streamed, "hung_up": burst.hung_up, "answered": burst.answered,
+            "unanswered": burst.unanswered.len(), "unanswered_reasons": burst.unanswered,
             "failures": burst.failures, "seconds": burst.elapsed.as_secs_f64(),
             "settled_after_seconds": gateway_settled.map(|d| d.as_secs_f64()), "left_on_chain": gateway_left,
         },
@@ -507,10 +508,14 @@ fn print_report(f: &serde_json::Value) {
             ),
         ),
         (
-            "gateway calls (streamed, hung up, answered)",
+            "gateway calls (streamed, hung up, answered, 503/504)",
             format!(
-                "{} ({}, {}, {})",
-                f["gateway"]["calls"], f["gateway"]["streamed"], f["gateway"]["hung_up"], f["gateway"]["answered"]
+                "{} ({}, {}, {}, {})",
+                f["gateway"]["calls"],
+                f["gateway"]["streamed"],
+                f["gateway"]["hung_up"],
+                f["gateway"]["answered"],
+                f["gateway"]["unanswered"]
             ),
         ),
         ("gateway requests left on chain", f["gateway"]["left_on_chain"].to_string()),
