@@ -183,7 +183,7 @@ pub async fn run_job(name: &str, client: &Client<Arc<RpcChain>>, job: &Job, boar
     let ask = ask_for(job, timeout_secs);
     let sent = Instant::now();
     if let Choice::Pair(a, b) = job.choice {
-        let opened = retry_open(|| client.ask_pair(ask.clone(), a, b)).await;
+        let opened = with_retries(|| client.ask_pair(ask.clone(), a, b)).await;
         let (first, second) = match opened {
             Ok(pair) => pair,
             Err(err) => {
@@ -212,7 +212,7 @@ pub async fn run_job(name: &str, client: &Client<Arc<RpcChain>>, job: &Job, boar
         }
         return;
     }
-    let pending = match retry_open(|| client.ask(ask.clone())).await {
+    let pending = match with_retries(|| client.ask(ask.clone())).await {
         Ok(pending) => pending,
         Err(err) => return board.record(failed_open(name, &err)),
     };
@@ -263,31 +263,22 @@ fn transient(err: &ClientError) -> bool {
     matches!(err, ClientError::Chain(_)) && err.program_error().is_none()
 }
 
-/// Retries an open through transport failures (a refused RPC, a cut connection).
-async fn retry_open<T, F, Fut>(mut open: F) -> Result<T, ClientError>
+/// Retries an action (an open, a close, a read) through transport failures: any outage the
+/// fault script makes, the longest a validator restart and replay.
+pub async fn with_retries<T, F, Fut>(mut action: F) -> Result<T, ClientError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ClientError>>,
 {
-    // Through any outage the fault script makes (the longest: a validator restart and replay).
     let started = Instant::now();
     loop {
-        match open().await {
+        match action().await {
             Err(err) if transient(&err) && started.elapsed() < Duration::from_secs(180) => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             other => return other,
         }
     }
-}
-
-/// Retries an action through transport failures.
-pub async fn with_retries<T, F, Fut>(action: F) -> Result<T, ClientError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ClientError>>,
-{
-    retry_open(action).await
 }
 
 /// Follows the answer; on any interruption reads the request's state and goes on: follows
