@@ -12,7 +12,8 @@
 //!   arguments go to `cargo test`); then the wasm tests in node and headless Chromium and the web
 //!   example's offline page in Chromium and Firefox; the RPC and HTTP suites against a real
 //!   validator and a real llama.cpp server, and the web dApp in both browsers against that
-//!   validator and real server processes; and the demo. The gateway is also driven by the
+//!   validator and real server processes; the soak's short form (load and faults on a real
+//!   validator, see `soak`); and the demo. The gateway is also driven by the
 //!   official OpenAI clients (openai-python and openai-node, pinned, installed into the cache).
 //! - `cu`: measures every instruction's compute units and writes `docs/compute-units.md`.
 //! - `wasm`: builds the npm package (node and web) into `pkg/`.

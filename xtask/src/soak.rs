@@ -1,6 +1,5 @@
 //! `cargo xtask soak`: the network under load and faults on a real validator
-//! (`crates/chainference-soak`). Not yet a stage of `cargo xtask test`: the default run still
-//! leaves 2 requests for its own sweep to settle (see README).
+//! (`crates/chainference-soak`), and its short form as a stage of `cargo xtask test`.
 
 use std::process::Command;
 
@@ -11,6 +10,10 @@ use crate::sbf::build_sbf;
 use crate::setup::{setup_model, setup_sbf};
 use crate::{Result, cargo, root, run, stage, target_dir};
 
+/// The short form `cargo xtask test` runs: the same clients, servers, gateway burst and faults,
+/// 30 requests instead of 200.
+pub(crate) const SHORT_FORM: &[&str] = &["--requests", "30"];
+
 /// `cargo xtask soak [ARGS]`: builds the CLI and the soak, then runs it (defaults: 200 requests,
 /// 16 clients, 3 servers, 64 gateway calls; `ARGS` override them, `--json` for machine output).
 pub(crate) fn soak(rest: &[String]) -> Result {
@@ -19,7 +22,18 @@ pub(crate) fn soak(rest: &[String]) -> Result {
     setup_model()?;
     setup_localnet()?;
     stage("build the CLI and the soak", || {
-        run(cargo().args(["build", "-p", "chainference-cli", "--bin", "chainference", "-p", "chainference-soak"]))
+        // `--bin` applies to every package named, so each binary is named.
+        run(cargo().args([
+            "build",
+            "-p",
+            "chainference-cli",
+            "--bin",
+            "chainference",
+            "-p",
+            "chainference-soak",
+            "--bin",
+            "chainference-soak",
+        ]))
     })?;
     stage("soak", || run_soak(rest))
 }
@@ -33,4 +47,12 @@ pub(crate) fn run_soak<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result {
         .arg("--program")
         .arg(root().join(DEPLOYED_PROGRAM_SO))
         .current_dir(root()))
+}
+
+/// The test stage: the short form, on the `chainference` and `chainference-soak` binaries the
+/// workspace tests built (the soak's own tests run its binary, so cargo builds it with the
+/// tests' feature set; building it again here would recompile what those features change).
+pub(crate) fn soak_stage() -> Result {
+    setup_localnet()?;
+    stage("soak (short form): load and faults on a real validator", || run_soak(SHORT_FORM))
 }

@@ -89,6 +89,8 @@ pub(crate) fn test(rest: &[String]) -> Result {
     // The wasm package first: the validator stage drives the web dApp, which loads it.
     wasm_tests()?;
     real_server_tests()?;
+    // After the test validator is gone: the soak starts its own (and restarts it).
+    crate::soak::soak_stage()?;
     // The README's main job must keep working (and conserving lamports).
     // On the binary the tests built (cargo test's feature set): rebuilding it with `cargo
     // build`'s would recompile the crates whose features differ, twice per run.

@@ -65,6 +65,9 @@ pub fn program_so_path() -> std::path::PathBuf {
 }
 #[cfg(feature = "rpc")]
 pub use rpc::{RpcChain, RpcConfig};
+/// The commitment levels [`RpcConfig::commitment`] takes.
+#[cfg(feature = "rpc")]
+pub use solana_commitment_config::CommitmentConfig;
 
 pub use solana_account::Account;
 pub use solana_address::Address;

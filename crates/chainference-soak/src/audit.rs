@@ -17,6 +17,8 @@ pub struct Snapshot {
     pub lamports: BTreeMap<Address, u64>,
     /// Request and response accounts that exist.
     pub request_accounts: usize,
+    /// One line per such account: what it is, its state and whose it is (to find who left it).
+    pub request_details: Vec<String>,
 }
 
 impl Snapshot {
@@ -35,17 +37,49 @@ pub async fn snapshot(chain: &RpcChain, program: &Program, wallets: &[Address]) 
     for (address, account) in addresses.iter().zip(chain.accounts(&addresses).await?) {
         lamports.insert(*address, account.map_or(0, |a| a.lamports));
     }
-    let mut request_accounts = 0usize;
+    let mut request_details = Vec::new();
     for (address, account) in chain.program_accounts(&chainference_chain::address(&program.id), &[]).await? {
-        let kind = account.data.first().copied();
-        if kind == Some(chainference_core::state::AccountKind::Request as u8)
-            || kind == Some(chainference_core::state::AccountKind::Response as u8)
-        {
-            request_accounts += 1;
+        if let Some(line) = describe(&address, &account.data) {
+            request_details.push(line);
         }
         lamports.insert(address, account.lamports);
     }
-    Ok(Snapshot { slot, lamports, request_accounts })
+    Ok(Snapshot { slot, lamports, request_accounts: request_details.len(), request_details })
+}
+
+/// A request or response account in one line; `None` for the program's other accounts.
+fn describe(address: &Address, data: &[u8]) -> Option<String> {
+    use chainference_core::state::{AccountKind, RequestHeader, ResponseHeader};
+    let name = chainference_chain::address;
+    match data.first().copied() {
+        Some(kind) if kind == AccountKind::Request as u8 => Some(match RequestHeader::decode(data) {
+            Ok(h) => format!(
+                "request {address}: {:?}, client {}, locked by {}, deadline {}, released {} times, \
+                 prompt {}/{} bytes, declined {:#04x}, settled at {}",
+                h.status,
+                name(&h.client),
+                name(&h.locked_by),
+                h.deadline,
+                h.release_count,
+                h.prompt_written,
+                h.prompt_len,
+                h.declined,
+                h.settled_at
+            ),
+            Err(err) => format!("request {address}: undecodable ({err})"),
+        }),
+        Some(kind) if kind == AccountKind::Response as u8 => Some(match ResponseHeader::decode(data) {
+            Ok(h) => format!(
+                "response {address}: of request {}, server {}, {} chunks, finished {}",
+                name(&h.request),
+                name(&h.server),
+                h.chunk_count,
+                h.finished
+            ),
+            Err(err) => format!("response {address}: undecodable ({err})"),
+        }),
+        _ => None,
+    }
 }
 
 /// What the wallets' transactions cost, read from the blocks of the chain as it is now.

@@ -158,6 +158,22 @@ impl Script<'_> {
             // What was sent before the refusal lands first; then the node's state is read.
             tokio::time::sleep(Duration::from_secs(1)).await;
             let (slot_before, balance_before) = (direct.clock().await?.slot, direct.balance(&marker).await?);
+            // A one-node test validator restarted from its ledger resumes from its last root:
+            // slots it had confirmed but not rooted are gone, and with them answers, closes and
+            // payments clients were told had landed. No real cluster forgets a confirmed slot
+            // (its supermajority voted on it), so the crash comes once the node has rooted
+            // everything it confirmed: what this fault tests is the outage, not a rollback.
+            let rooted = self.cluster.finalized_chain();
+            let rooted_at = loop {
+                let slot = rooted.clock().await.map(|c| c.slot).unwrap_or(0);
+                if slot >= slot_before && rooted.balance(&marker).await.ok() == Some(balance_before) {
+                    break at.elapsed();
+                }
+                if at.elapsed() > Duration::from_secs(120) {
+                    bail!("the validator did not root slot {slot_before} within 120 s");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            };
             let down = self.cluster.restart_validator().await?;
             let direct = self.cluster.direct_chain();
             let caught_up = loop {
@@ -178,8 +194,10 @@ impl Script<'_> {
                 "validator restarted from its ledger",
                 at,
                 format!(
-                    "killed at slot {slot_before}, restarted with --keep-ledger on the same ports ({:.1} s), \
-                     served again once replayed to that slot ({:.1} s after the kill)",
+                    "killed at slot {slot_before} once it was rooted ({:.1} s after refusing clients), \
+                     restarted with --keep-ledger on the same ports ({:.1} s), \
+                     served again once replayed to that slot ({:.1} s after the refusal)",
+                    rooted_at.as_secs_f64(),
                     down.as_secs_f64(),
                     caught_up.as_secs_f64()
                 ),

@@ -81,11 +81,11 @@ fn options() -> Result<Options> {
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value\n{USAGE}"));
         match arg.as_str() {
-            "--requests" => options.requests = value()?.parse()?,
-            "--clients" => options.clients = value()?.parse()?,
-            "--servers" => options.servers = value()?.parse()?,
-            "--gateway-calls" => options.gateway_calls = value()?.parse()?,
-            "--timeout" => options.timeout_secs = value()?.parse()?,
+            "--requests" => options.requests = number(&arg, value()?)?,
+            "--clients" => options.clients = number(&arg, value()?)?,
+            "--servers" => options.servers = number(&arg, value()?)?,
+            "--gateway-calls" => options.gateway_calls = number(&arg, value()?)?,
+            "--timeout" => options.timeout_secs = number(&arg, value()?)?,
             "--no-validator-restart" => options.restart_validator = false,
             "--json" => options.json = true,
             "--cli" => options.cli = PathBuf::from(value()?),
@@ -104,6 +104,11 @@ fn options() -> Result<Options> {
         bail!("the soak needs at least 2 servers, 1 client and 1 request");
     }
     Ok(options)
+}
+
+/// `text` as the number `flag` takes, or an error naming both.
+fn number<T: std::str::FromStr<Err = std::num::ParseIntError>>(flag: &str, text: String) -> Result<T> {
+    text.parse().with_context(|| format!("{flag} takes a whole number, not {text:?}\n{USAGE}"))
 }
 
 #[tokio::main]
@@ -202,6 +207,14 @@ async fn run() -> Result<bool> {
     let mut everyone: Vec<Address> = servers.iter().map(|s| s.authority).collect();
     everyone.extend(wallets.iter().map(Signer::pubkey));
     everyone.extend([gateway_wallet.pubkey(), killed_wallet.pubkey(), probe_wallet.pubkey()]);
+    eprintln!(
+        "soak: wallets: gateway {}, killed client {}, probe {}, servers {:?}, clients 0.. {:?}",
+        gateway_wallet.pubkey(),
+        killed_wallet.pubkey(),
+        probe_wallet.pubkey(),
+        servers.iter().map(|s| s.authority.to_string()).collect::<Vec<_>>(),
+        wallets.iter().map(|w| w.pubkey().to_string()).collect::<Vec<_>>()
+    );
     let stats_before = server_stats(&observer, &servers).await?;
     let before = audit::snapshot(&direct, &program, &everyone).await?;
     eprintln!(
@@ -272,7 +285,15 @@ async fn run() -> Result<bool> {
 
     // Stranded: what the clients and the gateway left on chain once they are done. Then the
     // soak settles it itself (so the books close), counting what it had to rescue.
-    let stranded = audit::snapshot(&direct, &program, &everyone).await?.request_accounts;
+    let left = audit::snapshot(&direct, &program, &everyone).await?;
+    let stranded = left.request_accounts;
+    let records_so_far = board.records();
+    for line in &left.request_details {
+        eprintln!("soak: stranded {line}");
+        for record in records_so_far.iter().filter(|r| r.request.is_some_and(|a| line.contains(&a.to_string()))) {
+            eprintln!("soak:   its record: {} {:?}, restarts {}", record.who, record.outcome, record.restarts);
+        }
+    }
     let killed_client = Client::new(Arc::clone(&direct), network::read_keypair(&killed_keypair)?);
     let patience = Duration::from_secs(u64::from(options.timeout_secs) + 30);
     let sweeps = clients.iter().chain([&probe, &gateway_client, &killed_client]).map(|c| load::sweep(c, patience));

@@ -79,6 +79,13 @@ impl Cluster {
         Arc::new(RpcChain::connect(self.direct_rpc.clone()))
     }
 
+    /// A chain straight to the validator that reads only finalized (rooted) state.
+    pub fn finalized_chain(&self) -> Arc<RpcChain> {
+        let mut config = RpcConfig::new(self.direct_rpc.clone());
+        config.commitment = chainference_chain::CommitmentConfig::finalized();
+        Arc::new(RpcChain::with_config(config))
+    }
+
     /// Kills the validator (as a crash would) and starts it again from its ledger on the same
     /// ports. Returns how long it was down.
     pub async fn restart_validator(&mut self) -> Result<Duration> {
