@@ -86,3 +86,33 @@ pub use error::{Error, Result};
 
 /// A 32-byte Solana address (public key or PDA).
 pub type Address = [u8; 32];
+
+/// Whether two addresses are equal, compared as four 8-byte words: on SBF that is a handful
+/// of loads, where `==` on the arrays becomes a `sol_memcmp_` syscall (10 CU at least) at every
+/// check of a signer, owner or authority.
+#[inline(always)]
+pub fn same_address(a: &Address, b: &Address) -> bool {
+    let (a, b) = (a.as_chunks::<8>().0, b.as_chunks::<8>().0);
+    a.iter().zip(b).all(|(x, y)| u64::from_ne_bytes(*x) == u64::from_ne_bytes(*y))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_address;
+
+    #[test]
+    fn same_address_is_array_equality() {
+        let base: [u8; 32] = core::array::from_fn(|i| u8::try_from(i * 7).unwrap_or(0));
+        assert!(same_address(&base, &base));
+        assert!(same_address(&[0; 32], &[0; 32]));
+        // A difference in any byte (so in each of the four words, at each position) is seen.
+        for i in 0..32 {
+            for bit in [0x01u8, 0x80] {
+                let mut other = base;
+                other[i] ^= bit;
+                assert!(!same_address(&base, &other), "byte {i} bit {bit:#x}");
+                assert_eq!(same_address(&base, &other), base == other);
+            }
+        }
+    }
+}

@@ -136,10 +136,10 @@ pub fn check_allow_list(allowed: &[[u8; 32]]) -> Result<()> {
         return Err(Error::InvalidAllowList);
     }
     for (i, a) in allowed.iter().enumerate() {
-        if *a == [0; 32] {
+        if crate::same_address(a, &[0; 32]) {
             return Err(Error::InvalidAllowList);
         }
-        if allowed.iter().take(i).any(|b| b == a) {
+        if allowed.iter().take(i).any(|b| crate::same_address(b, a)) {
             return Err(Error::DuplicateAllowedServer);
         }
     }
@@ -400,6 +400,37 @@ impl RequestHeader {
         if self.locked_by == *server { Ok(()) } else { Err(Error::NotLockedByServer) }
     }
 
+    /// [`Event::Flag`]'s rule, reachable on its own so the program's flag instruction (its
+    /// smallest budget) runs it inlined, without the event dispatch; [`RequestHeader::apply`]
+    /// runs the same code. Same contract: all checks before any write.
+    #[inline(always)]
+    pub fn flag(&mut self, signer: &Address, terms: FlagTerms, now: i64) -> Result<Effects> {
+        let FlagTerms { flag_window, flag_refund_bps, refund } = terms;
+        self.expect(RequestStatus::Completed)?;
+        if !crate::same_address(&self.client, signer) {
+            return Err(Error::NotClient);
+        }
+        if self.flagged() {
+            return Err(Error::AlreadyFlagged);
+        }
+        if now >= self.flag_window_end(flag_window)? {
+            return Err(Error::FlagWindowClosed);
+        }
+        let back = if refund {
+            mul_div(self.server_due, flag_refund_bps as u64, BPS_DENOMINATOR, Rounding::Down)
+                .filter(|r| *r <= self.server_due)
+                .ok_or(Error::InvalidFeeBps)?
+        } else {
+            0
+        };
+        self.server_due = self.server_due.saturating_sub(back);
+        self.flags |= FLAG_FLAGGED;
+        let mut fx = Effects { to_client: back, ..Effects::default() };
+        // A mark costs the flagger the refund it could have had; a dispute leaves none.
+        fx.server.flagged = !refund && self.counted();
+        Ok(fx)
+    }
+
     fn step(&mut self, event: Event<'_>, now: i64) -> Result<Effects> {
         let mut fx = Effects::default();
         match event {
@@ -561,28 +592,7 @@ impl RequestHeader {
                 fx.to_client = self.stake;
             }
             Event::Flag { signer, flag_window, flag_refund_bps, refund } => {
-                self.expect(RequestStatus::Completed)?;
-                if self.client != *signer {
-                    return Err(Error::NotClient);
-                }
-                if self.flagged() {
-                    return Err(Error::AlreadyFlagged);
-                }
-                if now >= self.flag_window_end(flag_window)? {
-                    return Err(Error::FlagWindowClosed);
-                }
-                let back = if refund {
-                    mul_div(self.server_due, flag_refund_bps as u64, BPS_DENOMINATOR, Rounding::Down)
-                        .filter(|r| *r <= self.server_due)
-                        .ok_or(Error::InvalidFeeBps)?
-                } else {
-                    0
-                };
-                self.server_due = self.server_due.saturating_sub(back);
-                self.flags |= FLAG_FLAGGED;
-                fx.to_client = back;
-                // A mark costs the flagger the refund it could have had; a dispute leaves none.
-                fx.server.flagged = !refund && self.counted();
+                return self.flag(signer, FlagTerms { flag_window, flag_refund_bps, refund }, now);
             }
             Event::Claim { signer, flag_window } => {
                 self.expect(RequestStatus::Completed)?;
@@ -619,6 +629,17 @@ impl RequestHeader {
         }
         Ok(fx)
     }
+}
+
+/// A flag's terms ([`Event::Flag`] less its signer), for [`RequestHeader::flag`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlagTerms {
+    /// The config's flag window.
+    pub flag_window: u32,
+    /// The config's share of the held payment a dispute returns to the client.
+    pub flag_refund_bps: u16,
+    /// A dispute: money back, no mark on the server's reputation.
+    pub refund: bool,
 }
 
 /// What a client reveals to compare two answers (see [`crate::envelope`] for how it is made).

@@ -47,35 +47,40 @@ fn scan(bytes: &[u8], quant_case: QuantCase) -> Result<()> {
     if bytes.is_empty() || bytes.len() > MAX_MODEL_ID_LEN {
         return Err(Error::InvalidModelId);
     }
-    // The program runs this on every request and offer: most bytes take the first branch, one
-    // table lookup and one bit test, and nothing is tracked per byte. A part's `plain` classes
-    // may appear anywhere in it; its `edges` neither first nor last (nor `..` in org and name);
-    // separators start the next part. A part is `bytes[start..i]`.
-    let (mut order, mut start) = (0u8, 0usize);
+    // The program runs this on every request and offer, so plain bytes take a tight inner loop
+    // (one table lookup and one bit test each, nothing else live); edges and separators take
+    // the outer one. A part's `plain` classes may appear anywhere in it; its `edges` neither
+    // first nor last (nor `..` in org and name); separators start the next part. A part is
+    // `bytes[start..i]`. Indices stay below MAX_MODEL_ID_LEN, so they never wrap.
+    let (mut order, mut start, mut i) = (0u8, 0usize, 0usize);
     let (mut plain, mut edges, mut max_len) = part_rules(0, quant_case);
-    for (i, &c) in bytes.iter().enumerate() {
-        let class = class_of(c);
-        if class & plain != 0 {
-            continue;
+    loop {
+        while let Some(&c) = bytes.get(i) {
+            if class_of(c) & plain == 0 {
+                break;
+            }
+            i = i.wrapping_add(1);
         }
+        let Some(&c) = bytes.get(i) else { break };
         let prev = if i > start { bytes.get(i.wrapping_sub(1)).copied().unwrap_or(0) } else { 0 };
-        if class & edges != 0 {
+        if class_of(c) & edges != 0 {
             if i == start || (order < 2 && c == b'.' && prev == b'.') {
                 return Err(Error::InvalidModelId);
             }
-            continue;
+        } else {
+            let next = match (c, order) {
+                (b'/', 0) => 1,
+                (b'@', 1) => 2,
+                (b':', 1 | 2) => 3,
+                _ => return Err(Error::InvalidModelId),
+            };
+            if !may_end(i.wrapping_sub(start), prev, edges, max_len) {
+                return Err(Error::InvalidModelId);
+            }
+            (order, start) = (next, i.wrapping_add(1));
+            (plain, edges, max_len) = part_rules(next, quant_case);
         }
-        let next = match (c, order) {
-            (b'/', 0) => 1,
-            (b'@', 1) => 2,
-            (b':', 1 | 2) => 3,
-            _ => return Err(Error::InvalidModelId),
-        };
-        if !may_end(i.wrapping_sub(start), prev, edges, max_len) {
-            return Err(Error::InvalidModelId);
-        }
-        (order, start) = (next, i.wrapping_add(1));
-        (plain, edges, max_len) = part_rules(next, quant_case);
+        i = i.wrapping_add(1);
     }
     let last = bytes.last().copied().unwrap_or(0);
     if order == 0 || !may_end(bytes.len().wrapping_sub(start), last, edges, max_len) {

@@ -3,10 +3,10 @@
 //! No rule lives here: states, deadlines, filters, prices and counters all come from
 //! `chainference_core::lifecycle` and `chainference_core::pricing`.
 
-use chainference_core::Error;
+use chainference_core::{Error, same_address};
 use chainference_core::instruction::{Instruction, OpenRequestArgs, ServerArgs};
 use chainference_core::lifecycle::{
-    CompareReveal, CompareSides, Effects, Event, NewRequest, ServerView, check_allow_list, compare,
+    CompareReveal, CompareSides, Effects, Event, FlagTerms, NewRequest, ServerView, check_allow_list, compare,
 };
 use chainference_core::model::check_canonical_model;
 use chainference_core::pda::{self, BPF_LOADER_UPGRADEABLE_ID};
@@ -119,7 +119,7 @@ fn load_response(response: &AccountView, program_id: &Address, request: &Account
 /// program-owned check first, then kind, version and authority.
 fn server_in<'a>(data: &'a mut [u8], authority: &[u8; 32], mismatch: Error) -> R<&'a mut ServerHeader> {
     let header = ServerHeader::view_mut(data).or_fail()?;
-    if &header.authority != authority {
+    if !same_address(&header.authority, authority) {
         return Err(fail(mismatch));
     }
     Ok(header)
@@ -345,7 +345,7 @@ fn open_request(ctx: &mut Ctx<'_>, args: &OpenRequestArgs<'_>) -> ProgramResult 
     let params = load_params(config, program_id)?;
     check_allow_list(args.allowed).or_fail()?;
     check_canonical_model(args.model).or_fail()?;
-    if args.response_key == &[0; 32] {
+    if same_address(args.response_key, &[0; 32]) {
         return Err(fail(Error::InvalidPublicKey));
     }
     let time = now()?;
@@ -678,13 +678,8 @@ fn flag_response(ctx: &mut Ctx<'_>, refund: bool) -> ProgramResult {
         let header = RequestHeader::view_mut(&mut request_data).or_fail()?;
         let mut server_data = server.try_borrow_mut()?;
         let server_header = server_in(&mut server_data, &header.locked_by, Error::ServerMismatch)?;
-        let event = Event::Flag {
-            signer: client.address().as_array(),
-            flag_window: params.flag_window,
-            flag_refund_bps: params.flag_refund_bps,
-            refund,
-        };
-        let fx = header.apply(event, now()?).or_fail()?;
+        let terms = FlagTerms { flag_window: params.flag_window, flag_refund_bps: params.flag_refund_bps, refund };
+        let fx = header.flag(client.address().as_array(), terms, now()?).or_fail()?;
         count(server_header, &fx)?;
         fx
     };
