@@ -49,10 +49,14 @@ pub(crate) fn run_soak<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Result {
         .current_dir(root()))
 }
 
-/// The test stage: the short form, on the `chainference` and `chainference-soak` binaries the
-/// workspace tests built (the soak's own tests run its binary, so cargo builds it with the
-/// tests' feature set; building it again here would recompile what those features change).
+/// The test stage: the short form, on the `chainference` and `chainference-soak` binaries of
+/// the tests' build. `cargo test --no-run` with the tests' features makes sure they are current
+/// (a no-op after the test stages; building them with `cargo build` instead would recompile
+/// what the tests' feature set changes). The soak's own tests run its binary, so cargo builds it.
 pub(crate) fn soak_stage() -> Result {
     setup_localnet()?;
-    stage("soak (short form): load and faults on a real validator", || run_soak(SHORT_FORM))
+    stage("soak (short form): load and faults on a real validator", || {
+        run(cargo().args(["test", "--workspace", "--features", crate::test::RPC_FEATURES, "--tests", "--no-run"]))?;
+        run_soak(SHORT_FORM)
+    })
 }

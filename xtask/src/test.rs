@@ -15,7 +15,7 @@ use crate::wasm::{setup_web_example, wasm_tests, web_test_command};
 use crate::{Result, cargo, root, run, stage, target_dir};
 
 /// Features the RPC tests need, on top of the workspace defaults.
-const RPC_FEATURES: &str = "chainference-chain/rpc,chainference-client/rpc,chainference-server/hub";
+pub(crate) const RPC_FEATURES: &str = "chainference-chain/rpc,chainference-client/rpc,chainference-server/hub";
 
 /// What the first build of the demo takes on a fresh 2-core machine (measured; README).
 const DEMO_COLD_BUILD_MINUTES: u32 = 9;

@@ -1,9 +1,9 @@
 //! Account checks and lamport moves shared by the processors. Every check fails with a
 //! numbered [`Error`] as `ProgramError::Custom(code)`.
 
-use chainference_core::{Error, same_address};
 use chainference_core::pda::SYSTEM_PROGRAM_ID;
 use chainference_core::state::{Config, Treasury};
+use chainference_core::{Error, same_address};
 use pinocchio::cpi::{Seed, Signer};
 use pinocchio::error::ProgramError;
 use pinocchio::sysvars::Sysvar;

@@ -3,7 +3,6 @@
 //! No rule lives here: states, deadlines, filters, prices and counters all come from
 //! `chainference_core::lifecycle` and `chainference_core::pricing`.
 
-use chainference_core::{Error, same_address};
 use chainference_core::instruction::{Instruction, OpenRequestArgs, ServerArgs};
 use chainference_core::lifecycle::{
     CompareReveal, CompareSides, Effects, Event, FlagTerms, NewRequest, ServerView, check_allow_list, compare,
@@ -15,6 +14,7 @@ use chainference_core::state::{
     ServerHeader, ServerState, Treasury, read_array,
 };
 use chainference_core::wire::Writer;
+use chainference_core::{Error, same_address};
 use pinocchio::cpi::Seed;
 use pinocchio::error::ProgramError;
 use pinocchio::{AccountView, Address, ProgramResult};

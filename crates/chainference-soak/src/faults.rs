@@ -158,19 +158,28 @@ impl Script<'_> {
             // What was sent before the refusal lands first; then the node's state is read.
             tokio::time::sleep(Duration::from_secs(1)).await;
             let (slot_before, balance_before) = (direct.clock().await?.slot, direct.balance(&marker).await?);
-            // A one-node test validator restarted from its ledger resumes from its last root:
-            // slots it had confirmed but not rooted are gone, and with them answers, closes and
-            // payments clients were told had landed. No real cluster forgets a confirmed slot
-            // (its supermajority voted on it), so the crash comes once the node has rooted
-            // everything it confirmed: what this fault tests is the outage, not a rollback.
+            // Observed here (agave 4.2.2, one node, SIGKILL, --keep-ledger): transactions
+            // confirmed in the last slots before the kill were gone after the restart (listed
+            // by the node's history, missing from its blocks), and with them answers, closes
+            // and payments clients had been told landed; an earlier default run stranded two
+            // requests that way. No real cluster forgets a confirmed slot (its supermajority
+            // voted on it), so this fault is a planned kill: clients are held off (as a load
+            // balancer drains a node) until the node has rooted the slot it is judged against.
+            // What it tests is the outage and the restart, not a rollback.
             let rooted = self.cluster.finalized_chain();
             let rooted_at = loop {
                 let slot = rooted.clock().await.map(|c| c.slot).unwrap_or(0);
                 if slot >= slot_before && rooted.balance(&marker).await.ok() == Some(balance_before) {
                     break at.elapsed();
                 }
-                if at.elapsed() > Duration::from_secs(120) {
-                    bail!("the validator did not root slot {slot_before} within 120 s");
+                // Bounded well inside what clients ride out (120 s of a failing chain).
+                if at.elapsed() > Duration::from_secs(75) {
+                    let now = direct.clock().await.map(|c| c.slot).unwrap_or(0);
+                    bail!(
+                        "the validator did not root slot {slot_before} within 75 s (rooted: {slot}, tip: {now}; \
+                         {:.2} s per slot since the refusal)",
+                        at.elapsed().as_secs_f64() / now.saturating_sub(slot_before).max(1) as f64
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             };

@@ -435,7 +435,10 @@ async fn run() -> Result<bool> {
         "lamports_spent": spent.map(|s| s.to_string()),
         "unexplained": unexplained,
     });
+    // The restart fault kills the node only once it has rooted what it confirmed: a
+    // transaction missing from the blocks now means that gate failed.
     let ok = stranded == 0
+        && chain_fees.rolled_back == 0
         && left_after_sweep == 0
         && unexplained.is_empty()
         && conserved

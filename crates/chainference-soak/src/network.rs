@@ -94,6 +94,8 @@ impl Cluster {
         let mut options = self.options.clone();
         options.args.push("--keep-ledger".into());
         options.ready_file = options.ready_file.with_extension("restart.json");
+        // The first run's log stays as it was; the restart's goes beside it.
+        options.log = options.log.map(|log| log.with_extension("restart.log"));
         let validator = tokio::task::spawn_blocking(move || Localnet::start(options))
             .await?
             .context("restarting the validator from its ledger")?;
