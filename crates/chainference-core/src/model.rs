@@ -51,7 +51,7 @@ fn scan(bytes: &[u8], quant_case: QuantCase) -> Result<()> {
     // (one table lookup and one bit test each, nothing else live); edges and separators take
     // the outer one. A part's `plain` classes may appear anywhere in it; its `edges` neither
     // first nor last (nor `..` in org and name); separators start the next part. A part is
-    // `bytes[start..i]`. Indices stay below MAX_MODEL_ID_LEN, so they never wrap.
+    // `bytes[start..i]`. Indices are at most MAX_MODEL_ID_LEN, so they never wrap.
     let (mut order, mut start, mut i) = (0u8, 0usize, 0usize);
     let (mut plain, mut edges, mut max_len) = part_rules(0, quant_case);
     loop {

@@ -93,17 +93,6 @@ mod mem {
     /// `a` and `b` are valid for `n` bytes.
     #[unsafe(no_mangle)]
     pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-        if n == 32 {
-            // Addresses, the program's most common comparison: four word loads each side beat
-            // the syscall's 10 CU minimum (SBF loads need no alignment). Inlined at each call
-            // site, where `n` is a constant, only one of the two paths is kept.
-            let word = |p: *const u8, i: usize| {
-                // SAFETY: `p` is valid for 32 bytes (the C contract) and i < 4.
-                unsafe { p.add(i * 8).cast::<u64>().read_unaligned() }
-            };
-            let differ = (0..4).fold(0u64, |acc, i| acc | (word(a, i) ^ word(b, i)));
-            return i32::from(differ != 0);
-        }
         // SAFETY: same contract as memcmp.
         unsafe { memcmp(a, b, n) }
     }
