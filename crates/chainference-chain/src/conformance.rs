@@ -162,8 +162,16 @@ async fn transaction_history_pages_back<C: Chain + ?Sized>(chain: &C) -> Outcome
     ensure(none.is_empty(), || format!("an unused address has history: {none:?}"))?;
 
     // The transaction as sent, with what it did to each balance.
-    let found = chain.transaction(&sent[1].signature).await.map_err(chain_err("transaction"))?;
-    let found = found.ok_or("a confirmed transaction is not found")?;
+    // A node can list a signature in history a moment before `getTransaction` serves it
+    // (seen once in a full test run): the same bounded wait as for the history above.
+    let waiting = std::time::Instant::now();
+    let found = loop {
+        if let Some(found) = chain.transaction(&sent[1].signature).await.map_err(chain_err("transaction"))? {
+            break found;
+        }
+        ensure(waiting.elapsed() < Duration::from_secs(30), || "a confirmed transaction is not found".into())?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let expected = transfer(&payer, &recipient, 2_000_000);
     ensure(found.instructions == [expected.clone()], || format!("instructions {:?}", found.instructions))?;
     let change = |address: &Address| found.balances.iter().find(|b| b.address == *address).copied();
