@@ -397,7 +397,7 @@ impl RequestHeader {
     }
 
     fn locked_by_signer(&self, server: &Address) -> Result<()> {
-        if crate::same_address(&self.locked_by, server) { Ok(()) } else { Err(Error::NotLockedByServer) }
+        if self.locked_by == *server { Ok(()) } else { Err(Error::NotLockedByServer) }
     }
 
     /// [`Event::Flag`]'s rule, reachable on its own so the program's flag instruction (its
@@ -436,7 +436,7 @@ impl RequestHeader {
         match event {
             Event::PromptWritten { signer, offset, len } => {
                 self.expect(RequestStatus::Draft)?;
-                if !crate::same_address(&self.client, signer) {
+                if self.client != *signer {
                     return Err(Error::NotClient);
                 }
                 let end = offset.checked_add(len).ok_or(Error::PromptChunkOutOfPlace)?;
@@ -456,7 +456,7 @@ impl RequestHeader {
                 if !matches!(self.status, RequestStatus::Draft | RequestStatus::Open) {
                     return Err(Error::WrongState);
                 }
-                if !crate::same_address(&self.client, signer) {
+                if self.client != *signer {
                     return Err(Error::NotClient);
                 }
                 self.status = RequestStatus::Cancelled;
@@ -466,7 +466,7 @@ impl RequestHeader {
             Event::Lock { server, allowed, fee_bps } => {
                 self.expect(RequestStatus::Open)?;
                 self.before_deadline(now)?;
-                if !allowed.iter().any(|a| crate::same_address(a, server.authority)) {
+                if !allowed.iter().any(|a| a == server.authority) {
                     return Err(Error::ServerNotAllowed);
                 }
                 if let Some(refusal) = server.refusals(&self.lock_terms()).into_iter().flatten().next() {
@@ -486,8 +486,7 @@ impl RequestHeader {
                 }
                 self.expect(RequestStatus::Open)?;
                 self.before_deadline(now)?;
-                let slot =
-                    allowed.iter().position(|a| crate::same_address(a, server)).ok_or(Error::ServerNotAllowed)?;
+                let slot = allowed.iter().position(|a| a == server).ok_or(Error::ServerNotAllowed)?;
                 let bit = 1u8.checked_shl(u32::try_from(slot).map_err(|_| Error::ServerNotAllowed)?);
                 let bit = bit.ok_or(Error::ServerNotAllowed)?;
                 if self.declined & bit != 0 {
@@ -507,7 +506,7 @@ impl RequestHeader {
             }
             Event::Release { signer, lock_window } => {
                 self.expect(RequestStatus::Locked)?;
-                if !crate::same_address(&self.locked_by, signer) {
+                if self.locked_by != *signer {
                     // Anyone may end a lock that showed no progress within the lock window.
                     if self.has_response() {
                         return Err(Error::NotLockedByServer);
@@ -523,7 +522,7 @@ impl RequestHeader {
                 // A squatted lock ended by someone else gives the request back the time it held
                 // it, up to one extra timeout in all (so repeated squats cannot keep the stake
                 // forever). A server's own release does not: the client may cancel at once.
-                let deadline = if crate::same_address(&self.locked_by, signer) {
+                let deadline = if self.locked_by == *signer {
                     self.deadline
                 } else {
                     let held = now.checked_sub(self.locked_at).ok_or(Error::ArithmeticOverflow)?.max(0);
@@ -613,7 +612,7 @@ impl RequestHeader {
                 if !self.status.is_terminal() {
                     return Err(Error::WrongState);
                 }
-                if !crate::same_address(&self.client, signer) {
+                if self.client != *signer {
                     let open_to_all =
                         self.settled_at.checked_add(i64::from(retention)).ok_or(Error::ArithmeticOverflow)?;
                     if now < open_to_all {
@@ -721,7 +720,7 @@ pub fn compare(
     if a.client != b.client {
         return Err(Error::ClientMismatch);
     }
-    if !crate::same_address(&a.client, signer) {
+    if a.client != *signer {
         return Err(Error::NotClient);
     }
     if model_a != model_b {

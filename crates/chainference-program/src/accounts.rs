@@ -15,6 +15,9 @@ use pinocchio_system::instructions::{Allocate, Assign, CreateAccount, Transfer};
 /// Result of a processor step.
 pub type R<T = ()> = Result<T, ProgramError>;
 
+/// The system program's address.
+pub const SYSTEM: Address = Address::new_from_array(SYSTEM_PROGRAM_ID);
+
 /// A core error as a program error.
 #[inline(always)]
 pub fn fail(e: Error) -> ProgramError {
@@ -139,7 +142,7 @@ pub fn create_pda(payer: &AccountView, account: &mut AccountView, new: &NewAccou
     if current == 0 {
         return CreateAccount { from: payer, to: account, lamports, space: space as u64, owner }.invoke_signed(&signer);
     }
-    if !same_address(account.owner().as_array(), &SYSTEM_PROGRAM_ID) || !account.is_data_empty() {
+    if !account.owned_by(&SYSTEM) || !account.is_data_empty() {
         return Err(fail(Error::AlreadyInitialized));
     }
     let missing = lamports.saturating_sub(current);

@@ -74,7 +74,7 @@ fn not_enough() -> ProgramError {
 fn load_server(server: &AccountView, program_id: &Address, authority: &AccountView) -> R<ServerHeader> {
     owned(server, program_id)?;
     let header = ServerHeader::decode(&server.try_borrow()?).or_fail()?;
-    if !same_address(authority.address().as_array(), &header.authority) {
+    if authority.address().as_array() != &header.authority {
         return Err(fail(Error::NotServerAuthority));
     }
     Ok(header)
@@ -84,7 +84,7 @@ fn load_server(server: &AccountView, program_id: &Address, authority: &AccountVi
 fn load_server_of(server: &AccountView, program_id: &Address, authority: &[u8; 32]) -> R<ServerHeader> {
     owned(server, program_id)?;
     let header = ServerHeader::decode(&server.try_borrow()?).or_fail()?;
-    if !same_address(&header.authority, authority) {
+    if &header.authority != authority {
         return Err(fail(Error::ServerMismatch));
     }
     Ok(header)
@@ -649,7 +649,7 @@ fn reclaim_request(ctx: &mut Ctx<'_>) -> ProgramResult {
         if !fx.server.is_empty() {
             let [server, ..] = rest else { return Err(not_enough()) };
             writable(server)?;
-            if same_address(server.address().as_array(), &request_key) {
+            if server.address().as_array() == &request_key {
                 return Err(fail(Error::DuplicateAccount));
             }
             owned(server, program_id)?;
